@@ -1,0 +1,217 @@
+"""The ``forgeline`` command line: the local stack, topics, schemas and the demo.
+
+Each command reads its settings from the environment once, here, and hands them down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from services.common.contracts import SCHEMA_VERSION, json_schema
+from services.common.settings import KafkaSettings, TopicSettings
+from services.common.topics import TOPIC_SPECS, Topics
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Forgeline: images on demand for game backends.")
+dev_app = typer.Typer(no_args_is_help=True, help="The local stack: a real Kafka broker, Redis and an S3 endpoint.")
+topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics Forgeline owns.")
+app.add_typer(dev_app, name="dev")
+app.add_typer(topics_app, name="topics")
+
+console = Console(stderr=True)
+
+
+def _fail(message: str, hint: str | None = None) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    if hint:
+        console.print(f"[yellow]next:[/] {hint}")
+    return typer.Exit(code=1)
+
+
+def _settings(factory):
+    """Build a settings object, turning a validation error into a readable message."""
+    try:
+        return factory()
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)]
+        raise _fail(f"invalid {exc.title} settings:\n" + "\n".join(lines),
+                    "fix the environment variables named above") from None
+
+
+def _progress(message: str) -> None:
+    console.print(f"[dim]•[/] {message}")
+
+
+# ---------------------------------------------------------------------------------- dev stack
+
+
+def _components(only: list[str] | None) -> list[str]:
+    from services.devstack import COMPONENT_NAMES
+
+    chosen = only or list(COMPONENT_NAMES)
+    unknown = sorted(set(chosen) - set(COMPONENT_NAMES))
+    if unknown:
+        raise _fail(f"unknown component(s): {', '.join(unknown)}", f"choose from {', '.join(COMPONENT_NAMES)}")
+    return chosen
+
+
+@dev_app.command("up")
+def dev_up(
+    only: Annotated[list[str] | None, typer.Option("--only", help="Start just these components.")] = None,
+) -> None:
+    """Start Kafka, Redis and S3 in the background (idempotent)."""
+    from services import devstack
+
+    settings = _settings(devstack.DevStackSettings)
+    try:
+        devstack.up(settings, components=_components(only), progress=_progress)
+    except devstack.DevStackError as exc:
+        raise _fail(str(exc)) from None
+    _print_status(devstack.status(settings))
+    console.print("Point services at it with: [bold]eval \"$(forgeline dev env)\"[/]  ·  stop it with: [bold]make down[/]")
+
+
+@dev_app.command("down")
+def dev_down(
+    only: Annotated[list[str] | None, typer.Option("--only", help="Stop just these components.")] = None,
+) -> None:
+    """Stop what ``dev up`` started."""
+    from services import devstack
+
+    devstack.down(_settings(devstack.DevStackSettings), components=_components(only), progress=_progress)
+
+
+@dev_app.command("status")
+def dev_status() -> None:
+    """Show each component, its address, and whether it answers. Exit 1 if any does not."""
+    from services import devstack
+
+    statuses = devstack.status(_settings(devstack.DevStackSettings))
+    _print_status(statuses)
+    if not all(s.answers for s in statuses):
+        raise typer.Exit(code=1)
+
+
+@dev_app.command("env")
+def dev_env() -> None:
+    """Print ``export`` lines that point Forgeline at the local stack."""
+    from services import devstack
+
+    for name, value in devstack.env(_settings(devstack.DevStackSettings)).items():
+        print(f"export {name}={value}")
+
+
+def _print_status(statuses) -> None:
+    table = Table(title="Forgeline local stack")
+    for column in ("component", "address", "running", "answers", "pid", "detail"):
+        table.add_column(column)
+    for s in statuses:
+        table.add_row(
+            s.name, s.address,
+            "[green]yes[/]" if s.running else "[red]no[/]",
+            "[green]yes[/]" if s.answers else "[red]no[/]",
+            str(s.pid or "-"), s.detail,
+        )
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------------- topics
+
+
+@topics_app.command("create")
+def topics_create(
+    partitions: Annotated[int | None, typer.Option(help="Override FORGELINE_TOPICS_PARTITIONS.")] = None,
+) -> None:
+    """Create every topic and its .dlq twin (idempotent)."""
+    from services.common.kafka import make_admin
+    from services.common.topics import create_topics
+
+    kafka = _settings(KafkaSettings)
+    topic_settings = _settings(TopicSettings)
+    if partitions is not None:
+        topic_settings = topic_settings.model_copy(update={"partitions": partitions})
+
+    async def run() -> None:
+        admin = make_admin(kafka)
+        try:
+            await asyncio.wait_for(admin.start(), timeout=15)
+        except Exception as exc:  # noqa: BLE001 — any failure to connect means the same to the user
+            raise _fail(f"cannot reach Kafka at {kafka.bootstrap}: {exc!r}",
+                        "start the local stack with `forgeline dev up`, or set FORGELINE_KAFKA_BOOTSTRAP") from None
+        try:
+            outcomes = await create_topics(admin, topic_settings, progress=_progress)
+        finally:
+            await admin.close()
+        created = sum(o.status == "created" for o in outcomes)
+        console.print(f"{created} created, {len(outcomes) - created} already there (prefix {topic_settings.prefix!r})")
+        if any(o.warning for o in outcomes):
+            console.print("[yellow]some existing topics differ from the settings; see above[/]")
+
+    asyncio.run(run())
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """The topics Forgeline uses under the configured prefix, with their payload model."""
+    topics = Topics.from_settings(_settings(TopicSettings))
+    table = Table()
+    for column in ("topic", "payload", "what it carries"):
+        table.add_column(column)
+    for spec in TOPIC_SPECS:
+        table.add_row(topics.name(spec.key), spec.model.__name__, spec.description)
+        table.add_row(topics.dlq(spec.key), spec.model.__name__, "dead letters, with forgeline-dlq-* headers")
+    Console().print(table)
+
+
+# ---------------------------------------------------------------------------------- schema
+
+
+@app.command("schema")
+def schema(
+    out: Annotated[Path, typer.Option(help="Folder to write the JSON Schema files into.")] = Path("schemas"),
+) -> None:
+    """Write the JSON Schema of every topic's messages, for producers and consumers in any language."""
+    out.mkdir(parents=True, exist_ok=True)
+    index = []
+    for spec in TOPIC_SPECS:
+        file_name = f"{spec.key}.v{SCHEMA_VERSION}.schema.json"
+        (out / file_name).write_text(json.dumps(json_schema(spec.model, title=spec.key), indent=2) + "\n")
+        index.append({"topic": spec.key, "dlq": spec.key + ".dlq", "payload": spec.model.__name__,
+                      "schema": file_name, "description": spec.description})
+    (out / "topics.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION, "topics": index}, indent=2) + "\n")
+    console.print(f"wrote {len(index)} schemas and topics.json to {out}/")
+
+
+# ---------------------------------------------------------------------------------- demo
+
+
+@app.command("demo")
+def demo() -> None:
+    """Round-trip a message through Kafka, a key through Redis and an object through S3."""
+    from services.common.settings import Connections
+    from services.demo import run_demo
+
+    connections = _settings(Connections.from_env)
+    ok = asyncio.run(run_demo(connections, console))
+    if not ok:
+        raise typer.Exit(code=1)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

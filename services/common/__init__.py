@@ -1,0 +1,1 @@
+"""What every service shares: message contracts, settings, and Kafka / Redis / S3 helpers."""

@@ -1,0 +1,139 @@
+"""Publishing images to an S3-compatible store (AWS S3, Cloudflare R2, MinIO, moto).
+
+boto3 is synchronous; the async ``S3BlobStore`` runs its calls in worker threads so the
+event loop never blocks on an upload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Protocol
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from services.common.settings import S3Settings
+
+#: Objects are content-addressed, so a URL's bytes never change: let CDNs and browsers keep them.
+IMMUTABLE_CACHE_CONTROL = "public, max-age=31536000, immutable"
+
+
+class BlobStoreError(Exception):
+    """The object store refused or failed a request. Retryable: stores recover."""
+
+
+class BlobStore(Protocol):
+    async def put(self, key: str, data: bytes, *, content_type: str, cache_control: str = ...) -> str:
+        """Store ``data`` under ``key`` and return its public URL."""
+
+    async def get(self, key: str) -> bytes:
+        """The bytes under ``key``; ``KeyError`` if there are none."""
+
+    def public_url(self, key: str) -> str: ...
+
+
+def make_s3_client(settings: S3Settings):  # -> botocore S3 client (its type is generated at run time)
+    """A boto3 S3 client with explicit timeouts and no hidden retry storm."""
+    return boto3.client(
+        "s3",
+        endpoint_url=str(settings.endpoint_url) if settings.endpoint_url else None,
+        region_name=settings.region,
+        aws_access_key_id=settings.access_key_id.get_secret_value(),
+        aws_secret_access_key=settings.secret_access_key.get_secret_value(),
+        config=Config(
+            connect_timeout=5,
+            read_timeout=30,
+            retries={"mode": "standard", "max_attempts": 3},
+            s3={"addressing_style": settings.addressing_style},
+            signature_version="s3v4",
+        ),
+    )
+
+
+def public_read_policy(bucket: str) -> str:
+    """A bucket policy that lets anyone GET objects (what a CDN origin or a browser needs)."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "PublicReadObjects",
+                    "Effect": "Allow",
+                    "Principal": "*",
+                    "Action": ["s3:GetObject"],
+                    "Resource": [f"arn:aws:s3:::{bucket}/*"],
+                }
+            ],
+        }
+    )
+
+
+def ensure_bucket(client, bucket: str, *, public_read: bool) -> bool:
+    """Create ``bucket`` if it is missing; returns True when it was created.
+
+    With ``public_read`` the bucket gets a policy allowing anonymous GET of its objects.
+    Safe to call any number of times.
+    """
+    created = False
+    try:
+        client.head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in {"404", "NoSuchBucket", "NotFound"}:
+            raise BlobStoreError(f"cannot check bucket {bucket!r}: {exc}") from exc
+        try:
+            client.create_bucket(Bucket=bucket)
+            created = True
+        except ClientError as create_exc:
+            code = create_exc.response.get("Error", {}).get("Code")
+            if code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+                raise BlobStoreError(f"cannot create bucket {bucket!r}: {create_exc}") from create_exc
+    if public_read:
+        client.put_bucket_policy(Bucket=bucket, Policy=public_read_policy(bucket))
+    return created
+
+
+class S3BlobStore:
+    """``BlobStore`` over an S3 API endpoint."""
+
+    def __init__(self, settings: S3Settings, client=None) -> None:
+        self._settings = settings
+        self._client = client if client is not None else make_s3_client(settings)
+
+    def __repr__(self) -> str:  # the client holds credentials; never print it
+        return f"S3BlobStore(bucket={self._settings.bucket!r}, endpoint={str(self._settings.endpoint_url)!r})"
+
+    def public_url(self, key: str) -> str:
+        return self._settings.public_url(key)
+
+    async def ensure_bucket(self, *, public_read: bool) -> bool:
+        """Create the configured bucket if missing (see ``ensure_bucket``)."""
+        return await asyncio.to_thread(ensure_bucket, self._client, self._settings.bucket, public_read=public_read)
+
+    async def put(
+        self, key: str, data: bytes, *, content_type: str, cache_control: str = IMMUTABLE_CACHE_CONTROL
+    ) -> str:
+        try:
+            await asyncio.to_thread(
+                self._client.put_object,
+                Bucket=self._settings.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                CacheControl=cache_control,
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise BlobStoreError(f"upload of {key!r} to bucket {self._settings.bucket!r} failed: {exc}") from exc
+        return self.public_url(key)
+
+    async def get(self, key: str) -> bytes:
+        try:
+            response = await asyncio.to_thread(self._client.get_object, Bucket=self._settings.bucket, Key=key)
+            return await asyncio.to_thread(response["Body"].read)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+                raise KeyError(key) from exc
+            raise BlobStoreError(f"download of {key!r} failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise BlobStoreError(f"download of {key!r} failed: {exc}") from exc

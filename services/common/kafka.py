@@ -1,0 +1,133 @@
+"""Kafka clients built from settings, and how events travel as records.
+
+A record's value is the event's JSON; its key is the job id (so every event of a job lands on
+one partition, in order); its headers name the schema, the tenant and the trace, so routers
+and subscribers can filter without decoding the value.
+
+Delivery is at-least-once: producers are idempotent with ``acks=all``; consumers never
+auto-commit, and services commit an offset only after the outputs it caused are acknowledged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import RecordMetadata
+
+from services.common.contracts import SCHEMA_VERSION, Event
+from services.common.settings import KafkaSettings
+
+CONTENT_TYPE = "application/json"
+
+# Header names. Kafka headers are bytes; we keep them ASCII.
+H_CONTENT_TYPE = "content-type"
+H_SCHEMA = "forgeline-schema"
+H_SCHEMA_VERSION = "forgeline-schema-version"
+H_TENANT = "forgeline-tenant"
+H_TRACEPARENT = "traceparent"
+# Dead-letter headers: why, and where the message came from.
+H_DLQ_REASON = "forgeline-dlq-reason"
+H_DLQ_ERROR_CLASS = "forgeline-dlq-error-class"
+H_DLQ_TOPIC = "forgeline-dlq-original-topic"
+H_DLQ_PARTITION = "forgeline-dlq-original-partition"
+H_DLQ_OFFSET = "forgeline-dlq-original-offset"
+H_DLQ_CONSUMER_GROUP = "forgeline-dlq-consumer-group"
+
+# The broker refuses larger requests than max.message.bytes; leave room for the batch framing.
+_BATCH_OVERHEAD = 64 * 1024
+
+
+def _connection_args(settings: KafkaSettings) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap,
+        "client_id": settings.client_id,
+        "security_protocol": settings.security_protocol,
+        "request_timeout_ms": settings.request_timeout_ms,
+    }
+    if settings.sasl_mechanism:
+        args["sasl_mechanism"] = settings.sasl_mechanism
+        args["sasl_plain_username"] = settings.sasl_username
+        args["sasl_plain_password"] = settings.sasl_password.get_secret_value() if settings.sasl_password else None
+    return args
+
+
+def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+    """An idempotent producer that waits for every in-sync replica (``acks=all``)."""
+    args = _connection_args(settings) | {
+        "acks": "all",
+        "enable_idempotence": True,
+        "max_request_size": settings.max_message_bytes + _BATCH_OVERHEAD,
+        "compression_type": None if settings.compression == "none" else settings.compression,
+        "linger_ms": 5,
+    }
+    return AIOKafkaProducer(**(args | overrides))
+
+
+def make_consumer(settings: KafkaSettings, *topics: str, group_id: str | None, **overrides: Any) -> AIOKafkaConsumer:
+    """A consumer that never commits on its own: the service commits after its outputs are acked."""
+    args = _connection_args(settings) | {
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "isolation_level": "read_committed",
+        "max_partition_fetch_bytes": settings.max_message_bytes + _BATCH_OVERHEAD,
+        "fetch_max_bytes": 4 * (settings.max_message_bytes + _BATCH_OVERHEAD),
+    }
+    return AIOKafkaConsumer(*topics, **(args | overrides))
+
+
+def make_admin(settings: KafkaSettings) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**_connection_args(settings))
+
+
+def event_headers(event: Event) -> list[tuple[str, bytes]]:
+    return [
+        (H_CONTENT_TYPE, CONTENT_TYPE.encode()),
+        (H_SCHEMA, type(event).__name__.encode()),
+        (H_SCHEMA_VERSION, str(SCHEMA_VERSION).encode()),
+        (H_TENANT, event.tenant.encode()),
+        (H_TRACEPARENT, event.trace.traceparent.encode()),
+    ]
+
+
+async def send_event(producer: AIOKafkaProducer, topic: str, event: Event) -> RecordMetadata:
+    """Produce ``event`` keyed by its job id and wait until the broker has acknowledged it."""
+    return await producer.send_and_wait(
+        topic, value=event.to_json_bytes(), key=event.job_id.encode(), headers=event_headers(event)
+    )
+
+
+def headers_of(record: ConsumerRecord) -> dict[str, str]:
+    """A record's headers as text (the last value wins for a repeated name)."""
+    return {name: value.decode("utf-8", "replace") for name, value in (record.headers or ())}
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """Why a record could not be processed."""
+
+    reason: str
+    error_class: str
+
+
+async def send_to_dlq(
+    producer: AIOKafkaProducer, dlq_topic: str, record: ConsumerRecord, letter: DeadLetter, *, group_id: str
+) -> RecordMetadata:
+    """Copy ``record`` as it was to ``dlq_topic``, with headers saying why and where it came from.
+
+    The original key, value and headers are kept byte for byte so the message can be replayed.
+    """
+    extra: Mapping[str, str] = {
+        H_DLQ_REASON: letter.reason[:4000],
+        H_DLQ_ERROR_CLASS: letter.error_class,
+        H_DLQ_TOPIC: record.topic,
+        H_DLQ_PARTITION: str(record.partition),
+        H_DLQ_OFFSET: str(record.offset),
+        H_DLQ_CONSUMER_GROUP: group_id,
+    }
+    headers = list(record.headers or ()) + [(name, value.encode()) for name, value in extra.items()]
+    return await producer.send_and_wait(dlq_topic, value=record.value, key=record.key, headers=headers)

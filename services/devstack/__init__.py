@@ -1,0 +1,27 @@
+"""A real local stack for development and integration tests, without Docker.
+
+Kafka (jars from Maven Central), Redis (Debian's redis-server) and an S3 API (moto) run as
+background processes with pid files and logs under ``DevStackSettings.state_dir``.
+"""
+
+from __future__ import annotations
+
+from services.devstack.component import ComponentStatus
+from services.devstack.errors import DevStackError, Progress
+from services.devstack.kafka import kafka_version, render_server_properties
+from services.devstack.settings import DevStackSettings
+from services.devstack.stack import COMPONENT_NAMES, down, env, status, up
+
+__all__ = [
+    "COMPONENT_NAMES",
+    "ComponentStatus",
+    "DevStackError",
+    "DevStackSettings",
+    "Progress",
+    "down",
+    "env",
+    "kafka_version",
+    "render_server_properties",
+    "status",
+    "up",
+]

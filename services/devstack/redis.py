@@ -1,0 +1,53 @@
+"""The dev stack's Redis: Debian's redis-server, in memory only (no RDB, no AOF)."""
+
+from __future__ import annotations
+
+import redis
+
+from services.devstack.component import Answer, Component
+from services.devstack.errors import Progress
+from services.devstack.host import ensure_command
+from services.devstack.settings import DevStackSettings
+
+REDIS_PACKAGE = "redis-server"
+
+
+class RedisComponent(Component):
+    name = "redis"
+    # Redis rewrites its process title to "<argv0> <host>:<port>"; the executable name survives.
+    marker = "redis-server"
+    start_timeout = 15.0
+
+    def __init__(self, settings: DevStackSettings) -> None:
+        super().__init__(state_dir=settings.state_dir, host=settings.host, port=settings.redis_port)
+        self.settings = settings
+
+    def ports(self) -> dict[int, str]:
+        return {self.port: self.settings.env_name("redis_port")}
+
+    def prepare(self, progress: Progress) -> list[str]:
+        server = ensure_command("redis-server", REDIS_PACKAGE, progress)
+        self.process.dir.mkdir(parents=True, exist_ok=True)
+        # Dev data is disposable: no snapshots or append-only file, so stop is instant and
+        # nothing stale survives into the next run.
+        return [
+            server,
+            "--bind", self.host,
+            "--port", str(self.port),
+            "--save", "",
+            "--appendonly", "no",
+            "--daemonize", "no",
+            "--dir", str(self.process.dir),
+        ]  # fmt: skip
+
+    def check(self) -> Answer:
+        client = redis.Redis(host=self.host, port=self.port, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            if not client.ping():
+                return Answer(False, "PING got no PONG")
+            version = client.info("server").get("redis_version", "?")
+        except redis.RedisError as exc:
+            return Answer(False, f"PING failed: {exc}")
+        finally:
+            client.close()
+        return Answer(True, f"redis {version}")
