@@ -89,6 +89,18 @@ def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports nobody listens on (each socket is held until all are bound)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def port_free(host: str, port: int) -> bool:
     """Whether a server could bind ``host:port`` now.
 

@@ -21,8 +21,9 @@ from services.common.blobstore import make_s3_client
 from services.devstack import DevStackSettings, down, env, status, up
 from services.devstack import kafka as devkafka
 from services.devstack.kafka import LIBS_COMPLETE_MARKER, cached_libs_dir, kafka_version
+from services.devstack.process import free_ports
 from services.devstack.s3 import s3_settings
-from tests.helpers import free_ports, pid_alive
+from tests.helpers import pid_alive
 
 pytestmark = pytest.mark.integration
 

@@ -32,13 +32,14 @@ from services.devstack.kafka import (
 )
 from services.devstack.process import (
     BackgroundProcess,
+    free_ports,
     port_answers,
     port_free,
     wait_until,
 )
 from services.devstack.settings import DevStackSettings
 from services.devstack.stack import env
-from tests.helpers import free_ports, pid_alive
+from tests.helpers import pid_alive
 
 
 @pytest.fixture
