@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -66,27 +67,35 @@ def _components(only: list[str] | None) -> list[str]:
 @dev_app.command("up")
 def dev_up(
     only: Annotated[list[str] | None, typer.Option("--only", help="Start just these components.")] = None,
+    with_pipeline: Annotated[bool, typer.Option("--pipeline", help="Also start the five services.")] = False,
 ) -> None:
-    """Start Kafka, Redis and S3 in the background (idempotent)."""
+    """Start Kafka, Redis and S3 in the background (idempotent); with --pipeline, the services too."""
     from services import devstack
 
     settings = _settings(devstack.DevStackSettings)
     try:
         devstack.up(settings, components=_components(only), progress=_progress)
+        if with_pipeline:
+            stack_kafka = KafkaSettings(bootstrap=devstack.env(settings)["FORGELINE_KAFKA_BOOTSTRAP"])
+            _create_topics(stack_kafka, _settings(TopicSettings))
+            devstack.pipeline(settings).start(progress=_progress)
     except devstack.DevStackError as exc:
         raise _fail(str(exc)) from None
-    _print_status(devstack.status(settings))
-    console.print("Point services at it with: [bold]eval \"$(forgeline dev env)\"[/]  ·  stop it with: [bold]make down[/]")
+    _print_status(devstack.status(settings), devstack.pipeline(settings).status())
+    console.print("Point tools at it with: [bold]eval \"$(forgeline dev env)\"[/]  ·  stop it with: [bold]make down[/]")
 
 
 @dev_app.command("down")
 def dev_down(
     only: Annotated[list[str] | None, typer.Option("--only", help="Stop just these components.")] = None,
 ) -> None:
-    """Stop what ``dev up`` started."""
+    """Stop what ``dev up`` started (the pipeline's services first)."""
     from services import devstack
 
-    devstack.down(_settings(devstack.DevStackSettings), components=_components(only), progress=_progress)
+    settings = _settings(devstack.DevStackSettings)
+    if not only:
+        devstack.pipeline(settings).stop(progress=_progress)
+    devstack.down(settings, components=_components(only), progress=_progress)
 
 
 @dev_app.command("status")
@@ -94,9 +103,20 @@ def dev_status() -> None:
     """Show each component, its address, and whether it answers. Exit 1 if any does not."""
     from services import devstack
 
-    statuses = devstack.status(_settings(devstack.DevStackSettings))
-    _print_status(statuses)
+    settings = _settings(devstack.DevStackSettings)
+    statuses = devstack.status(settings)
+    _print_status(statuses, devstack.pipeline(settings).status())
     if not all(s.answers for s in statuses):
+        raise typer.Exit(code=1)
+
+
+@dev_app.command("check")
+def dev_check() -> None:
+    """Round-trip a message through Kafka, a key through Redis and an object through S3."""
+    from services.common.settings import Connections
+    from services.devstack.smoke import run_smoke
+
+    if not asyncio.run(run_smoke(_settings(Connections.from_env), console)):
         raise typer.Exit(code=1)
 
 
@@ -109,7 +129,7 @@ def dev_env() -> None:
         print(f"export {name}={value}")
 
 
-def _print_status(statuses) -> None:
+def _print_status(statuses, services=()) -> None:
     table = Table(title="Forgeline local stack")
     for column in ("component", "address", "running", "answers", "pid", "detail"):
         table.add_column(column)
@@ -120,6 +140,9 @@ def _print_status(statuses) -> None:
             "[green]yes[/]" if s.answers else "[red]no[/]",
             str(s.pid or "-"), s.detail,
         )
+    for service in services:
+        table.add_row(service.name, "", "[green]yes[/]" if service.running else "[dim]no[/]", "", str(service.pid or "-"),
+                      str(service.log_path))
     console.print(table)
 
 
@@ -131,13 +154,15 @@ def topics_create(
     partitions: Annotated[int | None, typer.Option(help="Override FORGELINE_TOPICS_PARTITIONS.")] = None,
 ) -> None:
     """Create every topic and its .dlq twin (idempotent)."""
-    from services.common.kafka import make_admin
-    from services.common.topics import create_topics
-
-    kafka = _settings(KafkaSettings)
     topic_settings = _settings(TopicSettings)
     if partitions is not None:
         topic_settings = topic_settings.model_copy(update={"partitions": partitions})
+    _create_topics(_settings(KafkaSettings), topic_settings)
+
+
+def _create_topics(kafka: KafkaSettings, topic_settings: TopicSettings) -> None:
+    from services.common.kafka import make_admin
+    from services.common.topics import create_topics
 
     async def run() -> None:
         admin = make_admin(kafka)
@@ -171,6 +196,58 @@ def topics_list() -> None:
     Console().print(table)
 
 
+# ---------------------------------------------------------------------------------- run
+
+
+class Service(str, Enum):
+    ingest = "ingest"
+    router = "router"
+    generator = "generator"
+    storage = "storage"
+
+
+@app.command("run")
+def run(
+    service: Annotated[Service, typer.Argument(help="The service this process runs.")],
+    path: Annotated[str | None, typer.Option(help="generator only: primary or fallback (FORGELINE_GENERATOR_PATH).")]
+    = None,
+) -> None:
+    """Run one service in the foreground until SIGTERM: what a Kubernetes Deployment runs."""
+    from services.common.settings import Connections
+    from services.common.worker import run_service
+
+    connections = _settings(Connections.from_env)
+    if service is Service.router:
+        from services.router.app import serve
+        from services.router.settings import RouterSettings
+
+        settings = _settings(RouterSettings)
+        run_service("router", lambda stop: serve(settings, connections, stop),
+                    log_level=settings.log_level, metrics_port=settings.metrics_port)
+    elif service is Service.generator:
+        from services.generator.app import serve
+        from services.generator.settings import GeneratorSettings
+
+        settings = _settings(GeneratorSettings)
+        if path is not None:
+            settings = _settings(lambda: GeneratorSettings(path=path))
+        run_service(f"generator-{settings.path}", lambda stop: serve(settings, connections, stop),
+                    log_level=settings.log_level, metrics_port=settings.metrics_port)
+    elif service is Service.storage:
+        from services.storage.app import serve
+        from services.storage.settings import StorageSettings
+
+        settings = _settings(StorageSettings)
+        run_service("storage", lambda stop: serve(settings, connections, stop),
+                    log_level=settings.log_level, metrics_port=settings.metrics_port)
+    else:
+        from services.ingest.app import serve
+        from services.ingest.settings import IngestSettings
+
+        settings = _settings(IngestSettings)
+        run_service("ingest", lambda stop: serve(settings, connections, stop), log_level=settings.log_level.upper())
+
+
 # ---------------------------------------------------------------------------------- schema
 
 
@@ -195,13 +272,12 @@ def schema(
 
 @app.command("demo")
 def demo() -> None:
-    """Round-trip a message through Kafka, a key through Redis and an object through S3."""
-    from services.common.settings import Connections
+    """Start the pipeline on the local stack, generate sample images, and show the results."""
+    from services import devstack
     from services.demo import run_demo
 
-    connections = _settings(Connections.from_env)
-    ok = asyncio.run(run_demo(connections, console))
-    if not ok:
+    settings = _settings(devstack.DevStackSettings)
+    if not asyncio.run(run_demo(settings, console)):
         raise typer.Exit(code=1)
 
 

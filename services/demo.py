@@ -1,121 +1,140 @@
-"""`forgeline demo`: prove the local stack works, one real round trip per component.
+"""`forgeline demo` (what `make demo` runs): the pipeline end to end on the local stack.
 
-1. Kafka: create the topics, produce a ``GenerationRequested`` to the requested topic, read
-   that very record back from its partition and offset, and compare the decoded model.
-2. Redis: set a key with a TTL, read it and its TTL back.
-3. S3: upload a PNG, then fetch its public URL over plain HTTP, as a browser would.
+1. Start the stack (Kafka, Redis, S3) and the five services as supervised background processes,
+   with a deliberately slow, single-slot primary path (see ``DevStackSettings``).
+2. Submit sample prompts at once over HTTP, like a game backend would.
+3. Follow every job until it finishes, with a live progress table.
+4. Print job, route, provider, latency and URL; check that each URL serves the very image
+   (same SHA-256 as the completed event, a PNG).
+The stack is left running for you to explore; ``make down`` stops it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
+import random
 import time
 
 import httpx
-from aiokafka import TopicPartition
-from PIL import Image, ImageDraw
 from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 
-from services.common import contracts
-from services.common.blobstore import S3BlobStore
-from services.common.kafka import make_admin, make_consumer, make_producer, send_event
-from services.common.redis import KeySpace, make_redis
-from services.common.settings import Connections
-from services.common.topics import Topics, create_topics
+from services import devstack
+from services.client import ForgelineClient, JobResult
+from services.common.images import sniff_content_type
+
+SAMPLE_PROMPTS = (
+    "flaming obsidian greatsword",
+    "frost crystal longbow",
+    "healing potion",
+    "holy golden shield",
+    "toxic venom dagger",
+    "shadow staff of the void",
+    "ice axe",
+    "golden ring of embers",
+)
 
 
-def demo_png(text: str, size: int = 128) -> bytes:
-    """A small PNG with ``text`` on it."""
-    image = Image.new("RGB", (size, size), (24, 24, 40))
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((16, 16, size - 16, size - 16), fill=(230, 120, 40))
-    draw.text((8, size // 2 - 6), text[:18], fill=(255, 255, 255))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+async def _follow(client: ForgelineClient, job_id: str, state: dict[str, dict]) -> None:
+    started = time.monotonic()
+    while True:
+        result = await client.status(job_id)
+        state[job_id] = {"result": result, "elapsed": time.monotonic() - started}
+        if result.status in {"completed", "failed"}:
+            return
+        await asyncio.sleep(0.2)
 
 
-async def _kafka_round_trip(connections: Connections, say) -> bool:
-    topics = Topics.from_settings(connections.topics)
-    admin = make_admin(connections.kafka)
-    await asyncio.wait_for(admin.start(), timeout=15)
+def _table(prompts: dict[str, str], state: dict[str, dict], checks: dict[str, str] | None = None) -> Table:
+    table = Table(title="Forgeline demo")
+    for column in ("job", "prompt", "status", "route", "provider", "latency"):
+        table.add_column(column)
+    if checks is not None:
+        table.add_column("image at URL")
+    for job_id, prompt in prompts.items():
+        entry = state.get(job_id, {})
+        result: JobResult | None = entry.get("result")
+        status = result.status if result else "submitted"
+        colour = {"completed": "green", "failed": "red"}.get(status, "yellow")
+        row = [
+            job_id[:8], prompt, f"[{colour}]{status}[/]", _route(result),
+            (result.provider or "-") if result else "-", f"{entry.get('elapsed', 0):.1f}s",
+        ]
+        if checks is not None:
+            row.append(checks.get(job_id, "-"))
+        table.add_row(*row)
+    return table
+
+
+def _route(result: JobResult | None) -> str:
+    if result is None:
+        return "-"
+    return "cache" if result.cached else (result.route or "-")
+
+
+async def _check_url(http: httpx.AsyncClient, result: JobResult) -> str:
+    """Fetch the URL as a browser would and compare it with what the pipeline says it stored."""
+    if result.url is None:
+        return "[red]no URL[/]"
+    response = await http.get(result.url)
+    digest = hashlib.sha256(response.content).hexdigest()
+    expected = (result.raw.get("result") or {}).get("sha256")
+    if response.status_code != 200:
+        return f"[red]HTTP {response.status_code}[/]"
+    if digest != expected or sniff_content_type(response.content) is None:
+        return "[red]bytes differ[/]"
+    return f"[green]ok[/] {len(response.content) // 1024} KiB {response.headers.get('content-type')}"
+
+
+async def run_demo(settings: devstack.DevStackSettings, console: Console) -> bool:
+    pipeline = devstack.pipeline(settings)
+    console.rule("[bold]Starting the pipeline")
     try:
-        outcomes = await create_topics(admin, connections.topics)
-    finally:
-        await admin.close()
-    say(f"topics ready: {sum(o.status == 'created' for o in outcomes)} created, {len(outcomes)} in all")
+        await asyncio.to_thread(pipeline.start, None, lambda m: console.print(f"  {m}"))
+    except devstack.DevStackError as exc:
+        console.print(f"[red]{exc}[/]\n[yellow]next:[/] `forgeline dev status`, then the logs it names")
+        return False
 
-    event = contracts.GenerationRequested(
-        job_id=contracts.new_job_id(),
-        tenant="demo",
-        spec=contracts.ImageSpec(prompt="flaming obsidian greatsword", seed=7),
-        metadata={"source": "forgeline demo"},
-    )
-    producer = make_producer(connections.kafka)
-    await producer.start()
-    try:
-        started = time.perf_counter()
-        meta = await send_event(producer, topics.name("generation.requested"), event)
-        say(f"produced job {event.job_id} to {meta.topic}[{meta.partition}]@{meta.offset} "
-            f"in {(time.perf_counter() - started) * 1000:.1f} ms (acks=all)")
-    finally:
-        await producer.stop()
+    url = devstack.ingest_url(settings)
+    console.rule(f"[bold]Submitting {len(SAMPLE_PROMPTS)} prompts to {url}")
+    console.print(f"  the primary path takes ~{settings.primary_latency_s:.1f} s an image, one at a time; past a "
+                  f"queue depth of {settings.depth_high} the router sends jobs to the fallback path")
+    seed = random.randrange(2**32)  # a new seed each run: fresh images, not yesterday's cache
+    console.print(f"  seed {seed}")
+    async with ForgelineClient(url) as client, httpx.AsyncClient(timeout=30) as http:
+        prompts: dict[str, str] = {}
+        for prompt in SAMPLE_PROMPTS:
+            submitted = await client.submit(prompt, width=512, height=512, seed=seed)
+            prompts[submitted.job_id] = prompt
+        state: dict[str, dict] = {}
+        followers = [asyncio.create_task(_follow(client, job_id, state)) for job_id in prompts]
+        with Live(_table(prompts, state), console=console, refresh_per_second=8) as live:
+            while not all(task.done() for task in followers):
+                live.update(_table(prompts, state))
+                await asyncio.sleep(0.125)
+            live.update(_table(prompts, state))
+        await asyncio.gather(*followers)
 
-    consumer = make_consumer(connections.kafka, group_id=None)
-    await consumer.start()
-    try:
-        partition = TopicPartition(meta.topic, meta.partition)
-        consumer.assign([partition])
-        consumer.seek(partition, meta.offset)
-        record = await asyncio.wait_for(consumer.getone(partition), timeout=15)
-    finally:
-        await consumer.stop()
-    decoded = contracts.decode(contracts.GenerationRequested, record.value)
-    same = decoded == event
-    say(f"consumed it back: prompt {decoded.spec.prompt!r}, equal to what was sent: {same}")
-    return same
+        results = {job_id: state[job_id]["result"] for job_id in prompts}
+        checks = dict(zip(results, await asyncio.gather(*(_check_url(http, r) for r in results.values())), strict=True))
+        console.print(_table(prompts, state, checks))
+        for job_id, result in results.items():
+            console.print(f"  {job_id[:8]}  {result.url or '-'}", soft_wrap=True)
 
+        console.rule("[bold]The same request again")
+        started = time.monotonic()
+        again = await client.submit(SAMPLE_PROMPTS[0], width=512, height=512, seed=seed)
+        console.print(f"  {SAMPLE_PROMPTS[0]!r}: HTTP answer in {(time.monotonic() - started) * 1000:.0f} ms, "
+                      f"cached={again.cached}, same URL: {again.url == next(iter(results.values())).url}")
 
-async def _redis_round_trip(connections: Connections, say) -> bool:
-    redis = make_redis(connections.redis)
-    try:
-        key = KeySpace(connections.redis.key_prefix).key("demo", contracts.new_job_id())
-        await redis.set(key, b"hello from forgeline", ex=60)
-        value, ttl = await redis.get(key), await redis.ttl(key)
-        say(f"SET {key} EX 60 → GET {value!r}, TTL {ttl}s")
-        return value == b"hello from forgeline" and 0 < ttl <= 60
-    finally:
-        await redis.aclose()
-
-
-async def _s3_round_trip(connections: Connections, say) -> bool:
-    store = S3BlobStore(connections.s3)
-    await store.ensure_bucket(public_read=True)
-    png = demo_png("forgeline")
-    digest = hashlib.sha256(png).hexdigest()
-    url = await store.put(f"demo/{digest}.png", png, content_type="image/png")
-    say(f"uploaded {len(png)} bytes → {url}")
-    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as http:
-        response = await http.get(url)
-    same = response.status_code == 200 and hashlib.sha256(response.content).hexdigest() == digest
-    say(f"anonymous GET {url} → HTTP {response.status_code}, "
-        f"{response.headers.get('content-type')}, same bytes: {same}")
-    return same
-
-
-async def run_demo(connections: Connections, console: Console) -> bool:
-    results: dict[str, bool] = {}
-    for name, step in (("Kafka", _kafka_round_trip), ("Redis", _redis_round_trip), ("S3", _s3_round_trip)):
-        console.rule(f"[bold]{name}")
-        try:
-            results[name] = await step(connections, lambda message: console.print(f"  {message}"))
-        except Exception as exc:  # noqa: BLE001 — the demo reports every failure and goes on
-            console.print(f"  [red]{name} failed:[/] {exc!r}")
-            console.print("  [yellow]next:[/] is the stack up? `forgeline dev status`; start it with `make demo`")
-            results[name] = False
-    console.rule()
-    for name, ok in results.items():
-        console.print(f"{name:6} {'[green]ok[/]' if ok else '[red]FAILED[/]'}")
-    return all(results.values())
+    completed = [r for r in results.values() if r.status == "completed"]
+    routes = {path: sum(_route(r) == path for r in completed) for path in ("primary", "fallback", "cache")}
+    all_ok = len(completed) == len(results) and all(c.startswith("[green]") for c in checks.values()) and again.cached
+    console.print(f"{len(completed)}/{len(results)} completed: {routes['primary']} on the primary path, "
+                  f"{routes['fallback']} on the fallback path, {routes['cache']} from the cache; "
+                  f"every URL serves its image: {'yes' if all_ok else 'NO'}")
+    console.print(f"API docs: {url}/docs · status: {url}/v1/status · the stack keeps running: "
+                  "[bold]make status[/], [bold]make down[/]")
+    return all_ok

@@ -28,6 +28,8 @@ class BlobStore(Protocol):
     async def put(self, key: str, data: bytes, *, content_type: str, cache_control: str = ...) -> str:
         """Store ``data`` under ``key`` and return its public URL."""
 
+    async def exists(self, key: str) -> bool: ...
+
     async def get(self, key: str) -> bytes:
         """The bytes under ``key``; ``KeyError`` if there are none."""
 
@@ -126,6 +128,17 @@ class S3BlobStore:
         except (BotoCoreError, ClientError) as exc:
             raise BlobStoreError(f"upload of {key!r} to bucket {self._settings.bucket!r} failed: {exc}") from exc
         return self.public_url(key)
+
+    async def exists(self, key: str) -> bool:
+        try:
+            await asyncio.to_thread(self._client.head_object, Bucket=self._settings.bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return False
+            raise BlobStoreError(f"cannot check {key!r}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise BlobStoreError(f"cannot check {key!r}: {exc}") from exc
 
     async def get(self, key: str) -> bytes:
         try:

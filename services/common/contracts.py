@@ -229,6 +229,26 @@ class GenerationRouted(_GenerationJob):
 
     decision: RouteDecision
 
+    @classmethod
+    def from_request(cls, request: GenerationRequested, decision: RouteDecision) -> GenerationRouted:
+        return cls(**(_job_fields(request) | {"timings": request.timings.with_stage("routed", decision.decided_at)}),
+                   decision=decision)
+
+
+def _job_fields(job: _GenerationJob) -> dict[str, Any]:
+    """The fields a job carries from stage to stage (a new event time and span each time)."""
+    return {
+        "job_id": job.job_id,
+        "tenant": job.tenant,
+        "trace": job.trace.child(),
+        "spec": job.spec,
+        "priority": job.priority,
+        "deadline_s": job.deadline_s,
+        "reference_image": job.reference_image,
+        "metadata": job.metadata,
+        "timings": job.timings,
+    }
+
 
 class GenerationGenerated(_GenerationJob):
     """A provider returned an image; the bytes travel to storage."""
@@ -242,6 +262,12 @@ class GenerationGenerated(_GenerationJob):
     deterministic: bool = Field(description="True when the same spec always gives the same bytes.")
     placeholder: bool = Field(False, description="True for a stand-in made when no real provider could serve.")
     attempts: int = Field(1, ge=1)
+
+    @classmethod
+    def from_routed(cls, routed: GenerationRouted, **image: Any) -> GenerationGenerated:
+        """``image``: the ``image``, ``content_type``, ``provider``… fields of this model."""
+        return cls(**(_job_fields(routed) | {"timings": routed.timings.with_stage("generated")}),
+                   decision=routed.decision, **image)
 
 
 class GenerationCompleted(Event):

@@ -88,6 +88,35 @@ class Topics:
             yield self.dlq(spec.key), True
 
 
+@dataclass(frozen=True)
+class GroupIds:
+    """Consumer group ids, derived from the topic prefix so one prefix isolates a whole deployment.
+
+    KEDA's Kafka scaler and the router both read the generator groups' lag by these names.
+    """
+
+    prefix: str
+
+    @classmethod
+    def from_settings(cls, settings: TopicSettings) -> GroupIds:
+        return cls(settings.prefix)
+
+    @property
+    def router(self) -> str:
+        return f"{self.prefix}.router"
+
+    def generator(self, path: str) -> str:
+        return f"{self.prefix}.generator.{path}"
+
+    @property
+    def storage(self) -> str:
+        return f"{self.prefix}.storage"
+
+    @property
+    def comparer(self) -> str:
+        return f"{self.prefix}.comparer"
+
+
 def topic_configs(settings: TopicSettings, *, dlq: bool) -> dict[str, str]:
     """Broker-side configuration of one topic."""
     return {

@@ -1,7 +1,8 @@
 """A real local stack for development and integration tests, without Docker.
 
 Kafka (jars from Maven Central), Redis (Debian's redis-server) and an S3 API (moto) run as
-background processes with pid files and logs under ``DevStackSettings.state_dir``.
+background processes with pid files and logs under ``DevStackSettings.state_dir``; so can the
+pipeline's own services (``pipeline(settings)``), as ``make demo`` does.
 """
 
 from __future__ import annotations
@@ -10,7 +11,15 @@ from services.devstack.component import ComponentStatus
 from services.devstack.errors import DevStackError, Progress
 from services.devstack.kafka import kafka_version, render_server_properties
 from services.devstack.settings import DevStackSettings
-from services.devstack.stack import COMPONENT_NAMES, down, env, status, up
+from services.devstack.stack import (
+    COMPONENT_NAMES,
+    down,
+    env,
+    ingest_url,
+    pipeline,
+    status,
+    up,
+)
 
 __all__ = [
     "COMPONENT_NAMES",
@@ -20,7 +29,9 @@ __all__ = [
     "Progress",
     "down",
     "env",
+    "ingest_url",
     "kafka_version",
+    "pipeline",
     "render_server_properties",
     "status",
     "up",

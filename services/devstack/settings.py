@@ -33,6 +33,13 @@ class DevStackSettings(BaseSettings):
     redis_port: int = Field(16379, gt=0, lt=65536)
     s3_port: int = Field(19000, gt=0, lt=65536)
     s3_bucket: str = Field("forgeline-dev", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    ingest_port: int = Field(18080, gt=0, lt=65536, description="Port of the local pipeline's ingest API.")
+    # The local pipeline mimics the production shape at a small scale: a slow free path with
+    # little capacity, so a burst of requests visibly overflows to the fast (paid) fallback.
+    primary_latency_s: float = Field(1.5, ge=0, le=120, description="Simulated latency of the primary provider.")
+    primary_concurrency: int = Field(1, ge=1, le=64, description="Images in flight on the primary generator.")
+    depth_high: int = Field(4, ge=1, description="The local router's FORGELINE_ROUTER_DEPTH_HIGH.")
+    depth_low: int = Field(2, ge=0, description="The local router's FORGELINE_ROUTER_DEPTH_LOW.")
     kafka_heap: str = Field("512m", pattern=r"^[0-9]+[kKmMgG]$", description="JVM -Xmx of the broker.")
     kafka_home: Path | None = Field(
         None,

@@ -18,6 +18,7 @@ from services.devstack.component import Component, ComponentStatus
 from services.devstack.errors import DevStackError, Progress, silent
 from services.devstack.host import exclusive_lock
 from services.devstack.kafka import KafkaComponent
+from services.devstack.pipeline import Pipeline
 from services.devstack.redis import RedisComponent
 from services.devstack.s3 import (
     ACCESS_KEY_ID,
@@ -100,7 +101,30 @@ def env(settings: DevStackSettings) -> dict[str, str]:
         "FORGELINE_S3_ACCESS_KEY_ID": ACCESS_KEY_ID,
         "FORGELINE_S3_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
         "FORGELINE_S3_REGION": REGION,
+        "FORGELINE_INGEST_HOST": settings.host,
+        "FORGELINE_INGEST_PORT": str(settings.ingest_port),
     }
+
+
+def ingest_url(settings: DevStackSettings) -> str:
+    return f"http://{settings.host}:{settings.ingest_port}"
+
+
+def pipeline(settings: DevStackSettings) -> Pipeline:
+    """The five service processes, configured for this stack (see ``DevStackSettings``)."""
+    return Pipeline(
+        settings.state_dir,
+        env(settings) | {
+            "FORGELINE_ROUTER_DEPTH_HIGH": str(settings.depth_high),
+            "FORGELINE_ROUTER_DEPTH_LOW": str(settings.depth_low),
+            "FORGELINE_ROUTER_DEPTH_REFRESH_S": "0.5",
+        },
+        per_service_env={"generator-primary": {
+            "FORGELINE_GENERATOR_SIMULATED_LATENCY_S": str(settings.primary_latency_s),
+            "FORGELINE_GENERATOR_CONCURRENCY": str(settings.primary_concurrency),
+        }},
+        ingest_url=ingest_url(settings),
+    )
 
 
 def _stack_lock(settings: DevStackSettings, progress: Progress) -> AbstractContextManager[None]:

@@ -14,11 +14,10 @@ class GeneratorSettings(BaseSettings):
     model_config = service_config("FORGELINE_GENERATOR_")
 
     path: Literal["primary", "fallback"] = "primary"
-    group_id_prefix: str = Field("forgeline-generator", min_length=1, description="Group id is <prefix>-<path>.")
     concurrency: int = Field(8, ge=1, le=256, description="Provider calls in flight per process.")
     provider_timeout_s: float = Field(60.0, gt=0, le=600)
+    attempts: int = Field(3, ge=1, le=10, description="Tries per job for retryable provider errors (seed 000).")
+    commit_interval_s: float = Field(0.5, gt=0, le=3600, description="How often finished offsets are committed.")
     simulated_latency_s: float = Field(0.0, ge=0, le=120, description="Procedural provider only: pretend to be slow.")
-
-    @property
-    def group_id(self) -> str:
-        return f"{self.group_id_prefix}-{self.path}"
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus metrics on this port.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

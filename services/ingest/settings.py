@@ -1,21 +1,71 @@
-"""Settings of the ingest API (env prefix ``FORGELINE_INGEST_``)."""
+"""Settings of the ingest API (env prefix ``FORGELINE_INGEST_``).
+
+API keys map a tenant to its key, as JSON::
+
+    FORGELINE_INGEST_API_KEYS='{"studio-alpha": "k_live_...", "studio-beta": "k_live_..."}'
+"""
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings
+from typing import Literal
 
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.contracts import Tenant
 from services.common.settings import MiB, service_config
 
 
 class IngestSettings(BaseSettings):
-    model_config = service_config("FORGELINE_INGEST_")
+    # hide_input_in_errors: a bad FORGELINE_INGEST_API_KEYS must not print the keys in the error.
+    model_config = SettingsConfigDict(**service_config("FORGELINE_INGEST_"), hide_input_in_errors=True)
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
-    max_body_bytes: int = Field(14 * MiB, ge=64 * 1024, description="Larger request bodies get 413.")
-    api_keys: list[SecretStr] = Field(
-        default_factory=list,
-        description="Client API keys (JSON list). Empty: no authentication (local development only).",
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    max_body_bytes: int = Field(
+        14 * MiB, ge=1024,
+        description="Larger request bodies get 413 (room for a reference image as a data: URL).",
     )
-    status_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="How long job status stays readable.")
+    # Tenant-typed keys: a key's tenant is stamped on every job it submits, so it must be a valid one.
+    api_keys: dict[Tenant, SecretStr] = Field(
+        default_factory=dict,
+        description=(
+            "Tenant → API key (JSON object). Clients send the key as 'Authorization: Bearer <key>' or "
+            "'X-API-Key'; its tenant owns the jobs. Empty: no authentication (local development only)."
+        ),
+    )
+    status_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="How long job status and idempotency keys live.")
+    local_cache_size: int = Field(1024, ge=0, description="Entries of the in-process result-cache LRU.")
+    local_cache_ttl_s: float = Field(300.0, ge=0, description="Lifetime of an in-process result-cache entry.")
+    sse_keepalive_s: float = Field(15.0, gt=0, le=300, description="A ': keepalive' comment this often on /events.")
+    publish_timeout_s: float = Field(
+        15.0, gt=0, le=300,
+        description="How long a POST waits for Kafka to acknowledge the job before answering 503.")
+    shutdown_grace_s: float = Field(10.0, ge=0, le=300,
+                                    description="On shutdown, how long open requests and event streams may finish.")
+    probe_timeout_s: float = Field(2.0, gt=0, le=30, description="How long /readyz and /v1/status wait for a dependency.")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys_name_their_tenant(cls, value: object) -> object:
+        if isinstance(value, list | tuple):  # the old format: a bare list of keys
+            # ValueError, not TypeError: pydantic reports only ValueError as a validation error.
+            raise ValueError(  # noqa: TRY004
+                'must be a JSON object of tenant → key, e.g. {"studio-alpha": "<key>"}: '
+                "each key's tenant owns the jobs it submits")
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_are_usable(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        seen: dict[str, str] = {}
+        for tenant, key in value.items():
+            secret = key.get_secret_value()
+            # Never quote the key itself: this message ends up in logs.
+            if len(secret) < 8 or secret != secret.strip():
+                raise ValueError(f"the key of tenant {tenant!r} must be at least 8 characters, no surrounding spaces")
+            if secret in seen:
+                raise ValueError(f"tenants {seen[secret]!r} and {tenant!r} share a key; give each its own")
+            seen[secret] = tenant
+        return value

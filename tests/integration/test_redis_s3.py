@@ -10,7 +10,7 @@ import pytest
 
 from services.common.blobstore import IMMUTABLE_CACHE_CONTROL, S3BlobStore
 from services.common.redis import KeySpace
-from services.demo import demo_png
+from services.devstack.smoke import demo_png
 
 pytestmark = pytest.mark.integration
 

@@ -468,7 +468,7 @@ def test_settings_read_kafka_home_and_expand_home(monkeypatch: pytest.MonkeyPatc
 
 
 def test_env_points_services_at_the_stack() -> None:
-    settings = DevStackSettings(kafka_port=1, redis_port=2, s3_port=3, s3_bucket="my-bucket")
+    settings = DevStackSettings(kafka_port=1, redis_port=2, s3_port=3, s3_bucket="my-bucket", ingest_port=4)
     assert env(settings) == {
         "FORGELINE_KAFKA_BOOTSTRAP": "127.0.0.1:1",
         "FORGELINE_REDIS_URL": "redis://127.0.0.1:2/0",
@@ -477,4 +477,6 @@ def test_env_points_services_at_the_stack() -> None:
         "FORGELINE_S3_ACCESS_KEY_ID": "forgeline",
         "FORGELINE_S3_SECRET_ACCESS_KEY": "forgeline-secret",
         "FORGELINE_S3_REGION": "us-east-1",
+        "FORGELINE_INGEST_HOST": "127.0.0.1",
+        "FORGELINE_INGEST_PORT": "4",
     }

@@ -42,7 +42,7 @@ def test_service_settings_have_their_own_prefix(monkeypatch):
 
     generator = GeneratorSettings()
 
-    assert (generator.path, generator.concurrency, generator.group_id) == ("fallback", 32, "forgeline-generator-fallback")
+    assert (generator.path, generator.concurrency) == ("fallback", 32)
     assert RouterSettings().depth_high == 80
 
 
@@ -77,7 +77,7 @@ def test_router_thresholds_must_leave_a_hysteresis_band():
 def test_secrets_stay_out_of_repr_and_str():
     settings = S3Settings(access_key_id="AKIAEXAMPLEKEY", secret_access_key="very-secret-value")
     redis = RedisSettings(url="redis://:hunter2@redis:6379/0")
-    ingest = IngestSettings(api_keys=["client-key-123"])
+    ingest = IngestSettings(api_keys={"studio": "client-key-123"})
 
     for text in (repr(settings), str(settings), repr(redis), repr(ingest)):
         for secret in ("AKIAEXAMPLEKEY", "very-secret-value", "hunter2", "client-key-123"):

@@ -1,0 +1,210 @@
+"""Job status in Redis, shared by every service, and the guard that keeps one terminal result per job.
+
+Status only moves forward: ``queued → routed → generating → stored → completed | failed``. An
+update that arrives late (a replayed record, a slow replica) cannot move a job backwards, and
+the first terminal status wins. Each accepted change is also appended to a small per-job Redis
+stream, so ``GET /v1/generations/{id}/events`` can replay every change from the start and then
+block for new ones, with no window in which a change could be missed.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+from redis.asyncio import Redis
+
+from services.common.consumer import Outcome, Output
+from services.common.contracts import (
+    ContractError,
+    Event,
+    GenerationCompleted,
+    GenerationFailed,
+    utcnow,
+)
+from services.common.redis import KeySpace
+
+JobStatus = Literal["queued", "routed", "generating", "stored", "completed", "failed"]
+TERMINAL: frozenset[str] = frozenset({"completed", "failed"})
+_RANK: dict[str, int] = {"queued": 0, "routed": 1, "generating": 2, "stored": 3, "completed": 4, "failed": 4}
+
+# KEYS: job hash, job event stream.  ARGV: status, rank, ttl seconds, fields (JSON object), now (ISO).
+# Returns 1 when the change was applied, 0 when it was stale: a lower rank only fills in missing fields,
+# and a terminal job takes no more changes.
+_UPDATE = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'rank') or '-1')
+local rank = tonumber(ARGV[2])
+if current >= 4 then return 0 end
+local fields = cjson.decode(ARGV[4])
+if rank < current then
+  -- A late update (a replica slower than the next stage): keep its facts where none are known yet.
+  for name, value in pairs(fields) do redis.call('HSETNX', KEYS[1], name, value) end
+  return 0
+end
+for name, value in pairs(fields) do redis.call('HSET', KEYS[1], name, value) end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'rank', ARGV[2], 'updated_at', ARGV[5])
+if redis.call('HEXISTS', KEYS[1], 'created_at') == 0 then redis.call('HSET', KEYS[1], 'created_at', ARGV[5]) end
+if rank > current then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', '64', '*', 'snapshot', cjson.encode(redis.call('HGETALL', KEYS[1])))
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
+
+
+class JobView(BaseModel):
+    """What ``GET /v1/generations/{job_id}`` shows."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    tenant: str | None = None
+    status: JobStatus
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    route: str | None = None
+    route_reason: str | None = None
+    primary_depth: int | None = None
+    provider: str | None = None
+    url: str | None = None
+    cached: bool = False
+    deterministic: bool | None = None
+    placeholder: bool | None = None
+    error: dict[str, Any] | None = None
+    timings: dict[str, Any] = {}
+    result: dict[str, Any] | None = None
+
+    @classmethod
+    def from_hash(cls, job_id: str, raw: dict[str, str]) -> JobView:
+        data: dict[str, Any] = {"job_id": job_id}
+        for name, value in raw.items():
+            if name in _JSON_FIELDS:
+                data[name] = json.loads(value)
+            elif name != "rank":
+                data[name] = value
+        return cls.model_validate(data)
+
+
+_JSON_FIELDS = {"error", "timings", "result", "primary_depth", "cached", "deterministic", "placeholder"}
+
+
+def _encode_fields(fields: dict[str, Any]) -> str:
+    encoded = {}
+    for name, value in fields.items():
+        if value is None:
+            continue
+        encoded[name] = json.dumps(value, default=str) if name in _JSON_FIELDS else str(value)
+    return json.dumps(encoded)
+
+
+class JobStore:
+    """Reads and writes job status; safe for any number of replicas at once."""
+
+    def __init__(self, redis: Redis, keys: KeySpace, *, ttl_s: int = 7 * 24 * 3600) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._ttl_s = ttl_s
+        self._update = redis.register_script(_UPDATE)
+
+    def _hash(self, job_id: str) -> str:
+        return self._keys.key("job", job_id)
+
+    def _stream(self, job_id: str) -> str:
+        return self._keys.key("job", job_id, "events")
+
+    async def update(self, job_id: str, status: JobStatus, **fields: Any) -> bool:
+        """Move ``job_id`` to ``status`` with ``fields``; False when the change was stale."""
+        applied = await self._update(
+            keys=[self._hash(job_id), self._stream(job_id)],
+            args=[status, _RANK[status], self._ttl_s, _encode_fields(fields), utcnow().isoformat()],
+        )
+        return bool(applied)
+
+    async def get(self, job_id: str) -> JobView | None:
+        raw = await self._redis.hgetall(self._hash(job_id))
+        if not raw:
+            return None
+        return JobView.from_hash(job_id, {k.decode(): v.decode() for k, v in raw.items()})
+
+    async def changes(self, job_id: str, after: str = "0", block_ms: int = 2_000) -> list[tuple[str, JobView]]:
+        """Status changes after stream id ``after`` (``"0"``: from the start), waiting up to ``block_ms``.
+
+        Keep ``block_ms`` below the Redis client's socket timeout, or the wait itself times out.
+        """
+        reply = await self._redis.xread({self._stream(job_id): after}, block=block_ms, count=64)
+        changes: list[tuple[str, JobView]] = []
+        for _stream, entries in reply or ():
+            for entry_id, values in entries:
+                flat = json.loads(values[b"snapshot"])
+                raw = dict(zip(flat[::2], flat[1::2], strict=True))
+                changes.append((entry_id.decode(), JobView.from_hash(job_id, raw)))
+        return changes
+
+
+class TerminalGuard:
+    """Lets exactly one terminal event (completed or failed) per job reach the results topics.
+
+    The first handler to ``claim`` a job stores its terminal event; a replay (a crash before the
+    offset commit, a duplicate from a retried producer) gets back that stored event if it was not
+    yet published — republishing identical bytes — or nothing once it was.
+    """
+
+    _MODELS: dict[str, type[Event]] = {"GenerationCompleted": GenerationCompleted, "GenerationFailed": GenerationFailed}
+
+    def __init__(self, redis: Redis, keys: KeySpace, *, ttl_s: int = 7 * 24 * 3600) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._ttl_s = ttl_s
+
+    async def claim(self, event: GenerationCompleted | GenerationFailed) -> GenerationCompleted | GenerationFailed | None:
+        """The terminal event to publish for ``event.job_id``, or None if one was published already."""
+        key = self._keys.key("terminal", event.job_id)
+        stored = json.dumps({"type": type(event).__name__, "event": event.model_dump(mode="json")})
+        if await self._redis.set(key, stored, nx=True, ex=self._ttl_s):
+            return event
+        if await self._redis.exists(key + ":published"):
+            return None
+        raw = await self._redis.get(key)
+        if raw is None:  # expired between the two calls: ours is as good as any
+            return event
+        envelope = json.loads(raw)
+        model = self._MODELS.get(envelope["type"])
+        if model is None:
+            raise ContractError("TerminalGuard", {"type": f"unknown terminal event {envelope['type']!r}"})
+        return model.model_validate(envelope["event"])  # type: ignore[return-value]
+
+    async def mark_published(self, job_id: str) -> None:
+        await self._redis.set(self._keys.key("terminal", job_id, "published"), b"1", ex=self._ttl_s)
+
+
+async def terminal_outcome(
+    event: GenerationCompleted | GenerationFailed, *, topic: str, guard: TerminalGuard, jobs: JobStore
+) -> Outcome:
+    """The ``Outcome`` that publishes ``event`` as the job's one terminal result.
+
+    After the broker acknowledges it, the job is marked published and its status set, so a
+    poller never sees "completed" before a subscriber could.
+    """
+    to_publish = await guard.claim(event)
+    if to_publish is None:
+        return Outcome()
+
+    async def acked() -> None:
+        await guard.mark_published(to_publish.job_id)
+        if isinstance(to_publish, GenerationCompleted):
+            await jobs.update(
+                to_publish.job_id, "completed", tenant=to_publish.tenant, url=to_publish.url,
+                provider=to_publish.provider, cached=to_publish.cached, deterministic=to_publish.deterministic,
+                placeholder=to_publish.placeholder, timings=to_publish.timings.model_dump(mode="json"),
+                result=to_publish.model_dump(mode="json"),
+            )
+        else:
+            await jobs.update(
+                to_publish.job_id, "failed", tenant=to_publish.tenant, error=to_publish.error.model_dump(mode="json"),
+                timings=to_publish.timings.model_dump(mode="json"),
+            )
+
+    return Outcome([Output(topic, to_publish)], on_acked=acked)

@@ -1,0 +1,119 @@
+"""What every Forgeline process does the same way: logging, signals, metrics, client lifecycles.
+
+A service's ``serve(settings, connections, stop)`` builds its clients inside an
+``AsyncExitStack`` (so they close in reverse order, whatever happens) and runs until ``stop``
+is set. ``run_service`` is what ``forgeline run <service>`` calls: it sets up logging and the
+metrics endpoint, turns SIGTERM / SIGINT into ``stop``, and runs ``serve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from prometheus_client import start_http_server
+from redis.asyncio import Redis
+
+from services.common.consumer import ConsumerLoop
+from services.common.kafka import make_admin, make_consumer, make_producer
+from services.common.redis import make_redis
+from services.common.settings import KafkaSettings, RedisSettings
+
+log = logging.getLogger(__name__)
+
+
+def configure_logging(level: str, service: str) -> None:
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s {service} %(name)s: %(message)s",
+        force=True,
+    )
+    # aiokafka logs every coordinator hiccup at ERROR during normal rebalances; keep them visible but quieter.
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def run_service(
+    service: str,
+    serve: Callable[[asyncio.Event], Awaitable[None]],
+    *,
+    log_level: str = "INFO",
+    metrics_port: int | None = None,
+) -> None:
+    """Run one service until SIGTERM / SIGINT; the process's entrypoint."""
+    configure_logging(log_level, service)
+    if metrics_port:
+        start_http_server(metrics_port)
+        log.info("metrics on :%d/metrics", metrics_port)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("starting")
+        await serve(stop)
+        log.info("stopped")
+
+    asyncio.run(main())
+
+
+async def _started(stack: AsyncExitStack, client, start, close):
+    """Start ``client`` and register its cleanup; a client whose start fails is closed at once."""
+    try:
+        await start()
+    except BaseException:
+        await close()
+        raise
+    stack.push_async_callback(close)
+    return client
+
+
+async def started_producer(stack: AsyncExitStack, kafka: KafkaSettings) -> AIOKafkaProducer:
+    producer = make_producer(kafka)
+    return await _started(stack, producer, producer.start, producer.stop)
+
+
+async def started_consumer(stack: AsyncExitStack, kafka: KafkaSettings, *, group_id: str | None) -> AIOKafkaConsumer:
+    """A started consumer; with ``group_id=None`` it only reads offsets (no subscription, no commits)."""
+    consumer = make_consumer(kafka, group_id=group_id)
+    return await _started(stack, consumer, consumer.start, consumer.stop)
+
+
+async def started_admin(stack: AsyncExitStack, kafka: KafkaSettings) -> AIOKafkaAdminClient:
+    admin = make_admin(kafka)
+    return await _started(stack, admin, admin.start, admin.close)
+
+
+def redis_client(stack: AsyncExitStack, settings: RedisSettings) -> Redis:
+    client = make_redis(settings)
+    stack.push_async_callback(client.aclose)
+    return client
+
+
+async def run_until_stopped(loop: ConsumerLoop, stop: asyncio.Event, *companions: Awaitable[None]) -> None:
+    """Run ``loop`` (and background ``companions``) until ``stop``; then let the loop finish cleanly.
+
+    If the loop or a companion dies, the others are stopped and the error propagates, so the
+    process exits non-zero and its supervisor (Kubernetes, the dev stack) restarts it.
+    """
+    main = asyncio.create_task(loop.run(), name="consumer-loop")
+    others = [asyncio.create_task(c) for c in companions]
+    stopper = asyncio.create_task(stop.wait(), name="stop")
+    try:
+        done, _ = await asyncio.wait({main, stopper, *others}, return_when=asyncio.FIRST_COMPLETED)
+        loop.stop()
+        await main
+        for task in done:
+            if task is not stopper and task is not main and task.exception():
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        for task in (stopper, *others):
+            task.cancel()
+        await asyncio.gather(stopper, *others, return_exceptions=True)

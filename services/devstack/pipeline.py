@@ -1,0 +1,130 @@
+"""The pipeline's own processes on the local stack: ingest, router, both generators, storage.
+
+Each runs ``forgeline run <service>`` as a supervised background process (pid file, log,
+ownership check, clean stop), exactly what a Kubernetes Deployment runs. ``make demo`` and the
+e2e tests start them here; their settings come from the environment given to ``Pipeline``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from services.devstack.errors import DevStackError, Progress, silent
+from services.devstack.process import BackgroundProcess, log_tail
+
+
+@dataclass(frozen=True)
+class ServiceProcess:
+    name: str
+    args: tuple[str, ...]
+
+
+SERVICES: tuple[ServiceProcess, ...] = (
+    ServiceProcess("router", ("run", "router")),
+    ServiceProcess("generator-primary", ("run", "generator", "--path", "primary")),
+    ServiceProcess("generator-fallback", ("run", "generator", "--path", "fallback")),
+    ServiceProcess("storage", ("run", "storage")),
+    ServiceProcess("ingest", ("run", "ingest")),
+)
+SERVICE_NAMES = tuple(s.name for s in SERVICES)
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    running: bool
+    pid: int | None
+    log_path: Path
+
+
+class Pipeline:
+    """Start, stop and inspect the service processes under ``<state_dir>/pipeline/``."""
+
+    def __init__(self, state_dir: Path, env: Mapping[str, str], *,
+                 per_service_env: Mapping[str, Mapping[str, str]] | None = None, ingest_url: str | None = None) -> None:
+        self._dir = state_dir / "pipeline"
+        self._env = dict(env)
+        self._per_service_env = per_service_env or {}
+        self.ingest_url = ingest_url
+
+    def process(self, name: str) -> BackgroundProcess:
+        if name not in SERVICE_NAMES:
+            raise DevStackError(f"no service {name!r}; choose from {', '.join(SERVICE_NAMES)}")
+        return BackgroundProcess(name, self._dir)
+
+    def _selected(self, names: Sequence[str] | None) -> list[ServiceProcess]:
+        wanted = SERVICE_NAMES if names is None else tuple(names)
+        for name in wanted:
+            self.process(name)  # validates
+        return [s for s in SERVICES if s.name in wanted]
+
+    def start(self, names: Sequence[str] | None = None, progress: Progress = silent) -> list[str]:
+        """Start the selected services that are not running; returns the names started."""
+        started: list[str] = []
+        for service in self._selected(names):
+            process = self.process(service.name)
+            if process.is_running():
+                progress(f"{service.name}: already running (pid {process.pid()})")
+                continue
+            env = os.environ | self._env | dict(self._per_service_env.get(service.name, {}))
+            argv = [sys.executable, "-m", "services.cli", *service.args]
+            pid = process.start(argv, marker="services.cli", env=env)
+            progress(f"{service.name}: started (pid {pid}), log {process.log_path}")
+            started.append(service.name)
+        if self.ingest_url and "ingest" in started:
+            self.wait_ingest_ready(progress=progress)
+        return started
+
+    def wait_ingest_ready(self, timeout_s: float = 60.0, progress: Progress = silent) -> None:
+        """Wait until ingest's /readyz answers 200 (Kafka and Redis reachable from it)."""
+        deadline = time.monotonic() + timeout_s
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            if not self.process("ingest").is_running():
+                raise DevStackError(f"ingest exited. Last lines of its log:\n{log_tail(self.process('ingest').log_path)}")
+            try:
+                response = httpx.get(f"{self.ingest_url}/readyz", timeout=2.0)
+                if response.status_code == 200:
+                    progress(f"ingest: ready at {self.ingest_url}")
+                    return
+                last = f"HTTP {response.status_code}: {response.text[:200]}"
+            except httpx.HTTPError as exc:
+                last = repr(exc)
+            time.sleep(0.25)
+        raise DevStackError(f"ingest not ready after {timeout_s:.0f} s ({last}). "
+                            f"Its log: {self.process('ingest').log_path}")
+
+    def stop(self, names: Sequence[str] | None = None, progress: Progress = silent) -> list[str]:
+        """Stop the selected services (ingest first, so no new work arrives); returns the names stopped."""
+        stopped = []
+        for service in reversed(self._selected(names)):
+            pid = self.process(service.name).stop(timeout=20, progress=progress)
+            if pid is not None:
+                progress(f"{service.name}: stopped (pid {pid})")
+                stopped.append(service.name)
+        return stopped
+
+    def kill(self, name: str) -> int:
+        """SIGKILL a service at once, as a crash would (for failure tests); returns its pid."""
+        process = self.process(name)
+        pid = process.pid()
+        if pid is None:
+            raise DevStackError(f"{name} is not running")
+        os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while process.is_running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return pid
+
+    def status(self) -> list[ServiceStatus]:
+        return [
+            ServiceStatus(s.name, (p := self.process(s.name)).is_running(), p.pid(), p.log_path) for s in SERVICES
+        ]

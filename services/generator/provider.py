@@ -1,0 +1,103 @@
+"""The port every image provider implements, and the errors it may raise.
+
+A provider turns an :class:`~services.common.contracts.ImageSpec` into image bytes. The
+generator service only talks to :class:`ImageProvider`; which provider sits behind it
+(procedural, a hosted model, ...) is configuration.
+
+Error hierarchy::
+
+    ProviderError                   base; .provider, .retryable, .code
+    ├── RetryableProviderError      may succeed later: HTTP 429, 5xx, timeouts, connection errors
+    └── PermanentProviderError      will fail again: HTTP 400, content policy, failed predictions
+
+The generator retries a :class:`RetryableProviderError` (with backoff, within the job's
+deadline) and fails the job at once on a :class:`PermanentProviderError`. ``code`` is a short
+machine-readable reason (``"rate_limited"``, ``"timeout"``, ``"content_policy"``, ...) that
+ends up in :class:`~services.common.contracts.ErrorInfo`.
+
+Messages travel to callers, logs and Kafka, so they must never contain secrets: no API keys,
+tokens, signed URLs or authorization headers. Say what went wrong, not with which credentials.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+from services.common.contracts import ImageSpec
+
+__all__ = [
+    "GeneratedImage",
+    "ImageProvider",
+    "PermanentProviderError",
+    "ProviderError",
+    "RetryableProviderError",
+]
+
+ContentType = Literal["image/png", "image/jpeg", "image/webp"]
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """What a provider returns: the bytes and where they came from."""
+
+    data: bytes
+    content_type: ContentType
+    provider: str
+    model: str | None
+    deterministic: bool  # True when the same spec always gives the same bytes
+    placeholder: bool = False  # True for a stand-in made when no real provider could serve
+
+    def __repr__(self) -> str:  # the bytes would flood a log line
+        return (f"GeneratedImage({len(self.data)} bytes, content_type={self.content_type!r}, "
+                f"provider={self.provider!r}, model={self.model!r}, deterministic={self.deterministic}, "
+                f"placeholder={self.placeholder})")
+
+
+class ProviderError(Exception):
+    """A provider could not produce an image. Base of the provider errors; catch this one."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, provider: str, code: str, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.provider = provider
+        self.code = code
+        if retryable is not None:
+            self.retryable = retryable
+
+    def __str__(self) -> str:
+        return f"{self.provider}: {self.message} ({self.code})"
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(message={self.message!r}, provider={self.provider!r}, "
+                f"code={self.code!r}, retryable={self.retryable})")
+
+
+class RetryableProviderError(ProviderError):
+    """The same request may succeed later: rate limits (429), server errors (5xx), timeouts,
+    connection errors."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, provider: str, code: str = "unavailable") -> None:
+        super().__init__(message, provider=provider, code=code, retryable=True)
+
+
+class PermanentProviderError(ProviderError):
+    """The same request will fail again: bad request (400), content policy, failed prediction."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, provider: str, code: str = "rejected") -> None:
+        super().__init__(message, provider=provider, code=code, retryable=False)
+
+
+@runtime_checkable
+class ImageProvider(Protocol):
+    """Turns a spec into an image. Implementations raise only :class:`ProviderError`s."""
+
+    name: str
+
+    async def generate(self, spec: ImageSpec) -> GeneratedImage: ...

@@ -1,0 +1,199 @@
+"""Request and response bodies of the ingest API.
+
+The request body is composed from the contract's own fields (``ImageSpec`` and
+``GenerationRequested``): same types, limits and descriptions, so the API and the Kafka
+contract cannot drift apart. The contract's cross-field checks (``reference_image`` scheme,
+``metadata`` size) run when the handler builds the event; ``contract_errors`` turns what they
+reject into FastAPI's 422 shape, so clients see one error format.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from services.common.contracts import GenerationRequested, ImageSpec, Priority
+from services.common.jobs import JobStatus, JobView
+
+_SPEC_FIELDS = ("prompt", "negative_prompt", "width", "height", "seed", "style")
+
+
+def _contract_field(model: type[BaseModel], name: str) -> Any:
+    """A copy of the contract's definition of ``name``: constraints, default, description, examples."""
+    return copy.deepcopy(model.model_fields[name])
+
+
+class GenerationRequestBody(BaseModel):
+    """What a game backend asks for. Unknown fields are rejected (a misspelt field is a 422, not ignored)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        title="Generation request",
+        json_schema_extra={"examples": [{
+            "prompt": "flaming obsidian greatsword, game icon",
+            "negative_prompt": "blurry, text, watermark",
+            "width": 512, "height": 512, "seed": 42, "style": "painterly",
+            "priority": "standard", "metadata": {"item_id": "sword-017"},
+        }]},
+    )
+
+    prompt: str = _contract_field(ImageSpec, "prompt")
+    negative_prompt: str | None = _contract_field(ImageSpec, "negative_prompt")
+    width: int = _contract_field(ImageSpec, "width")
+    height: int = _contract_field(ImageSpec, "height")
+    seed: int | None = _contract_field(ImageSpec, "seed")
+    style: str | None = _contract_field(ImageSpec, "style")
+    priority: Priority = _contract_field(GenerationRequested, "priority")
+    deadline_s: float | None = _contract_field(GenerationRequested, "deadline_s")
+    reference_image: str | None = _contract_field(GenerationRequested, "reference_image")
+    metadata: dict[str, str] = _contract_field(GenerationRequested, "metadata")
+
+    def spec_fields(self) -> dict[str, Any]:
+        return self.model_dump(include=set(_SPEC_FIELDS))
+
+    def job_fields(self) -> dict[str, Any]:
+        """Every field except the spec's: priority, deadline, reference image, metadata."""
+        return self.model_dump(exclude=set(_SPEC_FIELDS))
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the canonical body (defaults filled in), to tell a retry from a reused Idempotency-Key."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def contract_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """A ``GenerationRequested`` validation error in FastAPI's 422 shape, located in the request.
+
+    The input is left out: it may be a 14 MB data URL, and echoing it helps nobody.
+    """
+    errors: list[dict[str, Any]] = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc: tuple[str | int, ...] = tuple(error["loc"])
+        if loc[:1] == ("spec",):
+            loc = ("body", *loc[1:])
+        elif loc[:1] == ("idempotency_key",):
+            loc = ("header", "Idempotency-Key", *loc[1:])
+        else:
+            loc = ("body", *loc)
+        item: dict[str, Any] = {"type": error["type"], "loc": list(loc), "msg": error["msg"]}
+        if error.get("ctx"):
+            item["ctx"] = {name: str(value) for name, value in error["ctx"].items()}
+        errors.append(item)
+    return errors
+
+
+# ------------------------------------------------------------------------------------- responses
+
+
+class Accepted(BaseModel):
+    """The job is queued (or, for a repeated Idempotency-Key, still on its way). Follow the URLs."""
+
+    job_id: str = Field(examples=["7f3c2a9e5b1d4c6fa0e8b2d4c6f8a0e2"])
+    status: JobStatus = Field(description="The job's status now; 'queued' for a new job.")
+    status_url: str = Field(examples=["/v1/generations/7f3c2a9e5b1d4c6fa0e8b2d4c6f8a0e2"])
+    events_url: str = Field(description="Server-sent events: every status change, until the job ends.",
+                            examples=["/v1/generations/7f3c2a9e5b1d4c6fa0e8b2d4c6f8a0e2/events"])
+    idempotent_replay: bool = Field(False, description="True when an earlier request with this Idempotency-Key "
+                                                       "made the job.")
+
+
+class GenerationResult(BaseModel):
+    """A job that has already ended: served from the result cache, or an Idempotency-Key replay of a finished job."""
+
+    job_id: str
+    status: Literal["completed", "failed"]
+    cached: bool = Field(False, description="True when the image came from the result cache (no generation ran).")
+    url: str | None = Field(None, description="Public URL of the image.")
+    sha256: str | None = None
+    content_type: str | None = None
+    size_bytes: int | None = None
+    provider: str | None = None
+    deterministic: bool | None = None
+    placeholder: bool | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    error: dict[str, Any] | None = Field(None, description="Why the job failed (code, message, retryable).")
+    status_url: str
+    events_url: str
+    idempotent_replay: bool = False
+
+
+class ErrorDetail(BaseModel):
+    """One problem with a request, as FastAPI reports validation errors."""
+
+    type: str
+    loc: list[str | int]
+    msg: str
+    ctx: dict[str, Any] | None = None
+
+
+class ValidationErrorBody(BaseModel):
+    detail: list[ErrorDetail]
+
+
+class MessageBody(BaseModel):
+    """An error with one message saying what to do."""
+
+    detail: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, str] = Field(description="Per dependency: 'ok', or why it is not.",
+                                   examples=[{"kafka": "ok", "redis": "ok"}])
+
+
+class QueueDepth(BaseModel):
+    topic: str
+    group_id: str
+    depth: int = Field(description="Messages waiting for this path's generators (sum of partition lag).")
+    partitions: dict[int, int]
+
+
+class RouteSplit(BaseModel):
+    primary: int = 0
+    fallback: int = 0
+    fallback_share: float | None = Field(None, description="fallback / (primary + fallback); None before any route.")
+
+
+class CacheStats(BaseModel):
+    hit_local: int = 0
+    hit_redis: int = 0
+    miss: int = 0
+    hit_rate: float | None = Field(None, description="Hits / lookups; None before any lookup.")
+
+
+class PipelineStatus(BaseModel):
+    """How the pipeline is doing, across every replica."""
+
+    queues: dict[Literal["primary", "fallback"], QueueDepth]
+    routes: RouteSplit
+    cache: CacheStats
+    measured_at: datetime
+
+
+__all__ = [
+    "Accepted",
+    "CacheStats",
+    "ErrorDetail",
+    "GenerationRequestBody",
+    "GenerationResult",
+    "Health",
+    "JobView",
+    "MessageBody",
+    "PipelineStatus",
+    "QueueDepth",
+    "Readiness",
+    "RouteSplit",
+    "ValidationErrorBody",
+    "contract_errors",
+]

@@ -1,0 +1,331 @@
+"""What the ingest API decides: idempotency, the result cache, queueing, reading and watching jobs.
+
+Routes stay thin: they parse HTTP, call one function here, and map its result or exception
+to a response. Nothing here knows about HTTP status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aiokafka.errors import KafkaError
+from prometheus_client import Counter
+from pydantic import TypeAdapter, ValidationError
+
+from services.common.contracts import (
+    GenerationCompleted,
+    GenerationRequested,
+    JobId,
+    Path,
+    new_job_id,
+    utcnow,
+)
+from services.common.jobs import TERMINAL, JobStatus, JobView
+from services.common.kafka import send_event
+from services.common.lag import group_lag
+from services.common.topics import TopicKey
+from services.ingest.api_models import GenerationRequestBody, contract_errors
+from services.ingest.deps import IngestDeps
+
+log = logging.getLogger(__name__)
+
+JOBS = Counter("forgeline_ingest_jobs_total", "Generation requests by outcome.", ["outcome"])
+
+_JOB_ID: TypeAdapter[str] = TypeAdapter(JobId)
+
+# Delete the idempotency key only if it still names our job (a compare-and-delete).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+# --------------------------------------------------------------------------------- outcomes
+
+
+class InvalidRequest(Exception):
+    """The request breaks the contract; ``errors`` are in FastAPI's 422 shape."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(errors)} invalid field(s)")
+        self.errors = errors
+
+
+class IdempotencyKeyReused(InvalidRequest):
+    """The Idempotency-Key was used before with a different body (what Stripe answers with a 422)."""
+
+    def __init__(self) -> None:
+        super().__init__([{
+            "type": "idempotency_key_reused",
+            "loc": ["header", "Idempotency-Key"],
+            "msg": "this Idempotency-Key was already used with a different request body; "
+                   "use a new key for a new request, or resend the original body to get its job",
+        }])
+
+
+class JobNotFound(LookupError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id}")
+        self.job_id = job_id
+
+
+class Unavailable(Exception):
+    """A dependency did not answer; the same request may succeed later."""
+
+    def __init__(self, dependency: str, message: str) -> None:
+        super().__init__(message)
+        self.dependency = dependency
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """What became of a POST: a new queued job, a cache hit, or the job of an earlier identical request."""
+
+    job_id: str
+    status: JobStatus
+    outcome: Literal["queued", "cached", "replayed"]
+    completed: GenerationCompleted | None = None  # the cached result, for "cached"
+    view: JobView | None = None  # the job as it is now, for "replayed" (None: its first request is still writing it)
+    metadata: dict[str, str] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+
+# --------------------------------------------------------------------------------- submit
+
+
+async def submit(
+    body: GenerationRequestBody, tenant: str, idempotency_key: str | None, deps: IngestDeps
+) -> SubmitResult:
+    """Accept one generation request. Raises ``InvalidRequest`` or ``Unavailable``."""
+    request = _build_request(body, tenant, idempotency_key)
+    if idempotency_key is None:
+        return await _serve_or_queue(request, deps)
+
+    claim = _Claim(
+        key=deps.keys.key("idem", tenant, hashlib.sha256(idempotency_key.encode()).hexdigest()),
+        value=json.dumps({"job_id": request.job_id, "body": body.fingerprint()}),
+    )
+    earlier = await _claim_idempotency_key(claim, deps)
+    if earlier is not None:
+        JOBS.labels("replayed").inc()
+        return earlier
+    try:
+        return await _serve_or_queue(request, deps)
+    except BaseException:
+        # The job was not queued: free the key, so the client's retry with it makes a job
+        # instead of replaying one that never ran. Best effort: Redis may be what failed.
+        with contextlib.suppress(Exception):
+            await deps.redis.eval(_RELEASE, 1, claim.key, claim.value)
+        raise
+
+
+async def _serve_or_queue(request: GenerationRequested, deps: IngestDeps) -> SubmitResult:
+    # A request that wants a comparison must run: a cached image carries no comparison for this target.
+    if request.reference_image is None:
+        cached = await deps.cache.get(request.spec.cache_key())
+        if cached is not None:
+            await _complete_from_cache(request, cached, deps)
+            JOBS.labels("cached").inc()
+            return SubmitResult(request.job_id, "completed", "cached", completed=cached, metadata=request.metadata)
+
+    # Status before the event: a client polling right after the 202 must find the job, with
+    # the tenant that GET checks (the router's update may land first and does not carry it all).
+    await deps.jobs.update(request.job_id, "queued", tenant=request.tenant,
+                           timings=request.timings.model_dump(mode="json", exclude_none=True))
+    try:
+        # Bounded by our own timeout: a producer that lost the cluster can wait for metadata
+        # forever. After a timeout the broker may still take the message; the job then shows
+        # "failed" (terminal, so later updates are ignored) and the client's retry makes a new one.
+        await asyncio.wait_for(send_event(deps.producer, deps.topics.name("generation.requested"), request),
+                               deps.settings.publish_timeout_s)
+    except (KafkaError, TimeoutError) as exc:
+        await _fail_unpublished(request, exc, deps)
+        raise Unavailable("kafka", "could not queue the job: Kafka did not acknowledge it "
+                                   f"({_describe(exc, detail=False)}); retry the request") from exc
+    JOBS.labels("queued").inc()
+    return SubmitResult(request.job_id, "queued", "queued")
+
+
+def _build_request(body: GenerationRequestBody, tenant: str, idempotency_key: str | None) -> GenerationRequested:
+    try:
+        return GenerationRequested.model_validate({
+            "job_id": new_job_id(),
+            "tenant": tenant,
+            "spec": body.spec_fields(),
+            **body.job_fields(),
+            "idempotency_key": idempotency_key,
+            "timings": {"accepted_at": utcnow()},
+        })
+    except ValidationError as exc:
+        raise InvalidRequest(contract_errors(exc)) from None
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """An Idempotency-Key's Redis key, and the value that says "this job, made from this body"."""
+
+    key: str
+    value: str
+
+
+async def _claim_idempotency_key(claim: _Claim, deps: IngestDeps) -> SubmitResult | None:
+    """None when this request owns the key now; else the earlier request's job."""
+    ttl = deps.settings.status_ttl_s
+    raw: bytes | None = None
+    for _ in range(2):  # a second round only when the key expired between SET NX and GET
+        if await deps.redis.set(claim.key, claim.value, nx=True, ex=ttl):
+            return None
+        raw = await deps.redis.get(claim.key)
+        if raw is not None:
+            break
+    if raw is None:
+        raise Unavailable("redis", "the Idempotency-Key changed hands twice in a row; retry the request")
+    earlier, ours = json.loads(raw), json.loads(claim.value)
+    if earlier["body"] != ours["body"]:
+        raise IdempotencyKeyReused()
+    view = await deps.jobs.get(earlier["job_id"])
+    # No view yet: the first request claimed the key and is writing the job right now.
+    status: JobStatus = view.status if view is not None else "queued"
+    return SubmitResult(earlier["job_id"], status, "replayed", view=view)
+
+
+async def _complete_from_cache(request: GenerationRequested, cached: GenerationCompleted, deps: IngestDeps) -> None:
+    now = utcnow().isoformat()
+    result = cached.model_dump(mode="json", include={
+        "url", "object_key", "sha256", "content_type", "size_bytes", "provider", "deterministic", "placeholder"})
+    result |= {"cached": True, "metadata": request.metadata, "source_job_id": cached.job_id}
+    await deps.jobs.update(
+        request.job_id, "completed", tenant=request.tenant, url=cached.url, provider=cached.provider, cached=True,
+        deterministic=cached.deterministic, placeholder=cached.placeholder,
+        timings={"accepted_at": now, "completed_at": now}, result=result,
+    )
+
+
+async def _fail_unpublished(request: GenerationRequested, exc: Exception, deps: IngestDeps) -> None:
+    JOBS.labels("publish_failed").inc()
+    log.warning("job %s: publish failed: %s", request.job_id, _describe(exc))
+    await deps.jobs.update(request.job_id, "failed", tenant=request.tenant, error={
+        "code": "ingest_unavailable", "stage": "ingest", "retryable": True,
+        "message": "the job could not be queued (Kafka unavailable); submit it again",
+    })
+
+
+# --------------------------------------------------------------------------------- read and watch
+
+
+async def get_job(job_id: str, tenant: str, deps: IngestDeps) -> JobView:
+    """The job's status; a job of another tenant does not exist, as far as a caller can tell."""
+    try:
+        _JOB_ID.validate_python(job_id)
+    except ValidationError:  # not an id we would ever have issued
+        raise JobNotFound(job_id[:64]) from None
+    view = await deps.jobs.get(job_id)
+    if view is None or (deps.auth_enabled and view.tenant != tenant):
+        raise JobNotFound(job_id)
+    return view
+
+
+KEEPALIVE = None
+
+
+async def watch(job_id: str, after: str, deps: IngestDeps) -> AsyncIterator[tuple[str, JobView] | None]:
+    """Every status change after stream id ``after``, then new ones as they happen, until the job ends.
+
+    Yields ``(stream id, view)`` per change, and ``None`` (``KEEPALIVE``) when nothing changed for
+    ``sse_keepalive_s``. Ends after a terminal status, or at once when the job ended before ``after``.
+    """
+    keepalive_s = deps.settings.sse_keepalive_s
+    # A blocking read must return before the Redis client's socket timeout, or it fails.
+    block_ms = max(1, int(1000 * min(keepalive_s, 0.8 * deps.connections.redis.socket_timeout_s)))
+    last_sent = time.monotonic()
+    ended = False
+    while True:
+        # Once the job is known to have ended, one short read collects what was written before it ended.
+        changes = await deps.jobs.changes(job_id, after, block_ms=1 if ended else block_ms)
+        for entry_id, view in changes:
+            after = entry_id
+            last_sent = time.monotonic()
+            yield entry_id, view
+            if view.status in TERMINAL:
+                return
+        if changes:
+            continue
+        if ended:
+            return
+        current = await deps.jobs.get(job_id)
+        if current is None or current.status in TERMINAL:  # expired, or the caller saw the end already
+            ended = True
+            continue
+        if time.monotonic() - last_sent >= keepalive_s:
+            last_sent = time.monotonic()
+            yield KEEPALIVE
+
+
+# --------------------------------------------------------------------------------- operations
+
+
+async def readiness(deps: IngestDeps) -> dict[str, str]:
+    """'ok' or the reason, per dependency, each bounded by ``probe_timeout_s``."""
+    timeout = deps.settings.probe_timeout_s
+
+    async def kafka() -> str:
+        cluster = await asyncio.wait_for(deps.admin.describe_cluster(), timeout)
+        return "ok" if cluster.get("brokers") else "no brokers in the cluster metadata"
+
+    async def redis() -> str:
+        return "ok" if await asyncio.wait_for(deps.redis.ping(), timeout) else "PING was not answered"
+
+    names = ("kafka", "redis")
+    results = await asyncio.gather(kafka(), redis(), return_exceptions=True)
+    # Only the error's type: /readyz needs no key, and messages name internal hosts.
+    return {name: _describe(result, detail=False) for name, result in zip(names, results, strict=True)}
+
+
+def _describe(result: str | BaseException, *, detail: bool = True) -> str:
+    if isinstance(result, TimeoutError):
+        return "no answer in time"
+    if isinstance(result, BaseException):
+        return f"{type(result).__name__}: {str(result)[:200]}" if detail else type(result).__name__
+    return result
+
+
+async def pipeline_status(deps: IngestDeps) -> dict[str, Any]:
+    """Queue depth per path, the route split and the cache hit rate."""
+
+    async def depth(path: Path, key: TopicKey) -> dict[str, Any]:
+        topic, group = deps.topics.name(key), deps.groups.generator(path)
+        lag = await group_lag(deps.admin, deps.offsets, topic, group)
+        return {"topic": topic, "group_id": group, "depth": sum(lag.values()), "partitions": lag}
+
+    try:
+        primary, fallback = await asyncio.wait_for(
+            asyncio.gather(depth("primary", "generation.primary"), depth("fallback", "generation.fallback")),
+            deps.settings.probe_timeout_s)
+    except (TimeoutError, KafkaError) as exc:
+        log.warning("queue depth unavailable: %s", _describe(exc))
+        raise Unavailable("kafka", "Kafka did not report queue depth "
+                                   f"({_describe(exc, detail=False)}); retry shortly") from exc
+    raw_routes = await deps.redis.hgetall(deps.keys.key("stats", "routes"))
+    routes = {k.decode(): int(v) for k, v in raw_routes.items()}
+    routed = routes.get("primary", 0) + routes.get("fallback", 0)
+    cache = await deps.cache.stats()
+    hits, lookups = cache.get("hit_local", 0) + cache.get("hit_redis", 0), sum(cache.values())
+    return {
+        "queues": {"primary": primary, "fallback": fallback},
+        "routes": {"primary": routes.get("primary", 0), "fallback": routes.get("fallback", 0),
+                   "fallback_share": routes.get("fallback", 0) / routed if routed else None},
+        "cache": {"hit_local": cache.get("hit_local", 0), "hit_redis": cache.get("hit_redis", 0),
+                  "miss": cache.get("miss", 0), "hit_rate": hits / lookups if lookups else None},
+        "measured_at": utcnow(),
+    }

@@ -1,0 +1,176 @@
+"""The HTTP routes: parse, call one handler, shape the response. Decisions live in ``handlers``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.common.jobs import JobView
+from services.ingest import handlers
+from services.ingest.api_models import (
+    Accepted,
+    GenerationRequestBody,
+    GenerationResult,
+    Health,
+    MessageBody,
+    PipelineStatus,
+    Readiness,
+    ValidationErrorBody,
+)
+from services.ingest.auth import DepsDep, TenantDep
+
+router = APIRouter()
+
+_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": MessageBody, "description": "API keys are configured and none was sent, or it is unknown."},
+}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": MessageBody, "description": "No such job (or it belongs to another tenant, or it expired)."},
+}
+
+
+def status_url(job_id: str) -> str:
+    return f"/v1/generations/{job_id}"
+
+
+def events_url(job_id: str) -> str:
+    return f"/v1/generations/{job_id}/events"
+
+
+@router.post(
+    "/v1/generations",
+    tags=["generations"],
+    summary="Request an image",
+    status_code=202,
+    response_model=Accepted,
+    responses={
+        200: {"model": GenerationResult,
+              "description": "Already done: served from the result cache, or a repeated Idempotency-Key of a "
+                             "finished job. The image URL is in the body; no job runs."},
+        **_AUTH_ERRORS,
+        413: {"model": MessageBody, "description": "The body is larger than the configured limit."},
+        422: {"model": ValidationErrorBody,
+              "description": "A field is invalid (each one is named in detail[].loc), the JSON is malformed, or "
+                             "the Idempotency-Key was used before with a different body (idempotency_key_reused)."},
+        503: {"model": MessageBody, "description": "Kafka or Redis is unavailable; retry with the same "
+                                                   "Idempotency-Key."},
+    },
+)
+async def create_generation(
+    body: GenerationRequestBody,
+    tenant: TenantDep,
+    deps: DepsDep,
+    idempotency_key: Annotated[str | None, Header(
+        alias="Idempotency-Key",
+        description="Any unique string (a UUID, say). Retrying with the same key returns the same job, never a new "
+                    "one, for as long as the job's status is kept.",
+    )] = None,
+) -> Response:
+    """Queue a generation job and return at once (202) with where to follow it.
+
+    A request whose normalised spec was generated before is answered from the result cache
+    (200, `cached: true`) without running a job.
+    """
+    result = await handlers.submit(body, tenant, idempotency_key, deps)
+    replay = result.outcome == "replayed"
+    if not result.finished:
+        accepted = Accepted(job_id=result.job_id, status=result.status, status_url=status_url(result.job_id),
+                            events_url=events_url(result.job_id), idempotent_replay=replay)
+        return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
+    return JSONResponse(_finished(result).model_dump(mode="json"), status_code=200)
+
+
+def _finished(result: handlers.SubmitResult) -> GenerationResult:
+    urls = {"status_url": status_url(result.job_id), "events_url": events_url(result.job_id)}
+    if result.completed is not None:  # a cache hit now
+        done = result.completed
+        return GenerationResult(
+            job_id=result.job_id, status="completed", cached=True, url=done.url, sha256=done.sha256,
+            content_type=done.content_type, size_bytes=done.size_bytes, provider=done.provider,
+            deterministic=done.deterministic, placeholder=done.placeholder, metadata=result.metadata or {}, **urls)
+    view = result.view
+    assert view is not None and view.status in ("completed", "failed")
+    stored = view.result or {}
+    return GenerationResult(
+        job_id=result.job_id, status=view.status, cached=view.cached, url=view.url, sha256=stored.get("sha256"),
+        content_type=stored.get("content_type"), size_bytes=stored.get("size_bytes"), provider=view.provider,
+        deterministic=view.deterministic, placeholder=view.placeholder, metadata=stored.get("metadata") or {},
+        error=view.error, idempotent_replay=True, **urls)
+
+
+@router.get("/v1/generations/{job_id}", tags=["generations"], summary="A job's status", response_model=JobView,
+            responses={**_AUTH_ERRORS, **_NOT_FOUND})
+async def get_generation(job_id: str, tenant: TenantDep, deps: DepsDep) -> JobView:
+    """The job's status, route, timings and, once completed, the image URL."""
+    return await handlers.get_job(job_id, tenant, deps)
+
+
+@router.get(
+    "/v1/generations/{job_id}/events",
+    tags=["generations"],
+    summary="Follow a job (server-sent events)",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+              "description": "`event: status` per change (`id:` the change's id, `data:` the job as JSON), from "
+                             "the first; `: keepalive` comments while waiting; the stream ends after `completed` "
+                             "or `failed`."},
+        **_AUTH_ERRORS, **_NOT_FOUND,
+    },
+)
+async def follow_generation(
+    job_id: str,
+    tenant: TenantDep,
+    deps: DepsDep,
+    last_event_id: Annotated[str | None, Header(
+        alias="Last-Event-ID", pattern=r"^\d{1,20}(-\d{1,20})?$",
+        description="Resume after this event id (browsers send it when they reconnect).",
+    )] = None,
+) -> StreamingResponse:
+    """Replay every status change of the job, then stream new ones until it ends."""
+    await handlers.get_job(job_id, tenant, deps)  # 404 before the stream starts
+    frames = _sse(handlers.watch(job_id, last_event_id or "0", deps))
+    # no-cache and X-Accel-Buffering: proxies (nginx) must pass each event on at once.
+    return StreamingResponse(frames, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _sse(changes: AsyncIterator[tuple[str, JobView] | None]) -> AsyncIterator[str]:
+    async for change in changes:
+        if change is None:
+            yield ": keepalive\n\n"
+            continue
+        entry_id, view = change
+        yield f"event: status\nid: {entry_id}\ndata: {view.model_dump_json()}\n\n"
+
+
+@router.get("/v1/status", tags=["operations"], summary="Pipeline status", response_model=PipelineStatus,
+            responses={**_AUTH_ERRORS, 503: {"model": MessageBody, "description": "Kafka did not answer in time."}})
+async def pipeline_status(_tenant: TenantDep, deps: DepsDep) -> dict[str, Any]:
+    """Queue depth of each generator path, how jobs were routed, and the result cache's hit rate."""
+    return await handlers.pipeline_status(deps)
+
+
+@router.get("/healthz", tags=["operations"], summary="Liveness", response_model=Health)
+async def healthz() -> Health:
+    """200 while the process serves requests. Says nothing about Kafka or Redis (see /readyz)."""
+    return Health()
+
+
+@router.get("/readyz", tags=["operations"], summary="Readiness", response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "Kafka or Redis does not answer; see `checks`."}})
+async def readyz(deps: DepsDep) -> JSONResponse:
+    """200 when Kafka and Redis both answer within the probe timeout; 503 naming the one that does not."""
+    checks = await handlers.readiness(deps)
+    ready = all(state == "ok" for state in checks.values())
+    body = Readiness(status="ready" if ready else "unavailable", checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+@router.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response)
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

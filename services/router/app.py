@@ -1,0 +1,91 @@
+"""The router process: consume requests, pick a path, forward, record the decision.
+
+    forgeline run router
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+from aiokafka import ConsumerRecord
+from prometheus_client import Counter
+from redis.asyncio import Redis
+
+from services.common.consumer import ConsumerLoop, LoopSettings, Outcome, Output
+from services.common.contracts import GenerationRequested, GenerationRouted, decode
+from services.common.jobs import JobStore
+from services.common.redis import KeySpace
+from services.common.settings import Connections
+from services.common.topics import GroupIds, Topics
+from services.common.worker import (
+    redis_client,
+    run_until_stopped,
+    started_admin,
+    started_consumer,
+    started_producer,
+)
+from services.router.depth import DepthMonitor
+from services.router.handlers import (
+    HysteresisPolicy,
+    PaidCapacity,
+    UnlimitedPaidCapacity,
+    route,
+)
+from services.router.settings import RouterSettings
+
+ROUTED = Counter("forgeline_routes_total", "Route decisions by path.", ["path"])
+
+
+@dataclass
+class RouterHandler:
+    topics: Topics
+    depth: DepthMonitor
+    policy: HysteresisPolicy
+    paid: PaidCapacity
+    jobs: JobStore
+    redis: Redis
+    keys: KeySpace
+
+    async def __call__(self, record: ConsumerRecord) -> Outcome:
+        request = decode(GenerationRequested, record.value)
+        decision = await route(request, self.depth.depth, self.policy, self.paid)
+        routed = GenerationRouted.from_request(request, decision)
+        if decision.path == "primary":
+            self.depth.routed_to_primary()
+
+        # Recorded before the job is forwarded, so the next stage's status can never be overtaken by it.
+        await self.jobs.update(
+            request.job_id, "routed", tenant=request.tenant, route=decision.path, route_reason=decision.reason,
+            primary_depth=decision.primary_depth, timings=routed.timings.model_dump(mode="json"),
+        )
+
+        async def acked() -> None:
+            ROUTED.labels(decision.path).inc()
+            await self.redis.hincrby(self.keys.key("stats", "routes"), decision.path, 1)
+
+        return Outcome([Output(self.topics.name(f"generation.{decision.path}"), routed)], on_acked=acked)
+
+
+async def serve(settings: RouterSettings, connections: Connections, stop: asyncio.Event,
+                paid: PaidCapacity | None = None) -> None:
+    topics, groups = Topics.from_settings(connections.topics), GroupIds.from_settings(connections.topics)
+    keys = KeySpace(connections.redis.key_prefix)
+    async with AsyncExitStack() as stack:
+        producer = await started_producer(stack, connections.kafka)
+        consumer = await started_consumer(stack, connections.kafka, group_id=groups.router)
+        offsets = await started_consumer(stack, connections.kafka, group_id=None)
+        admin = await started_admin(stack, connections.kafka)
+        redis = redis_client(stack, connections.redis)
+
+        depth = DepthMonitor(admin, offsets, topic=topics.name("generation.primary"),
+                             group_id=groups.generator("primary"), refresh_s=settings.depth_refresh_s)
+        await depth.refresh()  # route nothing on a made-up depth
+        handler = RouterHandler(
+            topics=topics, depth=depth, policy=HysteresisPolicy(high=settings.depth_high, low=settings.depth_low),
+            paid=paid or UnlimitedPaidCapacity(), jobs=JobStore(redis, keys), redis=redis, keys=keys,
+        )
+        loop = ConsumerLoop(consumer, producer, handler, LoopSettings(
+            group_id=groups.router, topics=[topics.name("generation.requested")], concurrency=settings.concurrency))
+        await run_until_stopped(loop, stop, depth.run())
