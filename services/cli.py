@@ -245,7 +245,7 @@ def run(
         from services.ingest.settings import IngestSettings
 
         settings = _settings(IngestSettings)
-        run_service("ingest", lambda stop: serve(settings, connections, stop), log_level=settings.log_level.upper())
+        run_service("ingest", lambda stop: serve(settings, connections, stop), log_level=settings.log_level)
 
 
 # ---------------------------------------------------------------------------------- schema

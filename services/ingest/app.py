@@ -163,7 +163,7 @@ async def serve(settings: IngestSettings, connections: Connections, stop: asynci
             yield built
 
     config = uvicorn.Config(
-        create_app(deps), host=settings.host, port=settings.port, log_level=settings.log_level,
+        create_app(deps), host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
         log_config=None,  # keep the process's logging setup
         access_log=False,  # RequestLog writes one line per request, without keys or bodies
         lifespan="on",

@@ -22,7 +22,7 @@ class IngestSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_body_bytes: int = Field(
         14 * MiB, ge=1024,
         description="Larger request bodies get 413 (room for a reference image as a data: URL).",
