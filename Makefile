@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install test unit integration demo up down status topics schema bench clean
+.PHONY: install test unit integration demo up down reset status topics schema clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found. Install Python 3.11 (e.g. apt-get install python3.11 python3.11-venv) or run: make PYTHON=/path/to/python3.11"; exit 1; }
@@ -38,6 +38,9 @@ demo: install
 
 up: install
 	$(BIN)/forgeline dev up
+
+reset: install
+	$(BIN)/forgeline dev reset
 
 down: install
 	$(BIN)/forgeline dev down

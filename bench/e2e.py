@@ -29,7 +29,7 @@ from services import devstack
 from services.common import contracts as c
 from services.common.kafka import make_admin, make_consumer
 from services.common.settings import KafkaSettings, TopicSettings
-from services.common.topics import Topics, create_topics
+from services.common.topics import Topics, create_topics, delete_topics
 from services.devstack.pipeline import Pipeline
 from services.devstack.process import free_ports
 
@@ -143,6 +143,10 @@ async def main() -> None:
             await reporter
         finally:
             await asyncio.to_thread(pipeline.stop)
+            admin = make_admin(kafka)
+            await admin.start()
+            await delete_topics(admin, topic_settings)
+            await admin.close()
 
     events = [completed for _, completed in received.values()]
     paths = {p: sum(e.path == p for e in events) for p in ("primary", "fallback")}

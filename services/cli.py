@@ -98,6 +98,15 @@ def dev_down(
     devstack.down(settings, components=_components(only), progress=_progress)
 
 
+@dev_app.command("reset")
+def dev_reset() -> None:
+    """Stop everything and delete the local broker's data (all topics and offsets)."""
+    from services import devstack
+
+    devstack.reset(_settings(devstack.DevStackSettings), progress=_progress)
+    console.print("the next `forgeline dev up` starts from an empty broker")
+
+
 @dev_app.command("status")
 def dev_status() -> None:
     """Show each component, its address, and whether it answers. Exit 1 if any does not."""
@@ -179,6 +188,40 @@ def _create_topics(kafka: KafkaSettings, topic_settings: TopicSettings) -> None:
         console.print(f"{created} created, {len(outcomes) - created} already there (prefix {topic_settings.prefix!r})")
         if any(o.warning for o in outcomes):
             console.print("[yellow]some existing topics differ from the settings; see above[/]")
+
+    asyncio.run(run())
+
+
+@topics_app.command("wait")
+def topics_wait(
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 300.0,
+) -> None:
+    """Wait until every topic and its .dlq twin exist (a pod's init step); exit 1 on timeout."""
+    from services.common.kafka import make_admin
+    from services.common.topics import TopicAdminError, wait_for_topics
+
+    kafka, topic_settings = _settings(KafkaSettings), _settings(TopicSettings)
+
+    async def run() -> None:
+        admin = make_admin(kafka)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:  # the broker itself may still be starting
+            try:
+                await asyncio.wait_for(admin.start(), timeout=15)
+                break
+            except Exception as exc:  # noqa: BLE001
+                if asyncio.get_running_loop().time() > deadline:
+                    raise _fail(f"cannot reach Kafka at {kafka.bootstrap}: {exc!r}") from None
+                _progress(f"Kafka at {kafka.bootstrap} not reachable yet: {exc!r}")
+                await asyncio.sleep(2)
+        try:
+            remaining = max(1.0, deadline - asyncio.get_running_loop().time())
+            found = await wait_for_topics(admin, topic_settings, remaining, progress=_progress)
+        except TopicAdminError as exc:
+            raise _fail(str(exc)) from None
+        finally:
+            await admin.close()
+        console.print(f"all {len(found)} topics exist (prefix {topic_settings.prefix!r})")
 
     asyncio.run(run())
 

@@ -34,7 +34,7 @@ from services.common.settings import (
     S3Settings,
     TopicSettings,
 )
-from services.common.topics import create_topics
+from services.common.topics import create_topics, delete_topics
 
 CONNECT_TIMEOUT_S = 20
 
@@ -208,14 +208,24 @@ def topic_settings(unique: str) -> TopicSettings:
 
 
 @pytest.fixture
-def connections(infra: Infra, topic_settings: TopicSettings, unique: str) -> Connections:
-    """Connections for this test: its own topic prefix and Redis key prefix."""
-    return Connections(
+async def connections(infra: Infra, topic_settings: TopicSettings, unique: str) -> AsyncIterator[Connections]:
+    """Connections for this test: its own topic prefix and Redis key prefix.
+
+    Whatever topics the test made under its prefix are deleted when it ends: a long-lived dev
+    broker would otherwise collect thousands of partitions and slow down every later start.
+    """
+    yield Connections(
         kafka=infra.kafka,
         topics=topic_settings,
         redis=infra.redis.model_copy(update={"key_prefix": f"test:{unique}:"}),
         s3=infra.s3,
     )
+    admin = make_admin(infra.kafka)
+    await admin.start()
+    try:
+        await delete_topics(admin, topic_settings)
+    finally:
+        await admin.close()
 
 
 @pytest.fixture

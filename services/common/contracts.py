@@ -290,6 +290,17 @@ class GenerationCompleted(Event):
     comparison: ComparisonResult | None = None
 
 
+    @classmethod
+    def from_cache(cls, cached: GenerationCompleted, request: GenerationRequested) -> GenerationCompleted:
+        """``request`` answered with the image an earlier job made for the same normalised spec."""
+        return cls(
+            **cached.model_dump(include={"url", "object_key", "sha256", "content_type", "size_bytes", "provider",
+                                         "deterministic", "placeholder"}),
+            job_id=request.job_id, tenant=request.tenant, trace=request.trace.child(), spec=request.spec,
+            path=None, cached=True, metadata=request.metadata, timings=request.timings.with_stage("completed"),
+        )
+
+
 class ErrorInfo(_Model):
     """Why a job failed, in words a caller can act on."""
 

@@ -184,17 +184,42 @@ async def create_topics(
     return outcomes
 
 
-async def _await_visible(
-    admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 30.0
+async def wait_for_topics(
+    admin: AIOKafkaAdminClient,
+    settings: TopicSettings,
+    timeout_s: float,
+    progress: Callable[[str], None] = lambda _message: None,
 ) -> dict[str, TopicDescription]:
-    deadline = asyncio.get_running_loop().time() + timeout_s
+    """Wait until every topic and its ``.dlq`` twin exist (what a pod does before it starts)."""
+    names = [name for name, _ in Topics.from_settings(settings).all_names()]
+    return await _await_visible(admin, names, timeout_s, progress=progress, every_s=2.0)
+
+
+async def _await_visible(
+    admin: AIOKafkaAdminClient,
+    names: list[str],
+    timeout_s: float = 30.0,
+    *,
+    progress: Callable[[str], None] = lambda _message: None,
+    every_s: float = 0.1,
+) -> dict[str, TopicDescription]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
     while True:
         try:
             return await describe_topics(admin, names)
         except TopicNotReady as exc:
-            if asyncio.get_running_loop().time() > deadline:
-                raise TopicAdminError(f"topics did not become available within {timeout_s:.0f} s: {exc}") from exc
-            await asyncio.sleep(0.1)
+            if loop.time() > deadline:
+                raise TopicAdminError(f"topics did not become available within {timeout_s:.0f} s: {exc}. "
+                                      "Create them with `forgeline topics create`.") from exc
+            progress(f"waiting for {exc}")
+            await asyncio.sleep(every_s)
+
+
+async def delete_topics(admin: AIOKafkaAdminClient, settings: TopicSettings) -> None:
+    """Delete every topic under the prefix (tests and benchmarks clean up after themselves)."""
+    names = [name for name, _ in Topics.from_settings(settings).all_names()]
+    await admin.delete_topics(names)
 
 
 @dataclass(frozen=True)
@@ -210,7 +235,8 @@ async def describe_topics(admin: AIOKafkaAdminClient, names: list[str]) -> dict[
     partitions: dict[str, int] = {}
     for topic in metadata:
         if topic["error_code"] in _NOT_READY or any(p["error_code"] in _NOT_READY for p in topic["partitions"]):
-            raise TopicNotReady(f"{topic['topic']!r}: Kafka error {topic['error_code']}")
+            missing = topic["error_code"] == 3
+            raise TopicNotReady(f"topic {topic['topic']!r} " + ("does not exist" if missing else "has no leader yet"))
         if topic["error_code"] != 0:
             raise TopicAdminError(f"cannot describe topic {topic['topic']!r}: Kafka error {topic['error_code']}")
         partitions[topic["topic"]] = len(topic["partitions"])

@@ -17,6 +17,7 @@ from services.devstack.stack import (
     env,
     ingest_url,
     pipeline,
+    reset,
     status,
     up,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "kafka_version",
     "pipeline",
     "render_server_properties",
+    "reset",
     "status",
     "up",
 ]

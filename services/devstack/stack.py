@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 
@@ -139,3 +140,13 @@ def _stack_lock(settings: DevStackSettings, progress: Progress) -> AbstractConte
 
 # `up` and `down` take a `components` argument, which hides the function of that name inside them.
 _select = components
+
+
+def reset(settings: DevStackSettings, progress: Progress = silent) -> None:
+    """Stop everything and delete the broker's data (every topic and offset); S3 and Redis keep nothing anyway."""
+    pipeline(settings).stop(progress=progress)
+    down(settings, progress=progress)
+    data = KafkaComponent(settings).data_dir
+    if data.exists():
+        shutil.rmtree(data)
+        progress(f"deleted {data}")

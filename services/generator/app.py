@@ -52,5 +52,6 @@ async def serve(settings: GeneratorSettings, connections: Connections, stop: asy
 
         loop = ConsumerLoop(consumer, producer, handle, LoopSettings(
             group_id=group_id, topics=[topics.name(f"generation.{settings.path}")],
-            concurrency=settings.concurrency, commit_interval_s=settings.commit_interval_s))
+            concurrency=settings.concurrency, commit_interval_s=settings.commit_interval_s,
+            shutdown_timeout_s=settings.shutdown_timeout_s))
         await run_until_stopped(loop, stop)

@@ -17,6 +17,9 @@ class GeneratorSettings(BaseSettings):
     concurrency: int = Field(8, ge=1, le=256, description="Provider calls in flight per process.")
     provider_timeout_s: float = Field(60.0, gt=0, le=600)
     attempts: int = Field(3, ge=1, le=10, description="Tries per job for retryable provider errors (seed 000).")
+    shutdown_timeout_s: float = Field(
+        75.0, gt=0, le=3600,
+        description="On SIGTERM, how long in-flight jobs may finish; keep below the pod's termination grace period.")
     commit_interval_s: float = Field(0.5, gt=0, le=3600, description="How often finished offsets are committed.")
     simulated_latency_s: float = Field(0.0, ge=0, le=120, description="Procedural provider only: pretend to be slow.")
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus metrics on this port.")

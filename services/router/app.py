@@ -13,9 +13,15 @@ from aiokafka import ConsumerRecord
 from prometheus_client import Counter
 from redis.asyncio import Redis
 
+from services.common.cache import LruTtlCache, ResultCache
 from services.common.consumer import ConsumerLoop, LoopSettings, Outcome, Output
-from services.common.contracts import GenerationRequested, GenerationRouted, decode
-from services.common.jobs import JobStore
+from services.common.contracts import (
+    GenerationCompleted,
+    GenerationRequested,
+    GenerationRouted,
+    decode,
+)
+from services.common.jobs import JobStore, TerminalGuard, terminal_outcome
 from services.common.redis import KeySpace
 from services.common.settings import Connections
 from services.common.topics import GroupIds, Topics
@@ -35,7 +41,8 @@ from services.router.handlers import (
 )
 from services.router.settings import RouterSettings
 
-ROUTED = Counter("forgeline_routes_total", "Route decisions by path.", ["path"])
+ROUTED = Counter("forgeline_routes_total", "Route decisions by path (or cache, for a request answered at once).",
+                 ["path"])
 
 
 @dataclass
@@ -47,9 +54,18 @@ class RouterHandler:
     jobs: JobStore
     redis: Redis
     keys: KeySpace
+    cache: ResultCache
+    guard: TerminalGuard
 
     async def __call__(self, record: ConsumerRecord) -> Outcome:
         request = decode(GenerationRequested, record.value)
+        # Requests produced straight to Kafka never met ingest's cache check; no provider call
+        # (and no paid call) for an image we already have. A comparison job must run, though.
+        if request.reference_image is None and (cached := await self.cache.get(request.spec.cache_key())):
+            ROUTED.labels("cache").inc()
+            return await terminal_outcome(GenerationCompleted.from_cache(cached, request),
+                                          topic=self.topics.name("generation.completed"), guard=self.guard,
+                                          jobs=self.jobs)
         decision = await route(request, self.depth.depth, self.policy, self.paid)
         routed = GenerationRouted.from_request(request, decision)
         if decision.path == "primary":
@@ -85,6 +101,8 @@ async def serve(settings: RouterSettings, connections: Connections, stop: asynci
         handler = RouterHandler(
             topics=topics, depth=depth, policy=HysteresisPolicy(high=settings.depth_high, low=settings.depth_low),
             paid=paid or UnlimitedPaidCapacity(), jobs=JobStore(redis, keys), redis=redis, keys=keys,
+            cache=ResultCache(redis, keys, ttl_s=settings.cache_ttl_s, local=LruTtlCache(0, 0)),
+            guard=TerminalGuard(redis, keys),
         )
         loop = ConsumerLoop(consumer, producer, handler, LoopSettings(
             group_id=groups.router, topics=[topics.name("generation.requested")], concurrency=settings.concurrency))

@@ -17,6 +17,7 @@ class RouterSettings(BaseSettings):
     depth_low: int = Field(35, ge=0, description="Route back to primary once depth falls below this.")
     depth_refresh_s: float = Field(1.0, gt=0, le=10, description="How often queue depth is re-read.")
 
+    cache_ttl_s: int = Field(24 * 3600, ge=1, description="Result cache lifetime (as storage's).")
     concurrency: int = Field(32, ge=1, le=1024, description="Requests routed at once.")
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus metrics on this port.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -17,8 +17,8 @@ import pytest
 
 from services.common.kafka import make_admin
 from services.common.settings import Connections, TopicSettings
-from services.common.topics import Topics, create_topics
-from services.devstack.pipeline import Pipeline
+from services.common.topics import Topics, create_topics, delete_topics
+from services.devstack.pipeline import SERVICE_NAMES, Pipeline
 from services.devstack.process import free_ports, log_tail
 
 
@@ -50,8 +50,16 @@ def _env(infra, prefix: str, redis_prefix: str, ingest_port: int) -> dict[str, s
     }
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Keep each phase's report on the test item, so fixtures can tell whether the test failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture
-def running_pipeline(infra, tmp_path: Path):
+def running_pipeline(infra, tmp_path: Path, request: pytest.FixtureRequest):
     """``async with running_pipeline(services=..., env=..., per_service_env=...) as p:`` — stopped on exit."""
 
     @asynccontextmanager
@@ -66,7 +74,7 @@ def running_pipeline(infra, tmp_path: Path):
         connections = Connections(
             kafka=infra.kafka, topics=TopicSettings(prefix=prefix, partitions=3),
             redis=infra.redis.model_copy(update={"key_prefix": redis_prefix}), s3=infra.s3)
-        await _create_topics(connections)
+        await _topics(connections, create_topics)
         ingest_url = f"http://127.0.0.1:{ingest_port}"
         pipeline = Pipeline(tmp_path / unique, _env(infra, prefix, redis_prefix, ingest_port) | dict(env or {}),
                             per_service_env=per_service_env, ingest_url=ingest_url)
@@ -74,15 +82,21 @@ def running_pipeline(infra, tmp_path: Path):
             await asyncio.to_thread(pipeline.start, services)  # blocking: processes, readiness polling
             yield RunningPipeline(pipeline, connections, Topics(prefix), ingest_url)
         finally:
+            call = getattr(request.node, "report_call", None)
+            if call is None or call.failed:  # the services' own words are the quickest diagnosis
+                for name in SERVICE_NAMES:
+                    print(f"\n----- {name} log (last lines) -----\n{log_tail(pipeline.process(name).log_path, 40)}")
             await asyncio.to_thread(pipeline.stop)
+            await _topics(connections, delete_topics)
 
     return start
 
 
-async def _create_topics(connections: Connections) -> None:
+async def _topics(connections: Connections, action) -> None:
+    """Run ``create_topics`` or ``delete_topics`` for the pipeline's prefix."""
     admin = make_admin(connections.kafka)
     await admin.start()
     try:
-        await create_topics(admin, connections.topics)
+        await action(admin, connections.topics)
     finally:
         await admin.close()

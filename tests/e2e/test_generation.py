@@ -191,6 +191,12 @@ async def test_a_request_produced_straight_to_kafka_completes(running_pipeline):
             record = None
             while record is None or record.key != request.job_id.encode():
                 record = await asyncio.wait_for(reader.getone(), 60)
+            # The same image asked for again, straight on Kafka: the router answers from the cache.
+            repeat = request.model_copy(update={"job_id": c.new_job_id()})
+            await send_event(producer, p.topics.name("generation.requested"), repeat)
+            repeated = None
+            while repeated is None or repeated.key != repeat.job_id.encode():
+                repeated = await asyncio.wait_for(reader.getone(), 60)
         finally:
             await producer.stop()
             await reader.stop()
@@ -199,3 +205,5 @@ async def test_a_request_produced_straight_to_kafka_completes(running_pipeline):
     assert completed.metadata == {"slot": "finger"}
     assert completed.sha256 == hashlib.sha256(render_icon(request.spec)).hexdigest()
     assert headers_of(record)["forgeline-tenant"] == "kafka-native"
+    answered = c.decode(c.GenerationCompleted, repeated.value)
+    assert (answered.cached, answered.url, answered.path) == (True, completed.url, None)

@@ -20,7 +20,13 @@ from services.common.kafka import (
     send_event,
     send_to_dlq,
 )
-from services.common.topics import Topics, create_topics, describe_topics
+from services.common.topics import (
+    TopicAdminError,
+    Topics,
+    create_topics,
+    describe_topics,
+    wait_for_topics,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -113,3 +119,17 @@ async def test_existing_topic_with_other_partitions_is_reported(connections):
         await admin.close()
 
     assert all(o.partitions == 2 and "has 2 partitions, settings ask for 5" in o.warning for o in again)
+
+
+async def test_wait_for_topics_returns_once_they_exist_and_names_what_is_missing(connections):
+    admin = make_admin(connections.kafka)
+    await admin.start()
+    try:
+        with pytest.raises(TopicAdminError, match="does not exist. Create them with `forgeline topics create`"):
+            await wait_for_topics(admin, connections.topics, timeout_s=0.5)
+        await create_topics(admin, connections.topics)
+        found = await wait_for_topics(admin, connections.topics, timeout_s=10)
+    finally:
+        await admin.close()
+
+    assert set(found) == {name for name, _ in Topics.from_settings(connections.topics).all_names()}
