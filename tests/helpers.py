@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from pathlib import Path
+
+import pytest
+from pydantic_settings import BaseSettings
+
+from services.common.settings import env_names
 
 
 def pid_alive(pid: int) -> bool:
@@ -12,3 +20,28 @@ def pid_alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat[stat.rindex(")") + 2] != "Z"
+
+
+def allowed_env_names(classes: tuple[type[BaseSettings], ...]) -> set[str]:
+    """Every variable ``classes`` read: what a process built on them may be given, nothing else."""
+    return set().union(*(env_names(cls) for cls in classes))
+
+
+def unknown_env_keys(env: Mapping[str, str], allowed: AbstractSet[str]) -> set[str]:
+    """``FORGELINE_*`` keys of ``env`` no settings class reads: typos, stale names, another service's.
+
+    Other variables (``PYTHONUNBUFFERED`` and the like) are not Forgeline's business.
+    """
+    return {key for key in env if key.startswith("FORGELINE_") and key not in allowed}
+
+
+def load_settings(
+    env: Mapping[str, str], classes: tuple[type[BaseSettings], ...], monkeypatch: pytest.MonkeyPatch
+) -> dict[type[BaseSettings], BaseSettings]:
+    """Instantiate ``classes`` from ``env`` alone, through pydantic-settings' real env parsing."""
+    for key in list(os.environ):
+        if key.startswith("FORGELINE_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return {cls: cls() for cls in classes}

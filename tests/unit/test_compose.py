@@ -7,29 +7,26 @@ silently ignored by a container (the settings classes use ``extra="ignore"``).
 
 from __future__ import annotations
 
-import os
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Mapping, Set
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from services.common.settings import (
     MAX_MESSAGE_BYTES,
     SHARED_SETTINGS,
     S3Settings,
-    env_names,
 )
-from services.comparer.settings import ComparerSettings
 from services.generator.settings import GeneratorSettings
 from services.ingest.settings import IngestSettings
 from services.router.settings import RouterSettings
 from services.storage.settings import StorageSettings
+from tests.helpers import allowed_env_names, load_settings, unknown_env_keys
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "infra" / "docker-compose.yml"
@@ -45,7 +42,6 @@ SERVICE_SETTINGS: dict[str, type[BaseSettings] | None] = {
     "router": RouterSettings,
     "generator-primary": GeneratorSettings,
     "generator-fallback": GeneratorSettings,
-    "comparer": ComparerSettings,
     "storage": StorageSettings,
 }
 INFRA_SERVICES = {"kafka", "redis", "minio", "minio-init"}
@@ -62,16 +58,6 @@ def settings_classes(service: str) -> tuple[type[BaseSettings], ...]:
     return SHARED_SETTINGS + ((own,) if own is not None else ())
 
 
-def allowed_env_names(service: str) -> set[str]:
-    """Every variable ``service`` may be given: the shared settings plus its own, nothing else."""
-    return set().union(*(env_names(cls) for cls in settings_classes(service)))
-
-
-def unknown_env_keys(env: Mapping[str, str], allowed: Set[str]) -> set[str]:
-    """Keys of ``env`` no settings class reads: typos, stale names, another service's settings."""
-    return {key for key in env if key not in allowed}
-
-
 def environment(service: Mapping[str, Any]) -> dict[str, str]:
     """A service's environment as the container sees it: strings, from either compose syntax."""
     raw = service.get("environment") or {}
@@ -80,18 +66,6 @@ def environment(service: Mapping[str, Any]) -> dict[str, str]:
         return {key: value for key, value in pairs}
     # Compose turns YAML scalars into strings; booleans become "true"/"false".
     return {key: (str(value).lower() if isinstance(value, bool) else str(value)) for key, value in raw.items()}
-
-
-def load_settings(
-    env: Mapping[str, str], classes: tuple[type[BaseSettings], ...], monkeypatch: pytest.MonkeyPatch
-) -> dict[type[BaseSettings], BaseSettings]:
-    """Instantiate ``classes`` from ``env`` alone, through pydantic-settings' real env parsing."""
-    for key in list(os.environ):
-        if key.startswith("FORGELINE_"):
-            monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return {cls: cls() for cls in classes}
 
 
 def published(service: Mapping[str, Any], container_port: int) -> int:
@@ -130,28 +104,6 @@ def forgeline_services(services: Mapping[str, Mapping[str, Any]]) -> Iterator[tu
 # ---------------------------------------------------------------------------------- the helpers catch mistakes
 
 
-def test_unknown_env_keys_catches_typos_foreign_and_dev_settings() -> None:
-    env = {
-        "FORGELINE_KAFKA_BOOTSTRAP": "kafka:9092",
-        "FORGELINE_KAFKA_BOOTSTRAPP": "kafka:9092",  # typo
-        "FORGELINE_GENERATOR_PATH": "primary",  # a generator setting, given to the router
-        "FORGELINE_DEV_KAFKA_PORT": "19092",  # the host-only dev stack, never a service's
-    }
-    assert unknown_env_keys(env, allowed_env_names("router")) == {
-        "FORGELINE_KAFKA_BOOTSTRAPP",
-        "FORGELINE_GENERATOR_PATH",
-        "FORGELINE_DEV_KAFKA_PORT",
-    }
-    assert unknown_env_keys({"FORGELINE_GENERATOR_PATH": "primary"}, allowed_env_names("generator-primary")) == set()
-
-
-def test_load_settings_rejects_a_bad_value(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ValidationError):
-        load_settings({"FORGELINE_GENERATOR_PATH": "tertiary"}, (GeneratorSettings,), monkeypatch)
-    with pytest.raises(ValidationError):
-        load_settings({"FORGELINE_KAFKA_BOOTSTRAP": "kafka"}, SHARED_SETTINGS, monkeypatch)
-
-
 def test_environment_reads_both_compose_syntaxes() -> None:
     assert environment({"environment": ["A=1", "B=x=y"]}) == {"A": "1", "B": "x=y"}
     assert environment({"environment": {"A": 1, "B": False}}) == {"A": "1", "B": "false"}
@@ -179,7 +131,7 @@ def test_forgeline_services_share_one_image_built_from_the_repo(services: dict[s
 
 @pytest.mark.parametrize("name", sorted(SERVICE_SETTINGS))
 def test_every_env_key_is_a_real_setting(services: dict[str, Any], name: str) -> None:
-    unknown = unknown_env_keys(environment(services[name]), allowed_env_names(name))
+    unknown = unknown_env_keys(environment(services[name]), allowed_env_names(settings_classes(name)))
     assert not unknown, f"{name}: no settings class reads {sorted(unknown)}"
 
 

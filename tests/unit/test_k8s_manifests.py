@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import secrets
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
-from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
 import pytest
 import typer
 import yaml
-from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from services.cli import app as cli_app
@@ -30,13 +27,13 @@ from services.common.settings import (
     SHARED_SETTINGS,
     KafkaSettings,
     TopicSettings,
-    env_names,
 )
 from services.common.topics import GroupIds, Topics
 from services.generator.settings import GeneratorSettings
 from services.ingest.settings import IngestSettings
 from services.router.settings import RouterSettings
 from services.storage.settings import StorageSettings
+from tests.helpers import allowed_env_names, load_settings, unknown_env_keys
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "infra" / "k8s"
@@ -74,27 +71,6 @@ def service_of(deployment: str) -> str:
 def settings_classes(service: str | None) -> tuple[type[BaseSettings], ...]:
     """The settings classes a process reads: the shared ones, plus its service's (None: a one-shot)."""
     return SHARED_SETTINGS + ((SERVICE_SETTINGS[service],) if service else ())
-
-
-def allowed_env_names(service: str | None) -> set[str]:
-    return set().union(*(env_names(cls) for cls in settings_classes(service)))
-
-
-def unknown_env_keys(env: Mapping[str, str], allowed: AbstractSet[str]) -> set[str]:
-    """``FORGELINE_*`` keys of ``env`` no settings class reads: typos, stale names, another service's."""
-    return {key for key in env if key.startswith("FORGELINE_") and key not in allowed}
-
-
-def load_settings(
-    env: Mapping[str, str], classes: tuple[type[BaseSettings], ...], monkeypatch: pytest.MonkeyPatch
-) -> dict[type[BaseSettings], BaseSettings]:
-    """Instantiate ``classes`` from ``env`` alone, through pydantic-settings' real env parsing."""
-    for key in list(os.environ):
-        if key.startswith("FORGELINE_"):
-            monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return {cls: cls() for cls in classes}
 
 
 _TOKEN = re.compile(r"[A-Za-z0-9+/=_-]+")  # base64, base64url and hex alphabets
@@ -252,30 +228,6 @@ def forgeline_containers(workload_key: str, workload: Mapping[str, Any]) -> Iter
 # ---------------------------------------------------------------------------------- the helpers catch mistakes
 
 
-def test_unknown_env_keys_catches_typos_and_foreign_settings() -> None:
-    env = {
-        "FORGELINE_KAFKA_BOOTSTRAP": "kafka:9092",
-        "FORGELINE_KAFKA_BOOTSTRAPP": "kafka:9092",  # typo
-        "FORGELINE_INGEST_API_KEYS": "{}",  # ingest's, given to a generator
-        "FORGELINE_GENERATOR_METRICS_PORT": "9100",
-        "PYTHONUNBUFFERED": "1",  # not Forgeline's business
-    }
-    assert unknown_env_keys(env, allowed_env_names("generator")) == {
-        "FORGELINE_KAFKA_BOOTSTRAPP",
-        "FORGELINE_INGEST_API_KEYS",
-    }
-    assert unknown_env_keys({"FORGELINE_GENERATOR_PATH": "primary"}, allowed_env_names(None)) == {
-        "FORGELINE_GENERATOR_PATH"
-    }
-
-
-def test_load_settings_rejects_a_bad_value(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ValidationError):
-        load_settings({"FORGELINE_GENERATOR_METRICS_PORT": "metrics"}, (GeneratorSettings,), monkeypatch)
-    with pytest.raises(ValidationError):
-        load_settings({"FORGELINE_TOPICS_REPLICATION_FACTOR": "three"}, SHARED_SETTINGS, monkeypatch)
-
-
 def test_looks_random_catches_real_keys_not_placeholders() -> None:
     # Generated here, never stored: the repository holds no key-like strings.
     assert looks_random(secrets.token_hex(16))
@@ -375,10 +327,11 @@ def test_shared_sources_hold_only_shared_settings(
     config: dict[str, str], example_secrets: dict[str, dict[str, str]]
 ) -> None:
     """The ConfigMap and forgeline-secrets reach every pod, so they carry shared settings only."""
-    shared = allowed_env_names(None)
+    shared = allowed_env_names(settings_classes(None))
     assert not unknown_env_keys(config, shared)
     assert not unknown_env_keys(example_secrets["forgeline-secrets"], shared)
-    assert not unknown_env_keys(example_secrets["forgeline-ingest-secrets"], allowed_env_names("ingest"))
+    ingest = allowed_env_names(settings_classes("ingest"))
+    assert not unknown_env_keys(example_secrets["forgeline-ingest-secrets"], ingest)
 
 
 def test_env_sources_exist(workloads: dict[str, Any], configmaps: dict[str, Any], example_secrets: dict[str, Any]) -> None:
@@ -405,7 +358,7 @@ def test_every_env_key_is_a_real_setting(
 ) -> None:
     for container, service in forgeline_containers(key, workloads[key]):
         env = container_env(container, configmaps, example_secrets)
-        unknown = unknown_env_keys(env, allowed_env_names(service))
+        unknown = unknown_env_keys(env, allowed_env_names(settings_classes(service)))
         assert not unknown, f"{key}/{container['name']}: no settings class reads {sorted(unknown)}"
 
 
