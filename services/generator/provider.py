@@ -7,7 +7,10 @@ generator service only talks to :class:`ImageProvider`; which provider sits behi
 Error hierarchy::
 
     ProviderError                   base; .provider, .retryable, .code
-    ├── RetryableProviderError      may succeed later: HTTP 429, 5xx, timeouts, connection errors
+    ├── RetryableProviderError      may succeed later: HTTP 5xx, timeouts, connection errors
+    │   ├── RateLimitedError        HTTP 429 / capacity: cool the key until .retry_after_s
+    │   └── KeyRejectedError        401 / 403 / insufficient_quota / daily quota: disable the key;
+    │                               the job itself may still succeed with another key
     └── PermanentProviderError      will fail again: HTTP 400, content policy, failed predictions
 
 The generator retries a :class:`RetryableProviderError` (with backoff, within the job's
@@ -29,7 +32,9 @@ from services.common.contracts import ImageSpec
 __all__ = [
     "GeneratedImage",
     "ImageProvider",
+    "KeyRejectedError",
     "PermanentProviderError",
+    "RateLimitedError",
     "ProviderError",
     "RetryableProviderError",
 ]
@@ -83,6 +88,22 @@ class RetryableProviderError(ProviderError):
 
     def __init__(self, message: str, *, provider: str, code: str = "unavailable") -> None:
         super().__init__(message, provider=provider, code=code, retryable=True)
+
+
+class RateLimitedError(RetryableProviderError):
+    """The provider throttled this key (HTTP 429, out of capacity). ``retry_after_s``: when to try it again."""
+
+    def __init__(self, message: str, *, provider: str, retry_after_s: float | None = None,
+                 code: str = "rate_limited") -> None:
+        super().__init__(message, provider=provider, code=code)
+        self.retry_after_s = retry_after_s
+
+
+class KeyRejectedError(RetryableProviderError):
+    """The key itself is refused (401, 403, no quota left): disable it until an operator re-enables it."""
+
+    def __init__(self, message: str, *, provider: str, code: str = "key_rejected") -> None:
+        super().__init__(message, provider=provider, code=code)
 
 
 class PermanentProviderError(ProviderError):
