@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -18,14 +19,16 @@ from rich.console import Console
 from rich.table import Table
 
 from services.common.contracts import SCHEMA_VERSION, json_schema
-from services.common.settings import KafkaSettings, TopicSettings
+from services.common.settings import BudgetSettings, KafkaSettings, TopicSettings
 from services.common.topics import TOPIC_SPECS, Topics
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Forgeline: images on demand for game backends.")
 dev_app = typer.Typer(no_args_is_help=True, help="The local stack: a real Kafka broker, Redis and an S3 endpoint.")
 topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics Forgeline owns.")
 app.add_typer(dev_app, name="dev")
+keys_app = typer.Typer(no_args_is_help=True, help="Provider API keys: their state, and re-enabling them.")
 app.add_typer(topics_app, name="topics")
+app.add_typer(keys_app, name="keys")
 
 console = Console(stderr=True)
 
@@ -117,6 +120,27 @@ def dev_status() -> None:
     _print_status(statuses, devstack.pipeline(settings).status())
     if not all(s.answers for s in statuses):
         raise typer.Exit(code=1)
+
+
+@dev_app.command("fake-providers")
+def dev_fake_providers(
+    port: Annotated[int, typer.Option(help="Port of the first fake; the others follow it.")] = 19100,
+) -> None:
+    """Run fake Gradio, Replicate, SiliconFlow, Cloudflare and OpenAI servers on loopback (Ctrl-C stops)."""
+    from services.fakeproviders.server import sample_providers_file, serve_all
+
+    def announce(urls: dict[str, str]) -> None:
+        for protocol, url in urls.items():
+            console.print(f"  {protocol:12} {url}   (knobs: POST {url}/_fake/knobs, log: GET {url}/_fake/requests)")
+        console.print("\nA providers file for them (FORGELINE_GENERATOR_PROVIDERS_FILE):\n")
+        print(sample_providers_file(urls))
+
+    try:
+        asyncio.run(serve_all(port, announce))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        raise _fail(f"cannot listen: {exc}", "choose other ports with --port") from None
 
 
 @dev_app.command("check")
@@ -269,12 +293,18 @@ def run(
                     log_level=settings.log_level, metrics_port=settings.metrics_port)
     elif service is Service.generator:
         from services.generator.app import serve
+        from services.generator.catalog import CatalogError, load_providers_file
         from services.generator.settings import GeneratorSettings
 
         settings = _settings(GeneratorSettings)
         if path is not None:
             settings = _settings(lambda: GeneratorSettings(path=path))
-        run_service(f"generator-{settings.path}", lambda stop: serve(settings, connections, stop),
+        try:
+            load_providers_file(settings.providers_file)
+        except CatalogError as exc:
+            raise _fail(str(exc), "fix the file named by FORGELINE_GENERATOR_PROVIDERS_FILE") from None
+        run_service(f"generator-{settings.path}",
+                    lambda stop: serve(settings, connections, stop, _settings(BudgetSettings), dict(os.environ)),
                     log_level=settings.log_level, metrics_port=settings.metrics_port)
     elif service is Service.storage:
         from services.storage.app import serve
@@ -289,6 +319,51 @@ def run(
 
         settings = _settings(IngestSettings)
         run_service("ingest", lambda stop: serve(settings, connections, stop), log_level=settings.log_level)
+
+
+# ---------------------------------------------------------------------------------- keys
+
+
+def _catalog():
+    from services.generator.catalog import CatalogError, load_providers_file
+    from services.generator.settings import GeneratorSettings
+
+    try:
+        return load_providers_file(_settings(GeneratorSettings).providers_file)
+    except CatalogError as exc:
+        raise _fail(str(exc), "fix the file named by FORGELINE_GENERATOR_PROVIDERS_FILE") from None
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Every provider key (masked): healthy, cooling down until when, or disabled and why."""
+    from services.common.settings import RedisSettings
+    from services.generator.keys_admin import key_states
+
+    states = asyncio.run(key_states(_catalog(), _settings(RedisSettings), os.environ))
+    table = Table(title="Provider keys")
+    for column in ("provider", "key id", "key", "state", "until / reason", "ok", "failed"):
+        table.add_column(column)
+    for s in states:
+        detail = s.cooldown_until.isoformat(timespec="seconds") if s.cooldown_until else (s.disabled_reason or "")
+        table.add_row(s.provider, s.key_id, s.masked, s.state, detail, str(s.successes), str(s.failures))
+    Console().print(table if states else "no provider in the providers file has keys")
+
+
+@keys_app.command("enable")
+def keys_enable(
+    provider: Annotated[str, typer.Argument(help="Provider name from the providers file.")],
+    key_id: Annotated[str, typer.Argument(help="Key id or masked key, as `forgeline keys list` shows it.")],
+) -> None:
+    """Re-enable a key that a 401 / 403 / quota error disabled."""
+    from services.common.settings import RedisSettings
+    from services.generator.keys_admin import enable_key
+
+    try:
+        enabled = asyncio.run(enable_key(_catalog(), _settings(RedisSettings), os.environ, provider, key_id))
+    except KeyError as exc:
+        raise _fail(str(exc.args[0]), "see `forgeline keys list`") from None
+    console.print(f"{key_id}: " + ("enabled" if enabled else "was not disabled; nothing to do"))
 
 
 # ---------------------------------------------------------------------------------- schema

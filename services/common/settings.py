@@ -14,6 +14,7 @@ code never reads the environment itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Literal
 
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
@@ -130,6 +131,15 @@ class S3Settings(BaseSettings):
         return f"{str(self.endpoint_url).rstrip('/')}/{self.bucket}/{key}"
 
 
+class BudgetSettings(BaseSettings):
+    """The paid path's monthly cap, shared by routers and generators (seeds 002, 004)."""
+
+    model_config = _config("FORGELINE_BUDGET_")
+
+    cap_usd: Decimal = Field(Decimal("10"), ge=0, description="Paid spend allowed per calendar month (UTC).")
+    reservation_ttl_s: int = Field(900, ge=60, description="A reservation never settled is released after this.")
+
+
 @dataclass(frozen=True)
 class Connections:
     """The shared connection settings every service is built with."""
@@ -156,4 +166,5 @@ def env_names(settings_cls: type[BaseSettings]) -> set[str]:
     return {f"{prefix}{name}".upper() for name in settings_cls.model_fields}
 
 
-SHARED_SETTINGS: tuple[type[BaseSettings], ...] = (KafkaSettings, TopicSettings, RedisSettings, S3Settings)
+SHARED_SETTINGS: tuple[type[BaseSettings], ...] = (KafkaSettings, TopicSettings, RedisSettings, S3Settings,
+                                                  BudgetSettings)

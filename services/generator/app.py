@@ -6,15 +6,18 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 
+import httpx
 from aiokafka import ConsumerRecord
 
+from services.common.budget import BudgetLedger, usd
 from services.common.consumer import ConsumerLoop, LoopSettings, Outcome
 from services.common.contracts import GenerationRouted, decode
 from services.common.jobs import JobStore, TerminalGuard
 from services.common.redis import KeySpace
-from services.common.settings import Connections
+from services.common.settings import BudgetSettings, Connections
 from services.common.topics import GroupIds, Topics
 from services.common.worker import (
     redis_client,
@@ -22,19 +25,16 @@ from services.common.worker import (
     started_consumer,
     started_producer,
 )
+from services.generator.catalog import build_candidates, load_providers_file
+from services.generator.failover import Failover
 from services.generator.handlers import GenerateHandler
-from services.generator.procedural import ProceduralProvider
-from services.generator.provider import ImageProvider
 from services.generator.settings import GeneratorSettings
 
 
-def build_provider(settings: GeneratorSettings) -> ImageProvider:
-    """The provider behind this path. Real HTTP providers plug in here (next issue)."""
-    return ProceduralProvider(simulated_latency_s=settings.simulated_latency_s)
-
-
 async def serve(settings: GeneratorSettings, connections: Connections, stop: asyncio.Event,
-                provider: ImageProvider | None = None) -> None:
+                budget: BudgetSettings | None = None, environ: Mapping[str, str] | None = None) -> None:
+    """``environ``: where the providers file's ``keys_env`` variables are read (``main()`` passes os.environ)."""
+    catalog = load_providers_file(settings.providers_file)  # a bad file fails before anything connects
     topics, groups = Topics.from_settings(connections.topics), GroupIds.from_settings(connections.topics)
     keys = KeySpace(connections.redis.key_prefix)
     group_id = groups.generator(settings.path)
@@ -42,10 +42,17 @@ async def serve(settings: GeneratorSettings, connections: Connections, stop: asy
         producer = await started_producer(stack, connections.kafka)
         consumer = await started_consumer(stack, connections.kafka, group_id=group_id)
         redis = redis_client(stack, connections.redis)
-        handler = GenerateHandler(
-            provider=provider or build_provider(settings), topics=topics, jobs=JobStore(redis, keys),
-            guard=TerminalGuard(redis, keys), attempts=settings.attempts, timeout_s=settings.provider_timeout_s,
+        http = await stack.enter_async_context(httpx.AsyncClient())  # one pool for every adapter
+        budget = budget or BudgetSettings()
+        failover = Failover(
+            build_candidates(catalog.path(settings.path), http=http, redis=redis, keys=keys, environ=environ or {},
+                             simulated_latency_s=settings.simulated_latency_s),
+            budget=BudgetLedger(redis, keys, cap_micros=usd(budget.cap_usd),
+                                reservation_ttl_s=budget.reservation_ttl_s),
+            attempts=settings.attempts,
         )
+        handler = GenerateHandler(failover=failover, topics=topics, jobs=JobStore(redis, keys),
+                                  guard=TerminalGuard(redis, keys))
 
         async def handle(record: ConsumerRecord) -> Outcome:
             return await handler.handle(decode(GenerationRouted, record.value))

@@ -289,7 +289,7 @@ class ProceduralProvider(ImageProvider):
             raise ValueError("simulated_latency_s must be >= 0")
         self.simulated_latency_s = simulated_latency_s
 
-    async def generate(self, spec: ImageSpec) -> GeneratedImage:
+    async def generate(self, spec: ImageSpec, token: str | None = None) -> GeneratedImage:
         if self.simulated_latency_s > 0:
             await asyncio.sleep(self.simulated_latency_s)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -16,7 +17,8 @@ class GeneratorSettings(BaseSettings):
     path: Literal["primary", "fallback"] = "primary"
     concurrency: int = Field(8, ge=1, le=256, description="Provider calls in flight per process.")
     provider_timeout_s: float = Field(60.0, gt=0, le=600)
-    attempts: int = Field(3, ge=1, le=10, description="Tries per job for retryable provider errors (seed 000).")
+    attempts: int = Field(3, ge=1, le=10, description="Provider calls per job, across keys and providers (seed 000).")
+    providers_file: Path | None = Field(None, description="YAML naming each path's providers; unset: procedural.")
     shutdown_timeout_s: float = Field(
         75.0, gt=0, le=3600,
         description="On SIGTERM, how long in-flight jobs may finish; keep below the pod's termination grace period.")

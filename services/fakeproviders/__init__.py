@@ -1,0 +1,1 @@
+"""Fake provider servers that speak the real HTTP protocols, on loopback, for tests and demos."""

@@ -1,0 +1,73 @@
+"""Serving fakes on loopback: one in a test (``serve_fake``), or all of them (``forgeline dev fake-providers``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI
+
+from services.devstack.process import free_ports
+
+
+@asynccontextmanager
+async def serve_fake(app: FastAPI, *, host: str = "127.0.0.1", port: int | None = None) -> AsyncIterator[str]:
+    """Run ``app`` on ``host:port`` (a free port by default) in this event loop; yields its base URL."""
+    if not host.startswith("127.") and host != "localhost":
+        raise ValueError("fakes only listen on loopback")
+    port = port or free_ports(1)[0]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()  # raises what stopped it (a taken port, say)
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+#: The fakes ``forgeline dev fake-providers`` runs, in port order from its base port.
+PROTOCOLS: tuple[str, ...] = ("gradio", "replicate", "siliconflow", "cloudflare", "openai")
+
+
+def _app(protocol: str) -> FastAPI:
+    from services.fakeproviders import (
+        cloudflare,
+        gradio,
+        openai_images,
+        replicate,
+        siliconflow,
+    )
+
+    modules = {"gradio": gradio, "replicate": replicate, "siliconflow": siliconflow, "cloudflare": cloudflare,
+               "openai": openai_images}
+    return modules[protocol].create_app()
+
+
+def sample_providers_file(urls: dict[str, str]) -> str:
+    """A providers file using the fakes: two slow, free Spaces first; paid providers as fallback."""
+    return f"""primary:
+  - {{name: hf-space-a, type: gradio, options: {{space: demo/sdxl-a, base_url: "{urls['gradio']}"}}}}
+fallback:
+  - {{name: replicate, type: replicate, cost_usd: 0.0023, keys_env: FORGELINE_KEYS_REPLICATE,
+     options: {{model: black-forest-labs/flux-schnell, base_url: "{urls['replicate']}"}}}}
+  - {{name: siliconflow, type: siliconflow, cost_usd: 0.0014, keys_env: FORGELINE_KEYS_SILICONFLOW,
+     options: {{base_url: "{urls['siliconflow']}"}}}}
+"""
+
+
+async def serve_all(port_base: int, announce) -> None:
+    """Run every fake until cancelled; ``announce(urls)`` is called once they all listen."""
+    from contextlib import AsyncExitStack
+
+    async with AsyncExitStack() as stack:
+        urls = {}
+        for offset, protocol in enumerate(PROTOCOLS):
+            urls[protocol] = await stack.enter_async_context(serve_fake(_app(protocol), port=port_base + offset))
+        announce(urls)
+        await asyncio.Event().wait()  # until Ctrl-C / SIGTERM cancels us

@@ -1,0 +1,199 @@
+"""One job, up to N attempts across the keys and providers of its path: the only retry loop.
+
+For each attempt the generator takes the first provider of the path (in configured order,
+preferring ones this job has not failed on yet) whose circuit breaker is closed, that has a
+usable key, and — for a paid provider — whose cost fits the month's budget (reserved
+atomically before the call, settled after, refunded on failure). Then, by what went wrong:
+
+    RateLimitedError         cool the key (its Retry-After; the later deadline wins), try again at once
+    KeyRejectedError         disable the key until an operator re-enables it, try again at once
+    RetryableProviderError   count a breaker failure, back off with jitter, try again
+    PermanentProviderError   fail the job now, with the provider's reason
+
+When no candidate is left the job fails with why (every key cooling — and when the first
+comes back —, every provider down, or the budget spent), retryable so a caller may resubmit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from prometheus_client import Counter, Histogram
+
+from services.common.breaker import CircuitBreaker
+from services.common.contracts import ImageSpec
+from services.common.keypool import ApiKey, KeyPool, NoKeyAvailable
+from services.generator.provider import (
+    GeneratedImage,
+    KeyRejectedError,
+    PermanentProviderError,
+    ProviderError,
+    RateLimitedError,
+    RetryableProviderError,
+)
+
+log = logging.getLogger(__name__)
+
+CALL_SECONDS = Histogram("forgeline_provider_call_seconds", "Provider call latency.", ["provider", "outcome"],
+                         buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120))
+ERRORS = Counter("forgeline_provider_errors_total", "Provider errors by class.", ["provider", "error"])
+
+
+class HttpImageProvider(Protocol):
+    """An adapter for one provider's protocol; ``token`` is the key's secret (None: no auth)."""
+
+    name: str
+
+    async def generate(self, spec: ImageSpec, token: str | None) -> GeneratedImage: ...
+
+
+class Reservation(Protocol): ...
+
+
+class Budget(Protocol):
+    """What the failover needs of the budget ledger (``services.common.budget``)."""
+
+    async def reserve(self, job_id: str, cost_micros: int) -> Reservation | None: ...
+
+    async def settle(self, reservation: Reservation, actual_cost_micros: int | None = None) -> None: ...
+
+    async def refund(self, reservation: Reservation) -> None: ...
+
+
+@dataclass
+class Candidate:
+    """One provider of a path, with what it takes to call it."""
+
+    name: str
+    adapter: HttpImageProvider
+    breaker: CircuitBreaker
+    keys: KeyPool | None = None  # None: the provider needs no key (a public Space, the procedural one)
+    cost_micros: int = 0
+    timeout_s: float = 60.0
+
+
+class NoProviderAvailable(RetryableProviderError):
+    """Every provider of the path is down, out of keys or out of budget right now."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message, provider="failover", code="no_provider_available")
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class _Attempt:
+    candidate: Candidate
+    key: ApiKey | None
+    reservation: Reservation | None
+
+
+@dataclass
+class Failover:
+    candidates: Sequence[Candidate]
+    budget: Budget | None = None
+    attempts: int = 3
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 10.0
+    sleep: Callable[[float], Awaitable[None]] = field(default=asyncio.sleep)
+
+    async def generate(self, job_id: str, spec: ImageSpec) -> tuple[GeneratedImage, int]:
+        """The image and the number of attempts it took; raises the ``ProviderError`` that ended the job."""
+        failed_on: set[str] = set()
+        last: ProviderError | None = None
+        for attempt in range(1, self.attempts + 1):
+            chosen = await self._choose(job_id, attempt, failed_on)
+            try:
+                image = await self._call(chosen, spec)
+            except ProviderError as exc:
+                last = exc
+                if not isinstance(exc, RateLimitedError | KeyRejectedError):
+                    failed_on.add(chosen.candidate.name)  # a key's problem is not its provider's: try another key
+                await self._after_failure(chosen, exc)
+                if isinstance(exc, PermanentProviderError):
+                    raise
+                if not isinstance(exc, RateLimitedError | KeyRejectedError) and attempt < self.attempts:
+                    delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
+                    await self.sleep(delay * random.uniform(0.5, 1.0))
+                continue
+            await self._after_success(chosen)
+            return image, attempt
+        assert last is not None
+        raise last
+
+    async def _choose(self, job_id: str, attempt: int, failed_on: set[str]) -> _Attempt:
+        """The first usable candidate, fresh ones first; ``NoProviderAvailable`` says why there is none."""
+        reasons: list[str] = []
+        retry_after: list[float] = []
+        ordered = sorted(self.candidates, key=lambda c: c.name in failed_on)  # stable: config order otherwise
+        for candidate in ordered:
+            if not await candidate.breaker.allows():
+                reasons.append(f"{candidate.name} is down (circuit open)")
+                continue
+            key = None
+            if candidate.keys is not None:
+                try:
+                    key = await candidate.keys.pick()
+                except NoKeyAvailable as exc:
+                    reasons.append(str(exc))
+                    if exc.retry_after_s is not None:
+                        retry_after.append(exc.retry_after_s)
+                    continue
+            reservation = None
+            if candidate.cost_micros and self.budget is not None:
+                reservation = await self.budget.reserve(f"{job_id}:{attempt}", candidate.cost_micros)
+                if reservation is None:
+                    reasons.append(f"{candidate.name} would exceed the monthly budget")
+                    continue
+            return _Attempt(candidate, key, reservation)
+        first_back = min(retry_after) if retry_after else None
+        when = f"; the first key is back in {first_back:.0f} s" if first_back is not None else ""
+        raise NoProviderAvailable("no provider can take the job: " + "; ".join(reasons) + when,
+                                  retry_after_s=first_back)
+
+    async def _call(self, chosen: _Attempt, spec: ImageSpec) -> GeneratedImage:
+        candidate = chosen.candidate
+        token = chosen.key.get_secret_value() if chosen.key is not None else None
+        started = asyncio.get_running_loop().time()
+        outcome = "ok"
+        try:
+            async with asyncio.timeout(candidate.timeout_s):
+                image = await candidate.adapter.generate(spec, token)
+            return dataclasses.replace(image, provider=candidate.name)  # "hf-space-b", not the protocol name
+        except TimeoutError:
+            outcome = "timeout"
+            raise RetryableProviderError(f"no image within {candidate.timeout_s:.0f} s", provider=candidate.name,
+                                         code="timeout") from None
+        except ProviderError as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            CALL_SECONDS.labels(candidate.name, outcome).observe(asyncio.get_running_loop().time() - started)
+
+    async def _after_failure(self, chosen: _Attempt, exc: ProviderError) -> None:
+        candidate, key = chosen.candidate, chosen.key
+        ERRORS.labels(candidate.name, type(exc).__name__).inc()
+        log.warning("%s failed: %s", candidate.name, exc)  # ProviderError messages never carry keys
+        if chosen.reservation is not None and self.budget is not None:
+            await self.budget.refund(chosen.reservation)
+        if key is not None and candidate.keys is not None:
+            if isinstance(exc, RateLimitedError):
+                await candidate.keys.cooldown(key, exc.retry_after_s, reason=exc.code)
+            elif isinstance(exc, KeyRejectedError):
+                await candidate.keys.disable(key, reason=f"{exc.code}: {exc.message}"[:200])
+            else:
+                await candidate.keys.record(key, ok=False)
+        if not isinstance(exc, RateLimitedError | KeyRejectedError | PermanentProviderError):
+            await candidate.breaker.failure()
+
+    async def _after_success(self, chosen: _Attempt) -> None:
+        if chosen.reservation is not None and self.budget is not None:
+            await self.budget.settle(chosen.reservation)
+        if chosen.key is not None and chosen.candidate.keys is not None:
+            await chosen.candidate.keys.record(chosen.key, ok=True)
+        await chosen.candidate.breaker.success()

@@ -1,0 +1,59 @@
+"""Real providers' protocols through the real pipeline: failover across providers and keys."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+import yaml
+
+from services.fakeproviders.base import FakeProvider, Knobs, fingerprint
+from services.fakeproviders.openai_images import create_app
+from services.fakeproviders.server import serve_fake
+
+pytestmark = pytest.mark.e2e
+
+RATE_LIMITED_KEY = "sk-e2e-rate-limited-key-0001"
+GOOD_KEY = "sk-e2e-good-key-0000000000002"
+
+
+async def _completed(http: httpx.AsyncClient, job_id: str, timeout_s: float = 90) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        view = (await http.get(f"/v1/generations/{job_id}")).json()
+        if view.get("status") in {"completed", "failed"}:
+            return view
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+async def test_a_down_provider_and_a_throttled_key_do_not_stop_the_jobs(running_pipeline, tmp_path):
+    down = FakeProvider("space-a", Knobs(always_fail="503"))
+    healthy = FakeProvider("space-b", Knobs(rejected_keys={RATE_LIMITED_KEY: "429"}, retry_after_s=120))
+    async with serve_fake(create_app(down)) as url_a, serve_fake(create_app(healthy)) as url_b:
+        providers = tmp_path / "providers.yaml"
+        providers.write_text(yaml.safe_dump({
+            "primary": [
+                {"name": "space-a", "type": "openai", "keys_env": "E2E_KEYS_A", "options": {"base_url": url_a}},
+                {"name": "space-b", "type": "openai", "keys_env": "E2E_KEYS_B", "options": {"base_url": url_b}},
+            ],
+            "fallback": [{"name": "procedural", "type": "procedural"}],
+        }))
+        env = {"FORGELINE_GENERATOR_PROVIDERS_FILE": str(providers), "E2E_KEYS_A": "sk-e2e-key-for-space-a-00003",
+               "E2E_KEYS_B": f"{RATE_LIMITED_KEY},{GOOD_KEY}"}
+        async with running_pipeline(env=env) as p, httpx.AsyncClient(base_url=p.ingest_url, timeout=30) as http:
+            jobs = []
+            for i in range(4):
+                response = await http.post("/v1/generations", json={"prompt": f"ice axe {i}", "width": 64,
+                                                                    "height": 64})
+                jobs.append(response.json()["job_id"])
+            views = [await _completed(http, job) for job in jobs]
+
+    assert [v["status"] for v in views] == ["completed"] * 4, views
+    assert {v["provider"] for v in views} == {"space-b"}
+    assert len(down.requests) >= 1, "the down provider was tried first"
+    used = [r.key for r in healthy.requests]
+    assert used.count(fingerprint(RATE_LIMITED_KEY)) == 1, "the throttled key is not used again before its deadline"
+    assert used.count(fingerprint(GOOD_KEY)) == 4
