@@ -26,7 +26,7 @@ from tests.integration.provider_support import (
 pytestmark = pytest.mark.integration
 
 SPACE = "forgeline/sdxl-cpu"
-TOKEN = "hf_SECRETtoken1234567890"
+TOKEN = "hf_fake-test-token-not-real-1234"
 SPEC = ImageSpec(prompt="flaming obsidian greatsword", width=256, height=192, seed=7)
 GRADIO = ProviderUnderTest("gradio", create_app, GradioSpaceProvider, GradioConfig, defaults={"space": SPACE},
                            spec=SPEC)

@@ -25,7 +25,7 @@ from tests.integration.provider_support import (
 pytestmark = pytest.mark.integration
 
 MODEL = "black-forest-labs/flux-schnell"
-TOKEN = "r8_SECRETtoken1234567890"
+TOKEN = "r8_fake-test-token-not-real-1234"
 SPEC = ImageSpec(prompt="flaming obsidian greatsword", negative_prompt="blurry", width=256, height=192, seed=7)
 REPLICATE = ProviderUnderTest("replicate", create_app, ReplicateProvider, ReplicateConfig,
                               defaults={"model": MODEL, "poll_interval_s": 0.05}, spec=SPEC)

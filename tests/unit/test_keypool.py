@@ -20,7 +20,7 @@ from services.common.keypool import (
 )
 from services.common.redis import KeySpace
 
-SECRET = "hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789a1b2"
+SECRET = "hf_fake-AbCdEfGhIjKlMnOpQrStUvWxYz-0123456789a1b2"
 
 
 def test_api_key_never_shows_its_secret():
