@@ -184,6 +184,12 @@ class RouteDecision(_Model):
     primary_depth: int = Field(ge=0, description="Messages waiting for the primary generators when decided.")
     threshold: int = Field(ge=0, description="The depth threshold in force for this decision.")
     decided_at: AwareDatetime = Field(default_factory=utcnow)
+    estimated_wait_s: float | None = Field(
+        None, ge=0, description="Primary depth / measured primary rate when decided (may be infinite).")
+    service_rate: float | None = Field(None, ge=0, description="Measured primary images per second when decided.")
+    deadline_s: float | None = Field(None, gt=0, description="The request's deadline the decision was made against.")
+    priority: str | None = Field(None, max_length=32, description="The request's priority when decided.")
+    placeholder: bool = Field(False, description="True: the generator renders a free placeholder, no paid call.")
 
 
 class _GenerationJob(Event):
@@ -221,6 +227,9 @@ class GenerationRequested(_GenerationJob):
 
 
     idempotency_key: str | None = Field(None, min_length=1, max_length=255)
+    allow_placeholder: bool = Field(
+        False, description="When the paid path is refused and the primary would miss deadline_s, accept a "
+                           "procedural placeholder image instead of waiting.")
 
 
 class GenerationRouted(_GenerationJob):

@@ -9,23 +9,22 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI
 
-from services.devstack.process import free_ports
-
 
 @asynccontextmanager
 async def serve_fake(app: FastAPI, *, host: str = "127.0.0.1", port: int | None = None) -> AsyncIterator[str]:
     """Run ``app`` on ``host:port`` (a free port by default) in this event loop; yields its base URL."""
     if not host.startswith("127.") and host != "localhost":
         raise ValueError("fakes only listen on loopback")
-    port = port or free_ports(1)[0]
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
+    # Port 0 lets the kernel choose at bind time: no window in which another process takes it.
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port or 0, log_level="warning", lifespan="off"))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
             task.result()  # raises what stopped it (a taken port, say)
         await asyncio.sleep(0.01)
+    bound = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://{host}:{port}"
+        yield f"http://{host}:{bound}"
     finally:
         server.should_exit = True
         await task

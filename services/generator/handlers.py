@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 from services.common.consumer import Outcome, Output
 from services.common.contracts import (
@@ -14,7 +15,11 @@ from services.common.contracts import (
 from services.common.jobs import JobStore, TerminalGuard, terminal_outcome
 from services.common.topics import Topics
 from services.generator.failover import Failover
-from services.generator.provider import ProviderError
+from services.generator.procedural import ProceduralProvider
+from services.generator.provider import GeneratedImage, ProviderError
+
+#: The provider name of a placeholder the router asked for (the paid path was refused).
+PLACEHOLDER_PROVIDER = "procedural-placeholder"
 
 
 @dataclass
@@ -25,11 +30,20 @@ class GenerateHandler:
     topics: Topics
     jobs: JobStore
     guard: TerminalGuard
+    placeholders: ProceduralProvider = field(default_factory=ProceduralProvider)
+
+    async def _placeholder(self, routed: GenerationRouted) -> tuple[GeneratedImage, int]:
+        """The router's call: no paid provider (budget refused), a free procedural stand-in instead."""
+        image = await self.placeholders.generate(routed.spec)
+        return dataclasses.replace(image, placeholder=True, provider=PLACEHOLDER_PROVIDER), 1
 
     async def handle(self, routed: GenerationRouted) -> Outcome:
         await self.jobs.update(routed.job_id, "generating", tenant=routed.tenant)
         try:
-            image, attempts = await self.failover.generate(routed.job_id, routed.spec)
+            if routed.decision.placeholder:
+                image, attempts = await self._placeholder(routed)
+            else:
+                image, attempts = await self.failover.generate(routed.job_id, routed.spec)
         except ProviderError as exc:
             failed = GenerationFailed(
                 job_id=routed.job_id, tenant=routed.tenant, trace=routed.trace.child(), metadata=routed.metadata,

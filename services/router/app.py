@@ -13,6 +13,7 @@ from aiokafka import ConsumerRecord
 from prometheus_client import Counter
 from redis.asyncio import Redis
 
+from services.common.budget import BudgetGate, BudgetLedger, usd
 from services.common.cache import LruTtlCache, ResultCache
 from services.common.consumer import ConsumerLoop, LoopSettings, Outcome, Output
 from services.common.contracts import (
@@ -23,7 +24,7 @@ from services.common.contracts import (
 )
 from services.common.jobs import JobStore, TerminalGuard, terminal_outcome
 from services.common.redis import KeySpace
-from services.common.settings import Connections
+from services.common.settings import BudgetSettings, Connections
 from services.common.topics import GroupIds, Topics
 from services.common.worker import (
     redis_client,
@@ -36,7 +37,6 @@ from services.router.depth import DepthMonitor
 from services.router.handlers import (
     HysteresisPolicy,
     PaidCapacity,
-    UnlimitedPaidCapacity,
     route,
 )
 from services.router.settings import RouterSettings
@@ -66,7 +66,7 @@ class RouterHandler:
             return await terminal_outcome(GenerationCompleted.from_cache(cached, request),
                                           topic=self.topics.name("generation.completed"), guard=self.guard,
                                           jobs=self.jobs)
-        decision = await route(request, self.depth.depth, self.policy, self.paid)
+        decision = await route(request, self.depth.depth, self.policy, self.paid, rate=self.depth.rate)
         routed = GenerationRouted.from_request(request, decision)
         if decision.path == "primary":
             self.depth.routed_to_primary()
@@ -75,6 +75,8 @@ class RouterHandler:
         await self.jobs.update(
             request.job_id, "routed", tenant=request.tenant, route=decision.path, route_reason=decision.reason,
             primary_depth=decision.primary_depth, timings=routed.timings.model_dump(mode="json"),
+            # Not among JobStore's JSON fields: recorded as strings ("inf" when nothing is served).
+            estimated_wait_s=_text(decision.estimated_wait_s), service_rate=_text(decision.service_rate),
         )
 
         async def acked() -> None:
@@ -84,8 +86,14 @@ class RouterHandler:
         return Outcome([Output(self.topics.name(f"generation.{decision.path}"), routed)], on_acked=acked)
 
 
+def _text(value: float | None) -> str | None:
+    return None if value is None else f"{value:.6g}"
+
+
 async def serve(settings: RouterSettings, connections: Connections, stop: asyncio.Event,
-                paid: PaidCapacity | None = None) -> None:
+                paid: PaidCapacity | None = None, budget: BudgetSettings | None = None) -> None:
+    """``paid``: the paid path's gate; default a ``BudgetGate`` on the shared monthly ledger
+    (``budget``, read from ``FORGELINE_BUDGET_*`` when not given)."""
     topics, groups = Topics.from_settings(connections.topics), GroupIds.from_settings(connections.topics)
     keys = KeySpace(connections.redis.key_prefix)
     async with AsyncExitStack() as stack:
@@ -96,11 +104,17 @@ async def serve(settings: RouterSettings, connections: Connections, stop: asynci
         redis = redis_client(stack, connections.redis)
 
         depth = DepthMonitor(admin, offsets, topic=topics.name("generation.primary"),
-                             group_id=groups.generator("primary"), refresh_s=settings.depth_refresh_s)
+                             group_id=groups.generator("primary"), refresh_s=settings.depth_refresh_s,
+                             rate_window_s=settings.rate_window_s)
         await depth.refresh()  # route nothing on a made-up depth
+        if paid is None:
+            budget = budget or BudgetSettings()
+            paid = BudgetGate(BudgetLedger(redis, keys, cap_micros=usd(budget.cap_usd),
+                                           reservation_ttl_s=budget.reservation_ttl_s),
+                              cheapest_cost_micros=usd(settings.paid_cost_usd))
         handler = RouterHandler(
             topics=topics, depth=depth, policy=HysteresisPolicy(high=settings.depth_high, low=settings.depth_low),
-            paid=paid or UnlimitedPaidCapacity(), jobs=JobStore(redis, keys), redis=redis, keys=keys,
+            paid=paid, jobs=JobStore(redis, keys), redis=redis, keys=keys,
             cache=ResultCache(redis, keys, ttl_s=settings.cache_ttl_s, local=LruTtlCache(0, 0)),
             guard=TerminalGuard(redis, keys),
         )

@@ -1,19 +1,73 @@
-"""The primary path's queue depth, refreshed in the background (never one admin call per message)."""
+"""The primary path's queue depth and service rate, refreshed in the background (never one admin call per message)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
+from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import Gauge
 
-from services.common.lag import group_lag
+from services.common.lag import topic_partitions
+from services.router.handlers import estimated_wait
 
 log = logging.getLogger(__name__)
 
 PRIMARY_DEPTH = Gauge("forgeline_router_primary_depth", "Primary path queue depth as the router sees it.")
+PRIMARY_RATE = Gauge("forgeline_router_primary_rate", "Measured primary service rate, images per second.")
+
+
+async def group_position(
+    admin: AIOKafkaAdminClient, offsets_client: AIOKafkaConsumer, topic: str, group_id: str
+) -> tuple[int, int]:
+    """``(lag, committed)`` of ``group_id`` on ``topic``, summed over partitions.
+
+    The same formula as ``services.common.lag.group_lag`` (KEDA's): a partition the group never
+    committed counts from the beginning of the log. ``committed`` is the sum of those positions:
+    its growth over time is the group's service rate.
+    """
+    tps = [TopicPartition(topic, p) for p in sorted(await topic_partitions(admin, topic))]
+    if not tps:
+        return 0, 0
+    end = await offsets_client.end_offsets(tps)
+    committed = await admin.list_consumer_group_offsets(group_id, partitions=tps)
+    missing = [tp for tp in tps if tp not in committed or committed[tp].offset < 0]
+    begin = await offsets_client.beginning_offsets(missing) if missing else {}
+    lag = position_total = 0
+    for tp in tps:
+        position = committed[tp].offset if tp in committed and committed[tp].offset >= 0 else begin[tp]
+        lag += max(0, end[tp] - position)
+        position_total += position
+    return lag, position_total
+
+
+class RateWindow:
+    """Images per second from ``(time, committed total)`` samples over a sliding window."""
+
+    def __init__(self, window_s: float) -> None:
+        if window_s <= 0:
+            raise ValueError("window_s must be > 0")
+        self.window_s = window_s
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def add(self, at: float, committed: int) -> None:
+        if self._samples and committed < self._samples[-1][1]:
+            self._samples.clear()  # offsets reset or partitions gone: start measuring afresh
+        self._samples.append((at, committed))
+        # Keep the newest sample at or before the window's start, so the window is always covered.
+        while len(self._samples) > 2 and self._samples[1][0] <= at - self.window_s:
+            self._samples.popleft()
+
+    @property
+    def rate(self) -> float:
+        if len(self._samples) < 2:
+            return 0.0
+        (t0, c0), (t1, c1) = self._samples[0], self._samples[-1]
+        return (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0
 
 
 class DepthMonitor:
@@ -21,16 +75,21 @@ class DepthMonitor:
 
     Between two measurements a burst of requests would all see the same stale depth; counting
     the jobs this router routed to primary since the last measurement began closes that gap.
+    Each refresh also samples the group's committed offsets: their growth over the last
+    ``rate_window_s`` is the primary's measured service rate.
     """
 
     def __init__(
-        self, admin: AIOKafkaAdminClient, offsets: AIOKafkaConsumer, *, topic: str, group_id: str, refresh_s: float
+        self, admin: AIOKafkaAdminClient, offsets: AIOKafkaConsumer, *, topic: str, group_id: str, refresh_s: float,
+        rate_window_s: float = 30.0, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._admin = admin
         self._offsets = offsets
         self._topic = topic
         self._group_id = group_id
         self._refresh_s = refresh_s
+        self._clock = clock
+        self._window = RateWindow(rate_window_s)
         self._measured = 0
         self._sent = 0
         self._sent_at_measure = 0
@@ -40,6 +99,16 @@ class DepthMonitor:
     def depth(self) -> int:
         return self._measured + (self._sent - self._sent_at_measure)
 
+    @property
+    def rate(self) -> float:
+        """Primary images per second over the sliding window (0 until two refreshes)."""
+        return self._window.rate
+
+    @property
+    def estimated_wait_s(self) -> float:
+        """depth / rate: 0 when nothing waits, ``math.inf`` when something waits and nothing is served."""
+        return estimated_wait(self.depth, self.rate)
+
     def routed_to_primary(self) -> None:
         self._sent += 1
 
@@ -48,11 +117,13 @@ class DepthMonitor:
 
     async def refresh(self) -> int:
         sent_before = self._sent  # messages acked before this read are in the end offsets it sees
-        lag = await group_lag(self._admin, self._offsets, self._topic, self._group_id)
-        self._measured = sum(lag.values())
+        lag, committed = await group_position(self._admin, self._offsets, self._topic, self._group_id)
+        self._window.add(self._clock(), committed)
+        self._measured = lag
         self._sent_at_measure = sent_before
         self._ready.set()
         PRIMARY_DEPTH.set(self.depth)
+        PRIMARY_RATE.set(self.rate)
         return self._measured
 
     async def run(self) -> None:
@@ -62,3 +133,6 @@ class DepthMonitor:
             except Exception as exc:  # noqa: BLE001 — keep routing on the last depth; say so
                 log.warning("could not refresh primary depth (keeping %d): %r", self._measured, exc)
             await asyncio.sleep(self._refresh_s)
+
+
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -16,6 +17,10 @@ class RouterSettings(BaseSettings):
     depth_high: int = Field(50, ge=1, description="Route to fallback once primary depth reaches this.")
     depth_low: int = Field(35, ge=0, description="Route back to primary once depth falls below this.")
     depth_refresh_s: float = Field(1.0, gt=0, le=10, description="How often queue depth is re-read.")
+    rate_window_s: float = Field(30.0, gt=0, le=3600,
+                                 description="Sliding window over which the primary's service rate is measured.")
+    paid_cost_usd: Decimal = Field(Decimal("0.0023"), gt=0,
+                                   description="Cost of one image on the cheapest paid provider (budget gate).")
 
     cache_ttl_s: int = Field(24 * 3600, ge=1, description="Result cache lifetime (as storage's).")
     concurrency: int = Field(32, ge=1, le=1024, description="Requests routed at once.")

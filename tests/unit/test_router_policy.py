@@ -1,7 +1,17 @@
 from __future__ import annotations
 
+import math
+
+import pytest
+
 from services.common import contracts as c
-from services.router.handlers import HysteresisPolicy, UnlimitedPaidCapacity, route
+from services.router.depth import RateWindow
+from services.router.handlers import (
+    HysteresisPolicy,
+    UnlimitedPaidCapacity,
+    estimated_wait,
+    route,
+)
 
 REQUEST = c.GenerationRequested(job_id="0123456789abcdef", tenant="t", spec=c.ImageSpec(prompt="sword"))
 
@@ -46,3 +56,119 @@ async def test_unlimited_paid_capacity_allows_fallback():
     decision = await route(REQUEST, 80, HysteresisPolicy(high=50, low=35), UnlimitedPaidCapacity())
 
     assert decision.path == "fallback"
+
+
+# ---------------------------------------------------------------- deadline, rate, priority, budget
+
+def _request(**fields) -> c.GenerationRequested:
+    return c.GenerationRequested(job_id="0123456789abcdef", tenant="t", spec=c.ImageSpec(prompt="sword"), **fields)
+
+
+def test_estimated_wait_is_depth_over_rate_zero_when_empty_inf_when_stalled():
+    assert estimated_wait(20, 4.0) == 5.0
+    assert estimated_wait(0, 0.0) == 0.0
+    assert estimated_wait(3, 0.0) == math.inf
+
+
+async def test_deadline_compares_estimated_wait_not_depth():
+    policy = HysteresisPolicy(high=50, low=35)
+
+    late = await route(_request(deadline_s=10), 30, policy, UnlimitedPaidCapacity(), rate=2.0)  # wait 15 s
+    on_time = await route(_request(deadline_s=10), 80, policy, UnlimitedPaidCapacity(), rate=10.0)  # wait 8 s
+
+    assert late.path == "fallback" and on_time.path == "primary"
+    assert (late.estimated_wait_s, late.service_rate, late.deadline_s) == (15.0, 2.0, 10)
+    assert "15.00" in late.reason and "10" in late.reason and "2.00/s" in late.reason
+    assert policy.path == "primary", "a deadline decision must not move the depth hysteresis"
+
+
+async def test_a_stalled_primary_misses_any_deadline():
+    decision = await route(_request(deadline_s=60), 1, HysteresisPolicy(50, 35), UnlimitedPaidCapacity(), rate=0.0)
+
+    assert decision.path == "fallback" and decision.estimated_wait_s == math.inf
+
+
+async def test_high_priority_goes_to_fallback_at_half_the_deadline():
+    policy = HysteresisPolicy(high=50, low=35)
+
+    standard = await route(_request(deadline_s=10), 12, policy, UnlimitedPaidCapacity(), rate=2.0)  # wait 6 s
+    high = await route(_request(deadline_s=10, priority="high"), 12, policy, UnlimitedPaidCapacity(), rate=2.0)
+
+    assert standard.path == "primary" and high.path == "fallback"
+    assert high.priority == "high" and "0.5" in high.reason
+
+
+def test_high_priority_without_deadline_uses_half_thresholds_in_its_own_band():
+    policy = HysteresisPolicy(high=50, low=35)
+
+    high = [policy.decide(d, priority="high").path for d in (24, 25, 20, 18, 17)]
+    standard = [policy.decide(d).path for d in (30, 49, 50)]
+
+    assert high == ["primary", "fallback", "fallback", "fallback", "primary"]
+    assert standard == ["primary", "primary", "fallback"]
+
+
+async def test_without_deadline_the_hysteresis_is_kept_and_rate_reported():
+    policy = HysteresisPolicy(high=50, low=35)
+    paths = []
+    for depth in (10, 50, 40, 34):
+        decision = await route(_request(), depth, policy, UnlimitedPaidCapacity(), rate=5.0)
+        paths.append(decision.path)
+
+    assert paths == ["primary", "fallback", "fallback", "primary"]
+    assert decision.estimated_wait_s == pytest.approx(34 / 5) and decision.deadline_s is None
+    assert decision.placeholder is False
+
+
+async def test_budget_refusal_keeps_a_deadline_job_on_primary():
+    decision = await route(_request(deadline_s=2), 10, HysteresisPolicy(50, 35), _NoMoney(), rate=1.0)
+
+    assert decision.path == "primary" and decision.placeholder is False
+    assert "the monthly budget is spent" in decision.reason
+
+
+async def test_refused_and_late_with_allow_placeholder_is_a_placeholder_on_fallback():
+    request = _request(deadline_s=2, allow_placeholder=True)
+
+    decision = await route(request, 10, HysteresisPolicy(50, 35), _NoMoney(), rate=1.0)
+
+    assert decision.path == "fallback" and decision.placeholder is True
+    assert "the monthly budget is spent" in decision.reason and "placeholder" in decision.reason
+
+
+async def test_placeholder_only_when_the_primary_would_really_miss_the_deadline():
+    # High priority asks for fallback at 0.5 × deadline, but 6 s of wait still meets a 10 s deadline.
+    request = _request(deadline_s=10, priority="high", allow_placeholder=True)
+
+    decision = await route(request, 12, HysteresisPolicy(50, 35), _NoMoney(), rate=2.0)
+
+    assert decision.path == "primary" and decision.placeholder is False
+
+
+async def test_allow_placeholder_without_deadline_never_makes_a_placeholder():
+    decision = await route(_request(allow_placeholder=True), 80, HysteresisPolicy(50, 35), _NoMoney(), rate=1.0)
+
+    assert decision.path == "primary" and decision.placeholder is False
+
+
+def test_old_route_decisions_still_validate():
+    old = {"path": "primary", "reason": "primary depth 1 < 50", "primary_depth": 1, "threshold": 50,
+           "decided_at": "2026-01-01T00:00:00Z"}
+
+    decision = c.RouteDecision.model_validate(old)
+
+    assert decision.placeholder is False and decision.estimated_wait_s is None
+
+
+def test_rate_window_measures_committed_growth_over_the_window():
+    window = RateWindow(10.0)
+    for second in range(0, 31):
+        window.add(float(second), second * 3 if second < 20 else 60)  # 3/s, then stalled from t=20
+
+    assert window.rate == 0.0  # the last 10 s served nothing
+
+    fresh = RateWindow(10.0)
+    assert fresh.rate == 0.0
+    for second in range(0, 6):
+        fresh.add(float(second), second * 4)
+    assert fresh.rate == pytest.approx(4.0)
