@@ -318,7 +318,8 @@ def run(
         from services.ingest.settings import IngestSettings
 
         settings = _settings(IngestSettings)
-        run_service("ingest", lambda stop: serve(settings, connections, stop), log_level=settings.log_level)
+        run_service("ingest", lambda stop: serve(settings, connections, stop, dict(os.environ), _settings(BudgetSettings)),
+                    log_level=settings.log_level)
 
 
 # ---------------------------------------------------------------------------------- keys

@@ -10,7 +10,8 @@ from services.common.settings import RedisSettings
 from services.generator.catalog import ProvidersFile, provider_keys
 
 
-def _pools(catalog: ProvidersFile, redis, keys: KeySpace, environ: Mapping[str, str]) -> dict[str, KeyPool]:
+def key_pools(catalog: ProvidersFile, redis, keys: KeySpace, environ: Mapping[str, str]) -> dict[str, KeyPool]:
+    """One pool per provider of the file that has keys (a provider on both paths gets one pool)."""
     pools: dict[str, KeyPool] = {}
     for entry in [*catalog.primary, *catalog.fallback]:
         api_keys = provider_keys(entry, environ)
@@ -23,7 +24,7 @@ async def key_states(catalog: ProvidersFile, redis_settings: RedisSettings,
                      environ: Mapping[str, str]) -> list[KeyState]:
     redis = make_redis(redis_settings)
     try:
-        pools = _pools(catalog, redis, KeySpace(redis_settings.key_prefix), environ)
+        pools = key_pools(catalog, redis, KeySpace(redis_settings.key_prefix), environ)
         return [state for pool in pools.values() for state in await pool.states()]
     finally:
         await redis.aclose()
@@ -34,7 +35,7 @@ async def enable_key(catalog: ProvidersFile, redis_settings: RedisSettings, envi
     """Re-enable a disabled key; False when it was not disabled. ``KeyError``: no such provider or key."""
     redis = make_redis(redis_settings)
     try:
-        pools = _pools(catalog, redis, KeySpace(redis_settings.key_prefix), environ)
+        pools = key_pools(catalog, redis, KeySpace(redis_settings.key_prefix), environ)
         if provider not in pools:
             raise KeyError(f"no provider {provider!r} with keys; known: {', '.join(pools) or 'none'}")
         return await pools[provider].enable(key_id)

@@ -172,17 +172,66 @@ class CacheStats(BaseModel):
     hit_rate: float | None = Field(None, description="Hits / lookups; None before any lookup.")
 
 
+class ProviderKeyStatus(BaseModel):
+    """One API key of a provider, as every replica shares it. Never the secret: a fingerprint and a mask."""
+
+    key_id: str = Field(description="A fingerprint of the key (provider:sha256 prefix); names it in "
+                                    "`forgeline keys enable`.", examples=["openai:3f9a1c2e"])
+    masked: str = Field(description="A few characters of the key, enough to tell keys apart.", examples=["sk-…9f2a"])
+    state: Literal["healthy", "cooling_down", "disabled"]
+    cooldown_until: datetime | None = Field(None, description="While cooling down: when the key is used again.")
+    cooldown_reason: str | None = None
+    disabled_reason: str | None = Field(None, description="Why the key was disabled (e.g. the provider refused it).")
+    successes: int = 0
+    failures: int = 0
+
+
+class BreakerStatus(BaseModel):
+    """A provider's circuit breaker: open, no calls go to it until ``down_until``."""
+
+    state: Literal["closed", "open", "half_open"] = Field(
+        description="half_open: the cooldown is over and the next call is a trial.")
+    consecutive_failures: int
+    down_until: datetime | None = None
+
+
+class ProviderStatus(BaseModel):
+    """One provider of the generators' providers file."""
+
+    name: str
+    type: str
+    paths: list[Literal["primary", "fallback"]] = Field(description="The paths whose failover list names it.")
+    breaker: BreakerStatus
+    keys: list[ProviderKeyStatus] = Field(
+        default_factory=list, description="Empty for providers without keys, or when their keys are not set here.")
+
+
+class BudgetStatus(BaseModel):
+    """The paid path's spend this month (UTC), in US dollars as `format_usd` writes them ("$0.0023")."""
+
+    month: str = Field(examples=["2025-06"])
+    cap: str = Field(examples=["$10.00"])
+    spent: str = Field(description="Settled paid calls.")
+    reserved: str = Field(description="Held by paid calls in flight.")
+    remaining: str = Field(description="cap - spent - reserved, never below 0.")
+
+
 class PipelineStatus(BaseModel):
     """How the pipeline is doing, across every replica."""
 
     queues: dict[Literal["primary", "fallback"], QueueDepth]
     routes: RouteSplit
     cache: CacheStats
+    providers: list[ProviderStatus] = Field(
+        default_factory=list, description="Each provider's keys and breaker; empty without a providers file.")
+    budget: BudgetStatus
     measured_at: datetime
 
 
 __all__ = [
     "Accepted",
+    "BreakerStatus",
+    "BudgetStatus",
     "CacheStats",
     "ErrorDetail",
     "GenerationRequestBody",
@@ -191,6 +240,8 @@ __all__ = [
     "JobView",
     "MessageBody",
     "PipelineStatus",
+    "ProviderKeyStatus",
+    "ProviderStatus",
     "QueueDepth",
     "Readiness",
     "RouteSplit",

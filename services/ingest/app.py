@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
 import uvicorn
@@ -18,10 +18,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
+from services.common.budget import BudgetLedger, usd
 from services.common.cache import LruTtlCache, ResultCache
 from services.common.jobs import JobStore
 from services.common.redis import KeySpace
-from services.common.settings import Connections
+from services.common.settings import BudgetSettings, Connections
 from services.common.topics import GroupIds, Topics
 from services.common.worker import (
     redis_client,
@@ -29,7 +30,8 @@ from services.common.worker import (
     started_consumer,
     started_producer,
 )
-from services.ingest.deps import IngestDeps
+from services.generator.catalog import load_providers_file
+from services.ingest.deps import IngestDeps, provider_handles
 from services.ingest.handlers import InvalidRequest, JobNotFound, Unavailable
 from services.ingest.middleware import BodyLimit, RequestLog
 from services.ingest.routes import router
@@ -60,8 +62,17 @@ TAGS = [
 
 
 @asynccontextmanager
-async def build_ingest(settings: IngestSettings, connections: Connections) -> AsyncIterator[IngestDeps]:
-    """Open every client the API uses; they close in reverse order on exit, whatever happens."""
+async def build_ingest(settings: IngestSettings, connections: Connections, *,
+                       environ: Mapping[str, str] | None = None,
+                       budget: BudgetSettings | None = None) -> AsyncIterator[IngestDeps]:
+    """Open every client the API uses; they close in reverse order on exit, whatever happens.
+
+    ``environ``: where the providers file's ``keys_env`` variables are read (None: none are, so
+    /v1/status lists no keys). ``budget``: the monthly cap (None: read from ``FORGELINE_BUDGET_*``).
+    """
+    # Read before any client opens: a broken providers file fails the start with the file's problem.
+    catalog = load_providers_file(settings.providers_file) if settings.providers_file is not None else None
+    budget = budget or BudgetSettings()
     async with AsyncExitStack() as stack:
         producer = await started_producer(stack, connections.kafka)
         admin = await started_admin(stack, connections.kafka)
@@ -81,6 +92,9 @@ async def build_ingest(settings: IngestSettings, connections: Connections) -> As
             jobs=JobStore(redis, keys, ttl_s=settings.status_ttl_s),
             cache=ResultCache(redis, keys, ttl_s=_CACHE_WRITE_TTL_S,
                               local=LruTtlCache(settings.local_cache_size, settings.local_cache_ttl_s)),
+            budget=BudgetLedger(redis, keys, cap_micros=usd(budget.cap_usd),
+                                reservation_ttl_s=budget.reservation_ttl_s),
+            providers=provider_handles(catalog, redis, keys, environ or {}),
         )
 
 
@@ -148,15 +162,21 @@ class _Server(uvicorn.Server):
         pass
 
 
-async def serve(settings: IngestSettings, connections: Connections, stop: asyncio.Event) -> None:
-    """Run the API on ``settings.host:port`` until ``stop`` is set; then drain and close every client."""
+async def serve(settings: IngestSettings, connections: Connections, stop: asyncio.Event,
+                environ: Mapping[str, str] | None = None, budget: BudgetSettings | None = None) -> None:
+    """Run the API on ``settings.host:port`` until ``stop`` is set; then drain and close every client.
+
+    ``environ``: the provider keys' variables for /v1/status (pass ``dict(os.environ)``); ``budget``:
+    as in ``build_ingest``.
+    """
     failures: list[BaseException] = []
 
     @asynccontextmanager
     async def deps() -> AsyncIterator[IngestDeps]:
         async with AsyncExitStack() as stack:
             try:
-                built = await stack.enter_async_context(build_ingest(settings, connections))
+                built = await stack.enter_async_context(
+                    build_ingest(settings, connections, environ=environ, budget=budget))
             except Exception as exc:
                 failures.append(exc)  # uvicorn only logs a lifespan failure; we re-raise it below
                 raise

@@ -2,18 +2,60 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
+from services.common.breaker import CircuitBreaker
+from services.common.budget import BudgetLedger
 from services.common.cache import ResultCache
+from services.common.contracts import Path
 from services.common.jobs import JobStore
+from services.common.keypool import KeyPool
 from services.common.redis import KeySpace
 from services.common.settings import Connections
 from services.common.topics import GroupIds, Topics
+from services.generator.catalog import ProvidersFile
+from services.generator.keys_admin import key_pools
 from services.ingest.settings import IngestSettings
+
+
+@dataclass(frozen=True)
+class ProviderHandle:
+    """One provider of the providers file, as ``/v1/status`` reads it: its breaker and key pool (read only)."""
+
+    name: str
+    type: str
+    paths: tuple[Path, ...]
+    breaker: CircuitBreaker
+    keys: KeyPool | None  # None: the provider has no keys (procedural, gradio) or none are set here
+
+
+def provider_handles(catalog: ProvidersFile | None, redis: Redis, keys: KeySpace,
+                     environ: Mapping[str, str]) -> tuple[ProviderHandle, ...]:
+    """Every provider named in ``catalog`` once (a provider on both paths lists both), in the file's order.
+
+    The pools come from ``keys_admin.key_pools`` (the ``forgeline keys`` commands' view), so both show the
+    same keys: those named by each entry's ``keys_env`` in ``environ`` and its ``keys_file``.
+    """
+    if catalog is None:
+        return ()
+    pools = key_pools(catalog, redis, keys, environ)
+    paths: dict[str, list[Path]] = {}
+    types: dict[str, str] = {}
+    for path in ("primary", "fallback"):
+        for entry in catalog.path(path):
+            types.setdefault(entry.name, entry.type)
+            if path not in paths.setdefault(entry.name, []):
+                paths[entry.name].append(path)
+    return tuple(
+        ProviderHandle(name=name, type=types[name], paths=tuple(paths[name]),
+                       breaker=CircuitBreaker(redis, keys, name), keys=pools.get(name))
+        for name in paths
+    )
 
 
 @dataclass(frozen=True)
@@ -31,6 +73,8 @@ class IngestDeps:
     redis: Redis
     jobs: JobStore
     cache: ResultCache
+    budget: BudgetLedger  # read only: the paid path's monthly ledger the routers and generators share
+    providers: tuple[ProviderHandle, ...] = ()  # empty without a providers file
 
     @property
     def auth_enabled(self) -> bool:

@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 from pydantic import TypeAdapter, ValidationError
 
+from services.common.budget import format_usd
 from services.common.contracts import (
     GenerationCompleted,
     GenerationRequested,
@@ -33,7 +34,7 @@ from services.common.kafka import send_event
 from services.common.lag import group_lag
 from services.common.topics import TopicKey
 from services.ingest.api_models import GenerationRequestBody, contract_errors
-from services.ingest.deps import IngestDeps
+from services.ingest.deps import IngestDeps, ProviderHandle
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +302,7 @@ def _describe(result: str | BaseException, *, detail: bool = True) -> str:
 
 
 async def pipeline_status(deps: IngestDeps) -> dict[str, Any]:
-    """Queue depth per path, the route split and the cache hit rate."""
+    """Queue depth per path, the route split, the cache hit rate, providers' keys and breakers, the budget."""
 
     async def depth(path: Path, key: TopicKey) -> dict[str, Any]:
         topic, group = deps.topics.name(key), deps.groups.generator(path)
@@ -321,11 +322,31 @@ async def pipeline_status(deps: IngestDeps) -> dict[str, Any]:
     routed = routes.get("primary", 0) + routes.get("fallback", 0)
     cache = await deps.cache.stats()
     hits, lookups = cache.get("hit_local", 0) + cache.get("hit_redis", 0), sum(cache.values())
+    budget = await deps.budget.snapshot()
     return {
         "queues": {"primary": primary, "fallback": fallback},
         "routes": {"primary": routes.get("primary", 0), "fallback": routes.get("fallback", 0),
                    "fallback_share": routes.get("fallback", 0) / routed if routed else None},
         "cache": {"hit_local": cache.get("hit_local", 0), "hit_redis": cache.get("hit_redis", 0),
                   "miss": cache.get("miss", 0), "hit_rate": hits / lookups if lookups else None},
+        "providers": [await _provider_status(provider) for provider in deps.providers],
+        "budget": {"month": budget.month, "cap": format_usd(budget.cap_micros),
+                   "spent": format_usd(budget.spent_micros), "reserved": format_usd(budget.reserved_micros),
+                   "remaining": format_usd(budget.remaining_micros)},
         "measured_at": utcnow(),
+    }
+
+
+async def _provider_status(provider: ProviderHandle) -> dict[str, Any]:
+    breaker = await provider.breaker.state()
+    states = await provider.keys.states() if provider.keys is not None else []
+    return {
+        "name": provider.name, "type": provider.type, "paths": list(provider.paths),
+        "breaker": {"state": breaker.state, "consecutive_failures": breaker.consecutive_failures,
+                    "down_until": breaker.down_until},
+        # Field by field, so nothing a KeyState may gain later reaches the response unreviewed.
+        "keys": [{"key_id": key.key_id, "masked": key.masked, "state": key.state,
+                  "cooldown_until": key.cooldown_until, "cooldown_reason": key.cooldown_reason,
+                  "disabled_reason": key.disabled_reason, "successes": key.successes, "failures": key.failures}
+                 for key in states],
     }

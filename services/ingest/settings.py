@@ -7,9 +7,10 @@ API keys map a tenant to its key, as JSON::
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.contracts import Tenant
@@ -18,7 +19,9 @@ from services.common.settings import MiB, service_config
 
 class IngestSettings(BaseSettings):
     # hide_input_in_errors: a bad FORGELINE_INGEST_API_KEYS must not print the keys in the error.
-    model_config = SettingsConfigDict(**service_config("FORGELINE_INGEST_"), hide_input_in_errors=True)
+    # populate_by_name: ``IngestSettings(providers_file=...)`` works besides its environment aliases.
+    model_config = SettingsConfigDict(**service_config("FORGELINE_INGEST_"), hide_input_in_errors=True,
+                                      populate_by_name=True)
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
@@ -45,6 +48,13 @@ class IngestSettings(BaseSettings):
     shutdown_grace_s: float = Field(10.0, ge=0, le=300,
                                     description="On shutdown, how long open requests and event streams may finish.")
     probe_timeout_s: float = Field(2.0, gt=0, le=30, description="How long /readyz and /v1/status wait for a dependency.")
+    # Either variable: one FORGELINE_GENERATOR_PROVIDERS_FILE configures the generators and this view of them.
+    providers_file: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("FORGELINE_INGEST_PROVIDERS_FILE", "FORGELINE_GENERATOR_PROVIDERS_FILE"),
+        description=("The generators' providers file: /v1/status shows each provider's keys and circuit "
+                     "breaker. Unset: no providers are shown."),
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Literal
 
 from aiokafka import ConsumerRecord
 from prometheus_client import Counter
@@ -20,6 +21,7 @@ from services.common.contracts import (
     GenerationCompleted,
     GenerationRequested,
     GenerationRouted,
+    RouteDecision,
     decode,
 )
 from services.common.jobs import JobStore, TerminalGuard, terminal_outcome
@@ -43,6 +45,41 @@ from services.router.settings import RouterSettings
 
 ROUTED = Counter("forgeline_routes_total", "Route decisions by path (or cache, for a request answered at once).",
                  ["path"])
+DECISIONS = Counter(
+    "forgeline_route_decisions_total",
+    "Route decisions by path and what decided them: cache (answered at once), placeholder (paid path "
+    "refused, free placeholder on fallback), budget (paid path refused, kept on primary), deadline "
+    "(estimated wait against the request's deadline), priority (the high-priority depth band), depth "
+    "(the standard depth band).",
+    ["path", "reason"])
+
+ReasonCategory = Literal["cache", "placeholder", "budget", "deadline", "priority", "depth"]
+
+
+class _RefusalSeen:
+    """``PaidCapacity`` around the real one for one decision, remembering whether it refused."""
+
+    def __init__(self, paid: PaidCapacity) -> None:
+        self._paid = paid
+        self.refused = False
+
+    async def allows(self, request: GenerationRequested) -> tuple[bool, str]:
+        allowed, why = await self._paid.allows(request)
+        self.refused = self.refused or not allowed
+        return allowed, why
+
+
+def decision_category(decision: RouteDecision, *, paid_refused: bool) -> ReasonCategory:
+    """What decided the path, from the decision's fields (not its reason text)."""
+    if decision.placeholder:
+        return "placeholder"
+    if paid_refused and decision.path == "primary":
+        return "budget"
+    if decision.deadline_s is not None and decision.estimated_wait_s is not None:
+        return "deadline"
+    if decision.priority == "high":
+        return "priority"
+    return "depth"
 
 
 @dataclass
@@ -63,10 +100,13 @@ class RouterHandler:
         # (and no paid call) for an image we already have. A comparison job must run, though.
         if request.reference_image is None and (cached := await self.cache.get(request.spec.cache_key())):
             ROUTED.labels("cache").inc()
+            DECISIONS.labels("cache", "cache").inc()
             return await terminal_outcome(GenerationCompleted.from_cache(cached, request),
                                           topic=self.topics.name("generation.completed"), guard=self.guard,
                                           jobs=self.jobs)
-        decision = await route(request, self.depth.depth, self.policy, self.paid, rate=self.depth.rate)
+        paid = _RefusalSeen(self.paid)
+        decision = await route(request, self.depth.depth, self.policy, paid, rate=self.depth.rate)
+        category = decision_category(decision, paid_refused=paid.refused)
         routed = GenerationRouted.from_request(request, decision)
         if decision.path == "primary":
             self.depth.routed_to_primary()
@@ -81,6 +121,7 @@ class RouterHandler:
 
         async def acked() -> None:
             ROUTED.labels(decision.path).inc()
+            DECISIONS.labels(decision.path, category).inc()
             await self.redis.hincrby(self.keys.key("stats", "routes"), decision.path, 1)
 
         return Outcome([Output(self.topics.name(f"generation.{decision.path}"), routed)], on_acked=acked)

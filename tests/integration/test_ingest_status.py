@@ -1,0 +1,124 @@
+"""GET /v1/status against the real Redis and Kafka: providers' keys and breakers, and the budget."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.common.breaker import CircuitBreaker
+from services.common.budget import BudgetLedger, usd
+from services.common.keypool import ApiKey, KeyPool
+from services.common.redis import KeySpace
+from services.common.settings import BudgetSettings, Connections
+from services.ingest.app import build_ingest, create_app
+from services.ingest.settings import IngestSettings
+
+pytestmark = pytest.mark.integration
+
+KEY_A = "sk-openai-test-aaaaaaaaaaaaaaaaaaaa1111"
+KEY_B = "sk-openai-test-bbbbbbbbbbbbbbbbbbbb2222"
+
+PROVIDERS = """\
+primary:
+  - name: procedural
+    type: procedural
+fallback:
+  - name: openai
+    type: openai
+    cost_usd: "0.04"
+    keys_env: FORGELINE_TEST_OPENAI_KEYS
+"""
+
+
+@asynccontextmanager
+async def status_api(connections: Connections, settings: IngestSettings, *,
+                     environ: Mapping[str, str] | None = None,
+                     budget: BudgetSettings | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    async with build_ingest(settings, connections, environ=environ, budget=budget) as deps:
+        transport = httpx.ASGITransport(app=create_app(deps))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as http:
+            yield http
+
+
+async def test_status_shows_masked_keys_open_breakers_and_the_budget(
+        connections: Connections, topics, redis, tmp_path: Path):
+    providers_file = tmp_path / "providers.yaml"
+    providers_file.write_text(PROVIDERS)
+    keys = KeySpace(connections.redis.key_prefix)
+
+    cooled, healthy = ApiKey("openai", KEY_A), ApiKey("openai", KEY_B)
+    pool = KeyPool(redis, keys, "openai", [cooled, healthy])
+    await pool.cooldown(cooled, 600, "429 from the provider")
+    await pool.record(healthy, True)
+    breaker = CircuitBreaker(redis, keys, "openai", threshold=2)
+    await breaker.failure()
+    assert await breaker.failure() is not None  # the second failure opens it
+    ledger = BudgetLedger(redis, keys, cap_micros=usd("10"))
+    assert await ledger.reserve("job-1", usd("0.04")) is not None
+
+    settings = IngestSettings(providers_file=providers_file)
+    environ = {"FORGELINE_TEST_OPENAI_KEYS": f"{KEY_A},{KEY_B}"}
+    async with status_api(connections, settings, environ=environ,
+                          budget=BudgetSettings(cap_usd=Decimal("10"))) as http:
+        response = await http.get("/v1/status")
+
+    assert response.status_code == 200, response.text
+    assert KEY_A not in response.text and KEY_B not in response.text
+    assert KEY_A[-12:] not in response.text  # not even a long tail of it
+    body = response.json()
+
+    by_name = {p["name"]: p for p in body["providers"]}
+    assert set(by_name) == {"procedural", "openai"}
+    assert by_name["procedural"] == {
+        "name": "procedural", "type": "procedural", "paths": ["primary"], "keys": [],
+        "breaker": {"state": "closed", "consecutive_failures": 0, "down_until": None}}
+
+    openai = by_name["openai"]
+    assert (openai["type"], openai["paths"]) == ("openai", ["fallback"])
+    assert openai["breaker"]["state"] == "open"
+    assert openai["breaker"]["consecutive_failures"] == 2
+    assert openai["breaker"]["down_until"] is not None
+
+    keys_by_id = {k["key_id"]: k for k in openai["keys"]}
+    assert set(keys_by_id) == {cooled.key_id, healthy.key_id}
+    a, b = keys_by_id[cooled.key_id], keys_by_id[healthy.key_id]
+    assert (a["masked"], a["state"], a["cooldown_reason"]) == (cooled.masked, "cooling_down", "429 from the provider")
+    assert a["cooldown_until"] is not None and a["disabled_reason"] is None
+    assert (b["masked"], b["state"], b["cooldown_until"], b["successes"], b["failures"]) == (
+        healthy.masked, "healthy", None, 1, 0)
+    assert all(set(k) == {"key_id", "masked", "state", "cooldown_until", "cooldown_reason", "disabled_reason",
+                          "successes", "failures"} for k in openai["keys"])
+
+    budget = body["budget"]
+    assert (budget["cap"], budget["spent"], budget["reserved"]) == ("$10.00", "$0.00", "$0.04")
+    assert budget["remaining"] == "$9.96"
+    assert budget["month"] == ledger.current_month()
+
+
+async def test_without_a_providers_file_no_providers_but_the_budget(connections: Connections, topics):
+    async with status_api(connections, IngestSettings(), environ={"FORGELINE_TEST_OPENAI_KEYS": KEY_A},
+                          budget=BudgetSettings(cap_usd=Decimal("5"))) as http:
+        response = await http.get("/v1/status")
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["providers"] == []
+    assert (body["budget"]["cap"], body["budget"]["spent"], body["budget"]["reserved"], body["budget"]["remaining"]) \
+        == ("$5.00", "$0.00", "$0.00", "$5.00")
+
+
+async def test_keys_not_in_the_environment_are_not_listed(connections: Connections, topics, tmp_path: Path):
+    providers_file = tmp_path / "providers.yaml"
+    providers_file.write_text(PROVIDERS)
+    async with status_api(connections, IngestSettings(providers_file=providers_file)) as http:
+        response = await http.get("/v1/status")
+
+    assert response.status_code == 200, response.text
+    openai = next(p for p in response.json()["providers"] if p["name"] == "openai")
+    assert openai["keys"] == []
+    assert openai["breaker"]["state"] == "closed"
