@@ -293,16 +293,12 @@ def run(
                     log_level=settings.log_level, metrics_port=settings.metrics_port)
     elif service is Service.generator:
         from services.generator.app import serve
-        from services.generator.catalog import CatalogError, load_providers_file
         from services.generator.settings import GeneratorSettings
 
         settings = _settings(GeneratorSettings)
         if path is not None:
             settings = _settings(lambda: GeneratorSettings(path=path))
-        try:
-            load_providers_file(settings.providers_file)
-        except CatalogError as exc:
-            raise _fail(str(exc), "fix the file named by FORGELINE_GENERATOR_PROVIDERS_FILE") from None
+        _catalog_or_fail(settings.providers_file)
         run_service(f"generator-{settings.path}",
                     lambda stop: serve(settings, connections, stop, _settings(BudgetSettings), dict(os.environ)),
                     log_level=settings.log_level, metrics_port=settings.metrics_port)
@@ -318,6 +314,7 @@ def run(
         from services.ingest.settings import IngestSettings
 
         settings = _settings(IngestSettings)
+        _catalog_or_fail(settings.providers_file)
         run_service("ingest", lambda stop: serve(settings, connections, stop, dict(os.environ), _settings(BudgetSettings)),
                     log_level=settings.log_level)
 
@@ -325,14 +322,20 @@ def run(
 # ---------------------------------------------------------------------------------- keys
 
 
-def _catalog():
+def _catalog_or_fail(path: Path | None):
+    """The providers file, or a clean exit naming what is wrong with it."""
     from services.generator.catalog import CatalogError, load_providers_file
-    from services.generator.settings import GeneratorSettings
 
     try:
-        return load_providers_file(_settings(GeneratorSettings).providers_file)
+        return load_providers_file(path)
     except CatalogError as exc:
         raise _fail(str(exc), "fix the file named by FORGELINE_GENERATOR_PROVIDERS_FILE") from None
+
+
+def _catalog():
+    from services.generator.settings import GeneratorSettings
+
+    return _catalog_or_fail(_settings(GeneratorSettings).providers_file)
 
 
 @keys_app.command("list")

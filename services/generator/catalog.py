@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import httpx
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from redis.asyncio import Redis
 
 from services.common.breaker import CircuitBreaker
@@ -55,6 +55,11 @@ _ADAPTERS: dict[str, tuple[type[BaseModel], type]] = {
 }
 
 
+#: Cost per image when the file does not say: the free kinds cost nothing, Replicate's seed price
+#: is $0.0023; the other paid kinds must state theirs (a wrong zero would bypass the budget cap).
+DEFAULT_COST_USD: dict[str, Decimal] = {"procedural": Decimal(0), "gradio": Decimal(0), "replicate": Decimal("0.0023")}
+
+
 class CatalogError(ValueError):
     """The providers file is missing, unreadable or invalid; the message says where."""
 
@@ -64,11 +69,22 @@ class ProviderEntry(BaseModel):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="Unique; names metrics, keys and breakers.")
     type: ProviderType
-    cost_usd: Decimal = Field(Decimal(0), ge=0, description="Per image; above zero, the budget cap applies.")
+    cost_usd: Decimal | None = Field(
+        None, ge=0, description="Per image; above zero, the budget cap applies. Default: see DEFAULT_COST_USD.")
     keys_env: str | None = Field(None, description="Environment variable with the keys (comma or newline separated).")
     keys_file: Path | None = Field(None, description="Secret file with one key per line.")
     timeout_s: float = Field(60.0, gt=0, le=600)
     options: dict[str, Any] = Field(default_factory=dict, description="The adapter's config fields.")
+
+    @model_validator(mode="after")
+    def _cost_is_known(self) -> ProviderEntry:
+        if self.cost_usd is None and self.type not in DEFAULT_COST_USD:
+            raise ValueError(f"{self.type} is a paid provider: give its cost_usd per image")
+        return self
+
+    @property
+    def cost(self) -> Decimal:
+        return self.cost_usd if self.cost_usd is not None else DEFAULT_COST_USD[self.type]
 
 
 class ProvidersFile(BaseModel):
@@ -136,6 +152,6 @@ def build_candidates(
             name=entry.name, adapter=adapter,
             breaker=CircuitBreaker(redis, keys, entry.name),
             keys=KeyPool(redis, keys, entry.name, api_keys) if api_keys else None,
-            cost_micros=usd(entry.cost_usd), timeout_s=entry.timeout_s + 5,  # the adapter's own deadline fires first
+            cost_micros=usd(entry.cost), timeout_s=entry.timeout_s + 5,  # the adapter's own deadline fires first
         ))
     return candidates

@@ -38,8 +38,10 @@ async def test_a_down_provider_and_a_throttled_key_do_not_stop_the_jobs(running_
         providers = tmp_path / "providers.yaml"
         providers.write_text(yaml.safe_dump({
             "primary": [
-                {"name": "space-a", "type": "openai", "keys_env": "E2E_KEYS_A", "options": {"base_url": url_a}},
-                {"name": "space-b", "type": "openai", "keys_env": "E2E_KEYS_B", "options": {"base_url": url_b}},
+                {"name": "space-a", "type": "openai", "cost_usd": 0, "keys_env": "E2E_KEYS_A",
+                 "options": {"base_url": url_a}},
+                {"name": "space-b", "type": "openai", "cost_usd": 0, "keys_env": "E2E_KEYS_B",
+                 "options": {"base_url": url_b}},
             ],
             "fallback": [{"name": "procedural", "type": "procedural"}],
         }))

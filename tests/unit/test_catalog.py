@@ -56,3 +56,17 @@ def test_invalid_files_name_the_entry_and_field(tmp_path, text, expected):
 def test_a_missing_file_says_which(tmp_path):
     with pytest.raises(CatalogError, match="cannot read providers file .*nope.yaml"):
         load_providers_file(tmp_path / "nope.yaml")
+
+
+def test_replicate_costs_its_seed_price_unless_told_and_other_paid_kinds_must_say(tmp_path):
+    catalog = load_providers_file(_write(tmp_path, """
+primary: [{name: space, type: gradio, options: {space: o/s}}]
+fallback: [{name: replicate, type: replicate, keys_env: K, options: {model: o/m}}]
+"""))
+    assert (str(catalog.primary[0].cost), str(catalog.fallback[0].cost)) == ("0", "0.0023")
+
+    with pytest.raises(CatalogError, match="siliconflow is a paid provider: give its cost_usd"):
+        load_providers_file(_write(tmp_path, """
+primary: [{name: space, type: gradio}]
+fallback: [{name: sf, type: siliconflow, keys_env: K}]
+"""))
