@@ -125,9 +125,23 @@ def dev_status() -> None:
 @dev_app.command("fake-providers")
 def dev_fake_providers(
     port: Annotated[int, typer.Option(help="Port of the first fake; the others follow it.")] = 19100,
+    latency: Annotated[list[str] | None, typer.Option(help="PROTOCOL=SECONDS added to each image, e.g. gradio=1.5")]
+    = None,
 ) -> None:
     """Run fake Gradio, Replicate, SiliconFlow, Cloudflare and OpenAI servers on loopback (Ctrl-C stops)."""
-    from services.fakeproviders.server import sample_providers_file, serve_all
+    from services.fakeproviders.server import (
+        PROTOCOLS,
+        sample_providers_file,
+        serve_all,
+    )
+
+    latencies: dict[str, float] = {}
+    for item in latency or []:
+        protocol, _, seconds = item.partition("=")
+        try:
+            latencies[protocol] = float(seconds)
+        except ValueError:
+            raise _fail(f"--latency {item!r} is not PROTOCOL=SECONDS", f"protocols: {', '.join(PROTOCOLS)}") from None
 
     def announce(urls: dict[str, str]) -> None:
         for protocol, url in urls.items():
@@ -136,7 +150,7 @@ def dev_fake_providers(
         print(sample_providers_file(urls))
 
     try:
-        asyncio.run(serve_all(port, announce))
+        asyncio.run(serve_all(port, announce, latencies))
     except KeyboardInterrupt:
         pass
     except OSError as exc:

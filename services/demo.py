@@ -99,8 +99,9 @@ async def run_demo(settings: devstack.DevStackSettings, console: Console) -> boo
 
     url = devstack.ingest_url(settings)
     console.rule(f"[bold]Submitting {len(SAMPLE_PROMPTS)} prompts to {url}")
-    console.print(f"  the primary path takes ~{settings.primary_latency_s:.1f} s an image, one at a time; past a "
-                  f"queue depth of {settings.depth_high} the router sends jobs to the fallback path")
+    console.print(f"  primary: a (fake) Hugging Face Space, ~{settings.primary_latency_s:.1f} s an image, one at a time; "
+                  f"past a queue depth of {settings.depth_high} the router sends jobs to the fallback path: a (fake) "
+                  "Replicate, fast and paid, with a fake SiliconFlow behind it")
     seed = random.randrange(2**32)  # a new seed each run: fresh images, not yesterday's cache
     console.print(f"  seed {seed}")
     async with ForgelineClient(url) as client, httpx.AsyncClient(timeout=30) as http:
@@ -135,6 +136,11 @@ async def run_demo(settings: devstack.DevStackSettings, console: Console) -> boo
     console.print(f"{len(completed)}/{len(results)} completed: {routes['primary']} on the primary path, "
                   f"{routes['fallback']} on the fallback path, {routes['cache']} from the cache; "
                   f"every URL serves its image: {'yes' if all_ok else 'NO'}")
+    async with httpx.AsyncClient(timeout=10) as http:
+        budget = (await http.get(f"{url}/v1/status")).json().get("budget") or {}
+    if budget:
+        console.print(f"paid spend this month: {budget.get('spent')} of {budget.get('cap')} "
+                      f"(reserved {budget.get('reserved')}); keys and breakers: {url}/v1/status")
     console.print(f"API docs: {url}/docs · status: {url}/v1/status · the stack keeps running: "
                   "[bold]make status[/], [bold]make down[/]")
     return all_ok

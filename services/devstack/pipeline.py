@@ -25,6 +25,7 @@ from services.devstack.process import BackgroundProcess, log_tail
 class ServiceProcess:
     name: str
     args: tuple[str, ...]
+    ready_url: str | None = None  # started processes with one are waited for until it answers 200
 
 
 SERVICES: tuple[ServiceProcess, ...] = (
@@ -49,22 +50,25 @@ class Pipeline:
     """Start, stop and inspect the service processes under ``<state_dir>/pipeline/``."""
 
     def __init__(self, state_dir: Path, env: Mapping[str, str], *,
-                 per_service_env: Mapping[str, Mapping[str, str]] | None = None, ingest_url: str | None = None) -> None:
+                 per_service_env: Mapping[str, Mapping[str, str]] | None = None, ingest_url: str | None = None,
+                 extra: Sequence[ServiceProcess] = ()) -> None:
+        self._services = (*extra, *SERVICES)  # extras (e.g. fake providers) start first
         self._dir = state_dir / "pipeline"
         self._env = dict(env)
         self._per_service_env = per_service_env or {}
         self.ingest_url = ingest_url
 
     def process(self, name: str) -> BackgroundProcess:
-        if name not in SERVICE_NAMES:
-            raise DevStackError(f"no service {name!r}; choose from {', '.join(SERVICE_NAMES)}")
+        names = [s.name for s in self._services]
+        if name not in names:
+            raise DevStackError(f"no service {name!r}; choose from {', '.join(names)}")
         return BackgroundProcess(name, self._dir)
 
     def _selected(self, names: Sequence[str] | None) -> list[ServiceProcess]:
-        wanted = SERVICE_NAMES if names is None else tuple(names)
+        wanted = [s.name for s in self._services] if names is None else list(names)
         for name in wanted:
             self.process(name)  # validates
-        return [s for s in SERVICES if s.name in wanted]
+        return [s for s in self._services if s.name in wanted]
 
     def start(self, names: Sequence[str] | None = None, progress: Progress = silent) -> list[str]:
         """Start the selected services that are not running; returns the names started."""
@@ -79,9 +83,26 @@ class Pipeline:
             pid = process.start(argv, marker="services.cli", env=env)
             progress(f"{service.name}: started (pid {pid}), log {process.log_path}")
             started.append(service.name)
+            if service.ready_url:
+                self._wait_ready(service, progress)
         if self.ingest_url and "ingest" in started:
             self.wait_ingest_ready(progress=progress)
         return started
+
+    def _wait_ready(self, service: ServiceProcess, progress: Progress, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.process(service.name).is_running():
+                raise DevStackError(f"{service.name} exited. Last lines of its log:\n"
+                                    f"{log_tail(self.process(service.name).log_path)}")
+            try:
+                if httpx.get(service.ready_url, timeout=2.0).status_code == 200:
+                    progress(f"{service.name}: ready")
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise DevStackError(f"{service.name} not ready after {timeout_s:.0f} s; log: {self.process(service.name).log_path}")
 
     def wait_ingest_ready(self, timeout_s: float = 60.0, progress: Progress = silent) -> None:
         """Wait until ingest's /readyz answers 200 (Kafka and Redis reachable from it)."""
@@ -126,5 +147,5 @@ class Pipeline:
 
     def status(self) -> list[ServiceStatus]:
         return [
-            ServiceStatus(s.name, (p := self.process(s.name)).is_running(), p.pid(), p.log_path) for s in SERVICES
+            ServiceStatus(s.name, (p := self.process(s.name)).is_running(), p.pid(), p.log_path) for s in self._services
         ]

@@ -36,7 +36,8 @@ class DevStackSettings(BaseSettings):
     ingest_port: int = Field(18080, gt=0, lt=65536, description="Port of the local pipeline's ingest API.")
     # The local pipeline mimics the production shape at a small scale: a slow free path with
     # little capacity, so a burst of requests visibly overflows to the fast (paid) fallback.
-    primary_latency_s: float = Field(1.5, ge=0, le=120, description="Simulated latency of the primary provider.")
+    fake_providers_port: int = Field(19100, gt=0, lt=65536, description="First port of the fake providers.")
+    primary_latency_s: float = Field(1.5, ge=0, le=120, description="Latency of the fake Space on the primary path.")
     primary_concurrency: int = Field(1, ge=1, le=64, description="Images in flight on the primary generator.")
     depth_high: int = Field(4, ge=1, description="The local router's FORGELINE_ROUTER_DEPTH_HIGH.")
     depth_low: int = Field(2, ge=0, description="The local router's FORGELINE_ROUTER_DEPTH_LOW.")

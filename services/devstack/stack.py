@@ -19,7 +19,7 @@ from services.devstack.component import Component, ComponentStatus
 from services.devstack.errors import DevStackError, Progress, silent
 from services.devstack.host import exclusive_lock
 from services.devstack.kafka import KafkaComponent
-from services.devstack.pipeline import Pipeline
+from services.devstack.pipeline import Pipeline, ServiceProcess
 from services.devstack.redis import RedisComponent
 from services.devstack.s3 import (
     ACCESS_KEY_ID,
@@ -29,6 +29,7 @@ from services.devstack.s3 import (
     endpoint_url,
 )
 from services.devstack.settings import DevStackSettings
+from services.fakeproviders.server import fake_urls, sample_providers_file
 
 #: Start order; ``down`` goes the other way.
 COMPONENT_NAMES: tuple[str, ...] = ("kafka", "redis", "s3")
@@ -112,19 +113,37 @@ def ingest_url(settings: DevStackSettings) -> str:
 
 
 def pipeline(settings: DevStackSettings) -> Pipeline:
-    """The five service processes, configured for this stack (see ``DevStackSettings``)."""
+    """The five service processes, configured for this stack, calling fake providers on loopback.
+
+    The primary path is a fake Hugging Face Space that takes ``primary_latency_s`` an image, one
+    image at a time; the fallback path is a fast fake Replicate (paid: it counts against the
+    budget) with a fake SiliconFlow behind it. Keys are fake too.
+    """
+    urls = fake_urls(settings.host, settings.fake_providers_port)
+    providers_file = settings.state_dir / "providers.yaml"
+    providers_file.parent.mkdir(parents=True, exist_ok=True)
+    providers_file.write_text(sample_providers_file(urls))
+    fakes = ServiceProcess(
+        "fake-providers",
+        ("dev", "fake-providers", "--port", str(settings.fake_providers_port),
+         "--latency", f"gradio={settings.primary_latency_s}"),
+        ready_url=f"{urls['gradio']}/_fake/requests",
+    )
     return Pipeline(
         settings.state_dir,
         env(settings) | {
             "FORGELINE_ROUTER_DEPTH_HIGH": str(settings.depth_high),
             "FORGELINE_ROUTER_DEPTH_LOW": str(settings.depth_low),
             "FORGELINE_ROUTER_DEPTH_REFRESH_S": "0.5",
+            "FORGELINE_GENERATOR_PROVIDERS_FILE": str(providers_file),
+            "FORGELINE_KEYS_REPLICATE": "r8_fake-local-key-1,r8_fake-local-key-2",
+            "FORGELINE_KEYS_SILICONFLOW": "sf_fake-local-key-1",
         },
         per_service_env={"generator-primary": {
-            "FORGELINE_GENERATOR_SIMULATED_LATENCY_S": str(settings.primary_latency_s),
             "FORGELINE_GENERATOR_CONCURRENCY": str(settings.primary_concurrency),
         }},
         ingest_url=ingest_url(settings),
+        extra=(fakes,),
     )
 
 

@@ -34,7 +34,7 @@ async def serve_fake(app: FastAPI, *, host: str = "127.0.0.1", port: int | None 
 PROTOCOLS: tuple[str, ...] = ("gradio", "replicate", "siliconflow", "cloudflare", "openai")
 
 
-def _app(protocol: str) -> FastAPI:
+def _app(protocol: str, latency_s: float = 0.0) -> FastAPI:
     from services.fakeproviders import (
         cloudflare,
         gradio,
@@ -42,14 +42,15 @@ def _app(protocol: str) -> FastAPI:
         replicate,
         siliconflow,
     )
+    from services.fakeproviders.base import FakeProvider, Knobs
 
     modules = {"gradio": gradio, "replicate": replicate, "siliconflow": siliconflow, "cloudflare": cloudflare,
                "openai": openai_images}
-    return modules[protocol].create_app()
+    return modules[protocol].create_app(FakeProvider(protocol, Knobs(latency_s=latency_s)))
 
 
 def sample_providers_file(urls: dict[str, str]) -> str:
-    """A providers file using the fakes: two slow, free Spaces first; paid providers as fallback."""
+    """A providers file using the fakes: a free Space as primary; paid Replicate then SiliconFlow as fallback."""
     return f"""primary:
   - {{name: hf-space-a, type: gradio, options: {{space: demo/sdxl-a, base_url: "{urls['gradio']}"}}}}
 fallback:
@@ -60,13 +61,18 @@ fallback:
 """
 
 
-async def serve_all(port_base: int, announce) -> None:
+def fake_urls(host: str, port_base: int) -> dict[str, str]:
+    return {protocol: f"http://{host}:{port_base + offset}" for offset, protocol in enumerate(PROTOCOLS)}
+
+
+async def serve_all(port_base: int, announce, latency_s: dict[str, float] | None = None) -> None:
     """Run every fake until cancelled; ``announce(urls)`` is called once they all listen."""
     from contextlib import AsyncExitStack
 
     async with AsyncExitStack() as stack:
         urls = {}
         for offset, protocol in enumerate(PROTOCOLS):
-            urls[protocol] = await stack.enter_async_context(serve_fake(_app(protocol), port=port_base + offset))
+            app = _app(protocol, (latency_s or {}).get(protocol, 0.0))
+            urls[protocol] = await stack.enter_async_context(serve_fake(app, port=port_base + offset))
         announce(urls)
         await asyncio.Event().wait()  # until Ctrl-C / SIGTERM cancels us
