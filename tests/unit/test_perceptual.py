@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import asyncio
+import io
+
+import pytest
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+
+from services.common.contracts import ImageSpec, quality_band
+from services.comparer.perceptual import PerceptualComparer, compare
+from services.generator.procedural import render_icon
+
+PROMPT = "flaming sword"
+
+
+def icon(prompt: str = PROMPT, seed: int = 7) -> bytes:
+    return render_icon(ImageSpec(prompt=prompt, width=256, height=256, seed=seed))
+
+
+def decoded(raw: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(raw)).convert("RGB")
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def tinted(raw: bytes, colour: str) -> bytes:
+    """The icon's luminance drawn in shades of one colour."""
+    return png(ImageOps.colorize(decoded(raw).convert("L"), black="black", white=colour))
+
+
+def test_identical_images_score_at_least_95() -> None:
+    result = compare(icon(), icon(), PROMPT)
+    assert result.score >= 95
+    assert result.method == "perceptual"
+    assert result.response_time_ms > 0
+
+
+def test_blurred_beats_recoloured_beats_unrelated() -> None:
+    base = icon()
+    image = decoded(base)
+    r, g, b = image.split()
+    blurred = compare(base, png(image.filter(ImageFilter.GaussianBlur(1))), PROMPT).score
+    recoloured = compare(base, png(Image.merge("RGB", (b, g, r))), PROMPT).score
+    unrelated = compare(base, icon("frost potion", seed=3), PROMPT).score
+    assert blurred > recoloured > unrelated
+
+
+def test_darker_copy_is_called_darker() -> None:
+    base = icon()
+    darker = png(ImageEnhance.Brightness(decoded(base)).enhance(0.6))
+    result = compare(base, darker, PROMPT)
+    assert any("darker" in d for d in result.differences)
+    assert any("bright" in i for i in result.improvements)
+
+
+def test_red_to_blue_recolour_names_the_hue_shift() -> None:
+    base = icon()
+    result = compare(tinted(base, "red"), tinted(base, "blue"), "a red sword")
+    assert any("hue" in d and "red" in d and "blue" in d for d in result.differences), result.differences
+    assert any("red" in i for i in result.improvements)
+    assert len(result.differences) <= 5 and len(result.improvements) <= 5
+
+
+@pytest.mark.parametrize("bad", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40])
+def test_garbage_bytes_raise_a_clear_value_error(bad: bytes) -> None:
+    with pytest.raises(ValueError, match="generated image"):
+        compare(icon(), bad, PROMPT)
+    with pytest.raises(ValueError, match="target image"):
+        compare(bad, icon(), PROMPT)
+
+
+def test_band_and_colour_match_quality_band() -> None:
+    base = icon()
+    for other in (base, icon("frost potion", seed=3), tinted(base, "blue")):
+        result = compare(base, other, PROMPT)
+        assert (result.band, result.band_color) == quality_band(result.score)
+        assert 0 <= result.score <= 100
+
+
+def test_images_of_different_sizes_and_modes_compare() -> None:
+    base = icon()
+    small_rgba = decoded(base).resize((96, 96)).convert("RGBA")
+    result = compare(base, png(small_rgba), PROMPT)
+    assert result.score >= 85
+
+
+def test_async_comparer_runs_the_same_comparison() -> None:
+    comparer = PerceptualComparer()
+    assert comparer.method == "perceptual"
+    result = asyncio.run(comparer.compare(icon(), icon(), PROMPT))
+    assert result.score == compare(icon(), icon(), PROMPT).score
