@@ -11,10 +11,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 
-async def group_lag(
+async def group_positions(
     admin: AIOKafkaAdminClient, offsets_client: AIOKafkaConsumer, topic: str, group_id: str
-) -> dict[int, int]:
-    """Lag per partition of ``topic`` for ``group_id``.
+) -> dict[int, tuple[int, int]]:
+    """``(position, end offset)`` per partition of ``topic`` for ``group_id``.
 
     ``offsets_client`` is a started consumer without a group, used only to read log offsets.
     """
@@ -25,11 +25,18 @@ async def group_lag(
     committed = await admin.list_consumer_group_offsets(group_id, partitions=tps)
     missing = [tp for tp in tps if tp not in committed or committed[tp].offset < 0]
     begin = await offsets_client.beginning_offsets(missing) if missing else {}
-    lag: dict[int, int] = {}
-    for tp in tps:
-        position = committed[tp].offset if tp in committed and committed[tp].offset >= 0 else begin[tp]
-        lag[tp.partition] = max(0, end[tp] - position)
-    return lag
+    return {
+        tp.partition: (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else begin[tp], end[tp])
+        for tp in tps
+    }
+
+
+async def group_lag(
+    admin: AIOKafkaAdminClient, offsets_client: AIOKafkaConsumer, topic: str, group_id: str
+) -> dict[int, int]:
+    """Lag per partition of ``topic`` for ``group_id``."""
+    positions = await group_positions(admin, offsets_client, topic, group_id)
+    return {partition: max(0, end - position) for partition, (position, end) in positions.items()}
 
 
 async def topic_partitions(admin: AIOKafkaAdminClient, topic: str) -> set[int]:

@@ -16,7 +16,6 @@ class GeneratorSettings(BaseSettings):
 
     path: Literal["primary", "fallback"] = "primary"
     concurrency: int = Field(8, ge=1, le=256, description="Provider calls in flight per process.")
-    provider_timeout_s: float = Field(60.0, gt=0, le=600)
     attempts: int = Field(3, ge=1, le=10, description="Provider calls per job, across keys and providers (seed 000).")
     providers_file: Path | None = Field(None, description="YAML naming each path's providers; unset: procedural.")
     shutdown_timeout_s: float = Field(

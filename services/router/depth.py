@@ -8,11 +8,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import Gauge
 
-from services.common.lag import topic_partitions
+from services.common.lag import group_positions
 from services.router.handlers import estimated_wait
 
 log = logging.getLogger(__name__)
@@ -26,23 +26,10 @@ async def group_position(
 ) -> tuple[int, int]:
     """``(lag, committed)`` of ``group_id`` on ``topic``, summed over partitions.
 
-    The same formula as ``services.common.lag.group_lag`` (KEDA's): a partition the group never
-    committed counts from the beginning of the log. ``committed`` is the sum of those positions:
-    its growth over time is the group's service rate.
+    ``committed`` is the sum of the group's positions: its growth over time is the service rate.
     """
-    tps = [TopicPartition(topic, p) for p in sorted(await topic_partitions(admin, topic))]
-    if not tps:
-        return 0, 0
-    end = await offsets_client.end_offsets(tps)
-    committed = await admin.list_consumer_group_offsets(group_id, partitions=tps)
-    missing = [tp for tp in tps if tp not in committed or committed[tp].offset < 0]
-    begin = await offsets_client.beginning_offsets(missing) if missing else {}
-    lag = position_total = 0
-    for tp in tps:
-        position = committed[tp].offset if tp in committed and committed[tp].offset >= 0 else begin[tp]
-        lag += max(0, end[tp] - position)
-        position_total += position
-    return lag, position_total
+    positions = (await group_positions(admin, offsets_client, topic, group_id)).values()
+    return sum(max(0, end - position) for position, end in positions), sum(position for position, _ in positions)
 
 
 class RateWindow:
