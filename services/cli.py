@@ -285,6 +285,7 @@ class Service(str, Enum):
     router = "router"
     generator = "generator"
     storage = "storage"
+    comparer = "comparer"
 
 
 @app.command("run")
@@ -322,6 +323,13 @@ def run(
 
         settings = _settings(StorageSettings)
         run_service("storage", lambda stop: serve(settings, connections, stop),
+                    log_level=settings.log_level, metrics_port=settings.metrics_port)
+    elif service is Service.comparer:
+        from services.comparer.app import serve
+        from services.comparer.settings import ComparerSettings
+
+        settings = _settings(ComparerSettings)
+        run_service("comparer", lambda stop: serve(settings, connections, stop, _settings(BudgetSettings)),
                     log_level=settings.log_level, metrics_port=settings.metrics_port)
     else:
         from services.ingest.app import serve

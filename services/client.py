@@ -129,6 +129,29 @@ class ForgelineClient:
             return self._final(submitted)
         return await self.wait(submitted.job_id, timeout_s=timeout_s)
 
+    async def compare(self, target_image: str, generated_image: str, original_prompt: str, *,
+                      wait_s: float = 30.0) -> dict[str, Any]:
+        """Score ``generated_image`` (a data: URL, an https URL or a job id) against ``target_image``.
+
+        Returns the comparison as ``GET /v1/comparisons/{id}`` shows it (status, result or error);
+        waits up to ``wait_s`` for the result, then polls until it ends.
+        """
+        body = {"target_image": target_image, "generated_image": generated_image, "original_prompt": original_prompt}
+        response = await self._http.post("/v1/comparisons", params={"wait": wait_s}, json=body,
+                                          timeout=httpx.Timeout(wait_s + 30.0))
+        view = self._checked(response)
+        deadline = time.monotonic() + wait_s
+        while view["status"] not in TERMINAL and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            view = self._checked(await self._http.get(view["status_url"]))
+        if view["status"] == "failed":
+            error = view.get("error") or {}
+            raise JobFailed(f"comparison {view['comparison_id']} failed: {error.get('message', 'no reason given')}",
+                            detail=error)
+        if view["status"] not in TERMINAL:
+            raise ForgelineError(f"comparison {view['comparison_id']} not finished after {wait_s:.0f} s")
+        return view
+
     async def _events(self, job_id: str):
         async with self._http.stream("GET", f"/v1/generations/{job_id}/events",
                                      timeout=httpx.Timeout(30.0, read=60.0)) as response:

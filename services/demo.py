@@ -1,20 +1,24 @@
 """`forgeline demo` (what `make demo` runs): the pipeline end to end on the local stack.
 
-1. Start the stack (Kafka, Redis, S3) and the five services as supervised background processes,
+1. Start the stack (Kafka, Redis, S3) and the six services as supervised background processes,
    with a deliberately slow, single-slot primary path (see ``DevStackSettings``).
 2. Submit sample prompts at once over HTTP, like a game backend would.
 3. Follow every job until it finishes, with a live progress table.
 4. Print job, route, provider, latency and URL; check that each URL serves the very image
    (same SHA-256 as the completed event, a PNG).
+5. Generate with a reference image ("the concept art") and show the comparison the result
+   carries; then compare another job's image against the same target through /v1/comparisons.
 The stack is left running for you to explore; ``make down`` stops it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import random
 import time
+from typing import Any
 
 import httpx
 from rich.console import Console
@@ -22,8 +26,10 @@ from rich.live import Live
 from rich.table import Table
 
 from services import devstack
-from services.client import ForgelineClient, JobResult
+from services.client import ForgelineClient, ForgelineError, JobResult
+from services.common.contracts import ImageSpec
 from services.common.images import sniff_content_type
+from services.generator.procedural import render_icon
 
 SAMPLE_PROMPTS = (
     "flaming obsidian greatsword",
@@ -130,9 +136,12 @@ async def run_demo(settings: devstack.DevStackSettings, console: Console) -> boo
         console.print(f"  {SAMPLE_PROMPTS[0]!r}: HTTP answer in {(time.monotonic() - started) * 1000:.0f} ms, "
                       f"cached={again.cached}, same URL: {again.url == next(iter(results.values())).url}")
 
+        compared = await _comparisons(client, console, seed, prompts, results)
+
     completed = [r for r in results.values() if r.status == "completed"]
     routes = {path: sum(_route(r) == path for r in completed) for path in ("primary", "fallback", "cache")}
-    all_ok = len(completed) == len(results) and all(c.startswith("[green]") for c in checks.values()) and again.cached
+    all_ok = (len(completed) == len(results) and all(c.startswith("[green]") for c in checks.values())
+              and again.cached and compared)
     console.print(f"{len(completed)}/{len(results)} completed: {routes['primary']} on the primary path, "
                   f"{routes['fallback']} on the fallback path, {routes['cache']} from the cache; "
                   f"every URL serves its image: {'yes' if all_ok else 'NO'}")
@@ -144,3 +153,45 @@ async def run_demo(settings: devstack.DevStackSettings, console: Console) -> boo
     console.print(f"API docs: {url}/docs · status: {url}/v1/status · the stack keeps running: "
                   "[bold]make status[/], [bold]make down[/]")
     return all_ok
+
+
+def _comparison_table(title: str, comparison: dict[str, Any]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    colour = comparison["band_color"]
+    table.add_row("score", f"[{colour}]{comparison['score']:.1f} — {comparison['band']}[/]")
+    table.add_row("method", comparison["method"] + (f" ({comparison['fallback_reason']})"
+                                                    if comparison.get("fallback_reason") else ""))
+    table.add_row("provider", f"{comparison.get('provider') or '-'}  {comparison.get('model') or ''}")
+    table.add_row("differences", "\n".join(comparison["differences"]) or "-")
+    table.add_row("improvements", "\n".join(comparison["improvements"]) or "-")
+    table.add_row("took", f"{comparison['response_time_ms']:.0f} ms")
+    return table
+
+
+async def _comparisons(client: ForgelineClient, console: Console, seed: int, prompts: dict[str, str],
+                       results: dict[str, JobResult]) -> bool:
+    """A generation with a reference image, then a comparison of another job against the same target."""
+    prompt = SAMPLE_PROMPTS[0]
+    console.rule("[bold]Generating against a reference image")
+    concept = render_icon(ImageSpec(prompt=prompt, width=512, height=512, seed=(seed + 1) % 2**32))
+    target = "data:image/png;base64," + base64.b64encode(concept).decode()
+    console.print(f"  {prompt!r} with a reference image (the designer's concept art: the same item, other seed)")
+    try:
+        job = await client.generate(prompt, width=512, height=512, seed=seed, reference_image=target, timeout_s=120)
+        attached = (job.raw.get("result") or {}).get("comparison")
+        if attached is None:
+            console.print(f"[red]  the result carries no comparison: {job.raw.get('result')}[/]")
+            return False
+        console.print(_comparison_table(f"job {job.job_id[:8]}: its image against the reference", attached))
+        # Another item altogether: what a clearly worse match looks like.
+        other_id = next(i for i, r in results.items() if r.status == "completed" and prompts[i] != prompt)
+        console.rule("[bold]POST /v1/comparisons")
+        view = await client.compare(target, other_id, prompt)
+        console.print(_comparison_table(f"job {other_id[:8]} ({prompts[other_id]!r}) against the same reference",
+                                        view["result"]))
+    except ForgelineError as exc:
+        console.print(f"[red]  comparison failed: {exc}[/]\n[yellow]next:[/] the comparer's log, `forgeline dev status`")
+        return False
+    return True

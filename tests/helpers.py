@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic_settings import BaseSettings
 
+from services.common.kafka import make_consumer
 from services.common.settings import env_names
 
 
@@ -45,3 +47,21 @@ def load_settings(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return {cls: cls() for cls in classes}
+
+
+async def records_for(connections, topic: str, key: str, settle_s: float = 2.0) -> list:
+    """Every record on ``topic`` with Kafka key ``key``, read from the start until ``settle_s`` of quiet."""
+    consumer = make_consumer(connections.kafka, topic, group_id=None)
+    await consumer.start()
+    found = []
+    try:
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < settle_s:
+            batch = await consumer.getmany(timeout_ms=300)
+            records = [r for rs in batch.values() for r in rs]
+            if records:
+                quiet_since = time.monotonic()
+            found += [r for r in records if r.key == key.encode()]
+    finally:
+        await consumer.stop()
+    return found

@@ -137,6 +137,15 @@ class Event(_Model):
 # --------------------------------------------------------------------------------------------
 
 
+class StoredImage(_Model):
+    """An input image Forgeline keeps in its own bucket (claim check): messages stay small."""
+
+    kind: Literal["stored"] = "stored"
+    object_key: str = Field(min_length=1, max_length=1024)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the bytes, checked on read.")
+    content_type: ImageContentType
+
+
 class ImageSpec(_Model):
     """What to draw. Two jobs with equal specs produce the same image, so the spec is the cache key."""
 
@@ -198,16 +207,19 @@ class _GenerationJob(Event):
     spec: ImageSpec
     priority: Priority = "standard"
     deadline_s: float | None = Field(None, gt=0, le=86_400, description="Seconds after acceptance the caller waits.")
-    reference_image: str | None = Field(
-        None, max_length=14_000_000,
-        description="Target image for a comparison after generation: a data: URL or an https URL.")
+    reference_image: str | StoredImage | None = Field(
+        None,
+        description="Target image for a comparison after generation: a data: URL or an https URL (ingest "
+                    "stores data: URLs in S3 and sends the stored reference instead, keeping messages small).")
     metadata: dict[str, str] = Field(default_factory=dict, description="Echoed back on the result; ≤ 32 entries.")
     timings: StageTimes = Field(default_factory=StageTimes)
 
     @field_validator("reference_image")
     @classmethod
-    def _reference_is_a_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("data:image/", "https://")):
+    def _reference_is_a_url(cls, value: str | StoredImage | None) -> str | StoredImage | None:
+        if isinstance(value, str) and len(value) > 14_000_000:
+            raise ValueError("at most 14,000,000 characters; give an https URL for larger images")
+        if isinstance(value, str) and not value.startswith(("data:image/", "https://")):
             raise ValueError("must be a data:image/... URL or an https:// URL")
         return value
 
@@ -296,7 +308,10 @@ class GenerationCompleted(Event):
     cached: bool = Field(False, description="True when served from the result cache.")
     metadata: dict[str, str] = Field(default_factory=dict)
     timings: StageTimes = Field(default_factory=StageTimes)
-    comparison: ComparisonResult | None = None
+    comparison: ComparisonResult | None = Field(
+        None, description="How close the image is to the request's reference_image (when it had one).")
+    comparison_error: ErrorInfo | None = Field(
+        None, description="Why a requested comparison could not be made; the image is still delivered.")
 
 
     @classmethod
@@ -350,7 +365,7 @@ class JobImage(_Model):
     job_id: JobId
 
 
-ImageRef = Annotated[DataUrlImage | HttpsImage | JobImage, Field(discriminator="kind")]
+ImageRef = Annotated[DataUrlImage | HttpsImage | JobImage | StoredImage, Field(discriminator="kind")]
 
 QualityBand = Literal["Excellent", "Very Good", "Good", "Fair", "Poor", "Very Poor"]
 
@@ -383,6 +398,9 @@ class ComparisonResult(_Model):
     improvements: list[str] = Field(default_factory=list, max_length=20)
     method: Literal["vlm", "perceptual"]
     provider: str | None = Field(None, description="Provider and masked key id, for the VLM method.")
+    model: str | None = Field(None, max_length=200, description="The VLM that judged, for the VLM method.")
+    fallback_reason: str | None = Field(
+        None, max_length=500, description="Set when a VLM was configured but the perceptual comparer answered: why.")
     response_time_ms: float = Field(ge=0)
 
     @model_validator(mode="after")
@@ -400,6 +418,8 @@ class ComparisonRequested(Event):
     generated_image: ImageRef
     original_prompt: Prompt
     generation_job_id: JobId | None = Field(None, description="The generation that asked for this comparison.")
+    completion: GenerationCompleted | None = Field(
+        None, description="The generation's result, published by the comparer with the comparison attached.")
 
 
 class ComparisonCompleted(Event):
@@ -407,6 +427,7 @@ class ComparisonCompleted(Event):
 
     result: ComparisonResult
     generation_job_id: JobId | None = None
+    cached: bool = Field(False, description="True when an earlier comparison of the same images and prompt answered.")
 
 
 class ComparisonFailed(Event):
@@ -417,6 +438,7 @@ class ComparisonFailed(Event):
 
 
 GenerationCompleted.model_rebuild()
+ComparisonRequested.model_rebuild()
 
 #: Every event model, for schema export and tests.
 EVENT_MODELS: tuple[type[Event], ...] = (

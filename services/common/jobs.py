@@ -18,6 +18,8 @@ from redis.asyncio import Redis
 
 from services.common.consumer import Outcome, Output
 from services.common.contracts import (
+    ComparisonCompleted,
+    ComparisonFailed,
     ContractError,
     Event,
     GenerationCompleted,
@@ -61,6 +63,7 @@ class JobView(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     job_id: str
+    kind: Literal["generation", "comparison"] = "generation"
     tenant: str | None = None
     status: JobStatus
     created_at: datetime | None = None
@@ -76,6 +79,8 @@ class JobView(BaseModel):
     error: dict[str, Any] | None = None
     timings: dict[str, Any] = {}
     result: dict[str, Any] | None = None
+    comparison_id: str | None = None  # a generation with a reference image: its comparison
+    generation_job_id: str | None = None  # a comparison a generation asked for: that generation
 
     @classmethod
     def from_hash(cls, job_id: str, raw: dict[str, str]) -> JobView:
@@ -144,6 +149,9 @@ class JobStore:
         return changes
 
 
+Terminal = GenerationCompleted | GenerationFailed | ComparisonCompleted | ComparisonFailed
+
+
 class TerminalGuard:
     """Lets exactly one terminal event (completed or failed) per job reach the results topics.
 
@@ -152,14 +160,15 @@ class TerminalGuard:
     yet published — republishing identical bytes — or nothing once it was.
     """
 
-    _MODELS: dict[str, type[Event]] = {"GenerationCompleted": GenerationCompleted, "GenerationFailed": GenerationFailed}
+    _MODELS: dict[str, type[Event]] = {model.__name__: model for model in (
+        GenerationCompleted, GenerationFailed, ComparisonCompleted, ComparisonFailed)}
 
     def __init__(self, redis: Redis, keys: KeySpace, *, ttl_s: int = 7 * 24 * 3600) -> None:
         self._redis = redis
         self._keys = keys
         self._ttl_s = ttl_s
 
-    async def claim(self, event: GenerationCompleted | GenerationFailed) -> GenerationCompleted | GenerationFailed | None:
+    async def claim(self, event: Terminal) -> Terminal | None:
         """The terminal event to publish for ``event.job_id``, or None if one was published already."""
         key = self._keys.key("terminal", event.job_id)
         stored = json.dumps({"type": type(event).__name__, "event": event.model_dump(mode="json")})
@@ -180,9 +189,7 @@ class TerminalGuard:
         await self._redis.set(self._keys.key("terminal", job_id, "published"), b"1", ex=self._ttl_s)
 
 
-async def terminal_outcome(
-    event: GenerationCompleted | GenerationFailed, *, topic: str, guard: TerminalGuard, jobs: JobStore
-) -> Outcome:
+async def terminal_outcome(event: Terminal, *, topic: str, guard: TerminalGuard, jobs: JobStore) -> Outcome:
     """The ``Outcome`` that publishes ``event`` as the job's one terminal result.
 
     After the broker acknowledges it, the job is marked published and its status set, so a
@@ -194,17 +201,35 @@ async def terminal_outcome(
 
     async def acked() -> None:
         await guard.mark_published(to_publish.job_id)
-        if isinstance(to_publish, GenerationCompleted):
-            await jobs.update(
-                to_publish.job_id, "completed", tenant=to_publish.tenant, url=to_publish.url,
-                provider=to_publish.provider, cached=to_publish.cached, deterministic=to_publish.deterministic,
-                placeholder=to_publish.placeholder, timings=to_publish.timings.model_dump(mode="json"),
-                result=to_publish.model_dump(mode="json"),
-            )
-        else:
-            await jobs.update(
-                to_publish.job_id, "failed", tenant=to_publish.tenant, error=to_publish.error.model_dump(mode="json"),
-                timings=to_publish.timings.model_dump(mode="json"),
-            )
+        status, fields = _terminal_status(to_publish)
+        await jobs.update(to_publish.job_id, status, **fields)
 
     return Outcome([Output(topic, to_publish)], on_acked=acked)
+
+
+def _terminal_status(event: Terminal) -> tuple[JobStatus, dict[str, Any]]:
+    """The status and fields a terminal event leaves in the job's record."""
+    if isinstance(event, GenerationCompleted):
+        return "completed", {
+            "tenant": event.tenant, "url": event.url, "provider": event.provider, "cached": event.cached,
+            "deterministic": event.deterministic, "placeholder": event.placeholder,
+            "timings": event.timings.model_dump(mode="json"), "result": event.model_dump(mode="json"),
+        }
+    if isinstance(event, ComparisonCompleted):
+        return "completed", {"tenant": event.tenant, "cached": event.cached, "provider": event.result.provider,
+                             "result": event.model_dump(mode="json")}
+    fields: dict[str, Any] = {"tenant": event.tenant, "error": event.error.model_dump(mode="json")}
+    if isinstance(event, GenerationFailed):
+        fields["timings"] = event.timings.model_dump(mode="json")
+    return "failed", fields
+
+
+def merge_outcomes(*outcomes: Outcome) -> Outcome:
+    """One outcome producing every output of ``outcomes``; each ``on_acked`` runs once all are acknowledged."""
+    callbacks = [o.on_acked for o in outcomes if o.on_acked is not None]
+
+    async def acked() -> None:
+        for callback in callbacks:
+            await callback()
+
+    return Outcome([output for o in outcomes for output in o.outputs], on_acked=acked if callbacks else None)

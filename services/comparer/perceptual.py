@@ -11,10 +11,13 @@ resized to :data:`SIZE` × :data:`SIZE`; then three measurements are taken:
   in about 32 of the 64 bits.
 - **Colour histograms**: 16 bins per RGB channel, the Bhattacharyya coefficient of each channel,
   averaged (1 = the same colour distribution).
+- **Hue histogram**: 12 hue bins of 30° over the saturated pixels plus one bin for grey ones,
+  Bhattacharyya coefficient. Luminance SSIM and per-channel histograms barely see a hue swap
+  (red ↔ blue keeps the luminance and moves mass between channels); this term does.
 
-Score = 100 × (0.50·SSIM + 0.25·pHash + 0.25·histogram) (:data:`WEIGHTS`). Identical images
-score 100; structure weighs most, so a blurred copy beats a recoloured one, which beats an
-unrelated image.
+Score = 100 × (0.45·SSIM + 0.20·pHash + 0.15·histogram + 0.20·hue) (:data:`WEIGHTS`). Identical
+images score 100; structure weighs most, so a blurred copy (99.5) beats a channel-swapped one
+(76.5), which beats an unrelated image (~45).
 
 Differences are read from measurements (mean luminance, luminance spread, saturation, edge
 energy, dominant hue from an HSV histogram, SSIM of the image halves), each with a prompt
@@ -40,8 +43,9 @@ SIZE = 128  # both images are compared at SIZE × SIZE
 WINDOW = 7  # SSIM window side
 C1 = (0.01 * 255) ** 2
 C2 = (0.03 * 255) ** 2
-WEIGHTS = {"ssim": 0.50, "phash": 0.25, "histogram": 0.25}
+WEIGHTS = {"ssim": 0.45, "phash": 0.20, "histogram": 0.15, "hue": 0.20}
 HIST_BINS = 16
+HUE_BINS = 12  # 30° each
 MAX_ITEMS = 5
 MAX_PIXELS = 64_000_000  # refuse larger images before decoding them
 
@@ -181,6 +185,25 @@ def _histogram_similarity(a: Image.Image, b: Image.Image) -> float:
     return sum(sum(math.sqrt(p * q) for p, q in zip(ca, cb, strict=True)) for ca, cb in zip(ha, hb, strict=True)) / 3
 
 
+def _hue_histogram(rgb: Image.Image) -> list[float]:
+    """Share of colour in each of HUE_BINS hue bins (weighted by saturation × value), plus one
+    bin for the grey pixels, which have no hue to speak of."""
+    h, s, v = (band.tobytes() for band in rgb.convert("HSV").split())
+    bins = [0.0] * (HUE_BINS + 1)
+    for hue, sat, val in zip(h, s, v, strict=True):
+        if sat < 64 or val < 48:
+            bins[HUE_BINS] += 1.0
+        else:
+            bins[hue * HUE_BINS // 256] += 1.0
+    total = sum(bins)
+    return [b / total for b in bins]
+
+
+def _hue_similarity(a: Image.Image, b: Image.Image) -> float:
+    """Bhattacharyya coefficient of the hue histograms: low when the same shapes wear other colours."""
+    return sum(math.sqrt(p * q) for p, q in zip(_hue_histogram(a), _hue_histogram(b), strict=True))
+
+
 def _region_difference(windows: list[tuple[int, int, float]]) -> str | None:
     """The half of the image that differs most, if it clearly does."""
     half = SIZE / 2
@@ -261,7 +284,9 @@ def compare(target: bytes, generated: bytes, original_prompt: str) -> Comparison
     ssim = max(0.0, sum(v for _x, _y, v in windows) / len(windows))
     phash = max(0.0, 1 - (_phash(t.rgb) ^ _phash(g.rgb)).bit_count() / 32)  # unrelated hashes differ in ~32 bits
     histogram = _histogram_similarity(t.rgb, g.rgb)
-    raw = WEIGHTS["ssim"] * ssim + WEIGHTS["phash"] * phash + WEIGHTS["histogram"] * histogram
+    hue = _hue_similarity(t.rgb, g.rgb)
+    raw = (WEIGHTS["ssim"] * ssim + WEIGHTS["phash"] * phash + WEIGHTS["histogram"] * histogram
+           + WEIGHTS["hue"] * hue)
     score = round(min(100.0, max(0.0, 100 * raw)), 2)
 
     region = _region_difference(windows) if ssim < REGION_MAX_SSIM else None

@@ -1,4 +1,4 @@
-"""The pipeline's own processes on the local stack: ingest, router, both generators, storage.
+"""The pipeline's own processes on the local stack: ingest, router, both generators, storage, comparer.
 
 Each runs ``forgeline run <service>`` as a supervised background process (pid file, log,
 ownership check, clean stop), exactly what a Kubernetes Deployment runs. ``make demo`` and the
@@ -33,6 +33,7 @@ SERVICES: tuple[ServiceProcess, ...] = (
     ServiceProcess("generator-primary", ("run", "generator", "--path", "primary")),
     ServiceProcess("generator-fallback", ("run", "generator", "--path", "fallback")),
     ServiceProcess("storage", ("run", "storage")),
+    ServiceProcess("comparer", ("run", "comparer")),
     ServiceProcess("ingest", ("run", "ingest")),
 )
 SERVICE_NAMES = tuple(s.name for s in SERVICES)

@@ -113,11 +113,12 @@ def ingest_url(settings: DevStackSettings) -> str:
 
 
 def pipeline(settings: DevStackSettings) -> Pipeline:
-    """The five service processes, configured for this stack, calling fake providers on loopback.
+    """The six service processes, configured for this stack, calling fake providers on loopback.
 
     The primary path is a fake Hugging Face Space that takes ``primary_latency_s`` an image, one
     image at a time; the fallback path is a fast fake Replicate (paid: it counts against the
-    budget) with a fake SiliconFlow behind it. Keys are fake too.
+    budget) with a fake SiliconFlow behind it; the comparer's VLM is a fake OpenAI-compatible chat
+    API. Keys are fake too.
     """
     urls = fake_urls(settings.host, settings.fake_providers_port)
     providers_file = settings.state_dir / "providers.yaml"
@@ -138,6 +139,8 @@ def pipeline(settings: DevStackSettings) -> Pipeline:
             "FORGELINE_GENERATOR_PROVIDERS_FILE": str(providers_file),
             "FORGELINE_KEYS_REPLICATE": "r8_fake-local-key-1,r8_fake-local-key-2",
             "FORGELINE_KEYS_SILICONFLOW": "sf_fake-local-key-1",
+            "FORGELINE_COMPARER_VLM_BASE_URL": urls["vlm"],
+            "FORGELINE_COMPARER_VLM_KEYS": "sk-fake-local-vlm-key-1",
         },
         per_service_env={"generator-primary": {
             "FORGELINE_GENERATOR_CONCURRENCY": str(settings.primary_concurrency),

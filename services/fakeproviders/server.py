@@ -31,13 +31,14 @@ async def serve_fake(app: FastAPI, *, host: str = "127.0.0.1", port: int | None 
 
 
 #: The fakes ``forgeline dev fake-providers`` runs, in port order from its base port.
-PROTOCOLS: tuple[str, ...] = ("gradio", "replicate", "siliconflow", "cloudflare", "openai")
+PROTOCOLS: tuple[str, ...] = ("gradio", "replicate", "siliconflow", "cloudflare", "openai", "vlm")
 
 
 def _app(protocol: str, latency_s: float = 0.0) -> FastAPI:
     from services.fakeproviders import (
         cloudflare,
         gradio,
+        openai_chat,
         openai_images,
         replicate,
         siliconflow,
@@ -45,7 +46,7 @@ def _app(protocol: str, latency_s: float = 0.0) -> FastAPI:
     from services.fakeproviders.base import FakeProvider, Knobs
 
     modules = {"gradio": gradio, "replicate": replicate, "siliconflow": siliconflow, "cloudflare": cloudflare,
-               "openai": openai_images}
+               "openai": openai_images, "vlm": openai_chat}
     return modules[protocol].create_app(FakeProvider(protocol, Knobs(latency_s=latency_s)))
 
 

@@ -22,7 +22,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from prometheus_client import Counter, Histogram
 
@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 CALL_SECONDS = Histogram("forgeline_provider_call_seconds", "Provider call latency.", ["provider", "outcome"],
                          buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120))
 ERRORS = Counter("forgeline_provider_errors_total", "Provider errors by class.", ["provider", "error"])
+
+
+T = TypeVar("T")
 
 
 class HttpImageProvider(Protocol):
@@ -71,7 +74,7 @@ class Candidate:
     """One provider of a path, with what it takes to call it."""
 
     name: str
-    adapter: HttpImageProvider
+    adapter: HttpImageProvider | Any  # an image provider here; the comparer's candidates hold VLM adapters
     breaker: CircuitBreaker
     keys: KeyPool | None = None  # None: the provider needs no key (a public Space, the procedural one)
     cost_micros: int = 0
@@ -84,6 +87,16 @@ class NoProviderAvailable(RetryableProviderError):
     def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(message, provider="failover", code="no_provider_available")
         self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class Attempted(Generic[T]):
+    """What a call under the failover returned, and who served it."""
+
+    value: T
+    attempts: int
+    provider: str
+    key_id: str | None  # the key's fingerprint ("replicate:1a2b3c4d"), never the secret
 
 
 @dataclass
@@ -104,12 +117,25 @@ class Failover:
 
     async def generate(self, job_id: str, spec: ImageSpec) -> tuple[GeneratedImage, int]:
         """The image and the number of attempts it took; raises the ``ProviderError`` that ended the job."""
+
+        async def call(candidate: Candidate, token: str | None) -> GeneratedImage:
+            image = await candidate.adapter.generate(spec, token)
+            return dataclasses.replace(image, provider=candidate.name)  # "hf-space-b", not the protocol name
+
+        result = await self.run(job_id, call)
+        return result.value, result.attempts
+
+    async def run(self, job_id: str, call: Callable[[Candidate, str | None], Awaitable[T]]) -> Attempted[T]:
+        """``call(candidate, token)`` under this loop's rules: the comparer's VLM calls use it too.
+
+        Returns the value with who served it; raises the ``ProviderError`` that ended the job.
+        """
         failed_on: set[str] = set()
         last: ProviderError | None = None
         for attempt in range(1, self.attempts + 1):
             chosen = await self._choose(job_id, attempt, failed_on)
             try:
-                image = await self._call(chosen, spec)
+                value = await self._call(chosen, call)
             except ProviderError as exc:
                 last = exc
                 if not isinstance(exc, RateLimitedError | KeyRejectedError):
@@ -122,7 +148,7 @@ class Failover:
                     await self.sleep(delay * random.uniform(0.5, 1.0))
                 continue
             await self._after_success(chosen)
-            return image, attempt
+            return Attempted(value, attempt, chosen.candidate.name, chosen.key.key_id if chosen.key else None)
         assert last is not None
         raise last
 
@@ -156,15 +182,14 @@ class Failover:
         raise NoProviderAvailable("no provider can take the job: " + "; ".join(reasons) + when,
                                   retry_after_s=first_back)
 
-    async def _call(self, chosen: _Attempt, spec: ImageSpec) -> GeneratedImage:
+    async def _call(self, chosen: _Attempt, call: Callable[[Candidate, str | None], Awaitable[T]]) -> T:
         candidate = chosen.candidate
         token = chosen.key.get_secret_value() if chosen.key is not None else None
         started = asyncio.get_running_loop().time()
         outcome = "ok"
         try:
             async with asyncio.timeout(candidate.timeout_s):
-                image = await candidate.adapter.generate(spec, token)
-            return dataclasses.replace(image, provider=candidate.name)  # "hf-space-b", not the protocol name
+                return await call(candidate, token)
         except TimeoutError:
             outcome = "timeout"
             raise RetryableProviderError(f"no image within {candidate.timeout_s:.0f} s", provider=candidate.name,

@@ -17,7 +17,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from services.common.contracts import GenerationRequested, ImageSpec, Priority
+from services.common.contracts import (
+    ComparisonRequested,
+    ComparisonResult,
+    GenerationRequested,
+    ImageSpec,
+    Priority,
+)
 from services.common.jobs import JobStatus, JobView
 
 _SPEC_FIELDS = ("prompt", "negative_prompt", "width", "height", "seed", "style")
@@ -65,6 +71,43 @@ class GenerationRequestBody(BaseModel):
         """SHA-256 of the canonical body (defaults filled in), to tell a retry from a reused Idempotency-Key."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class ComparisonRequestBody(BaseModel):
+    """Score a generated image against the image that was wanted. Unknown fields are rejected."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, title="Comparison request",
+        json_schema_extra={"examples": [{
+            "target_image": "https://cdn.example.com/concept/sword-017.png",
+            "generated_image": "7f3c2a9e5b1d4c6fa0e8b2d4c6f8a0e2",
+            "original_prompt": "flaming obsidian greatsword, game icon",
+        }]},
+    )
+
+    target_image: str = Field(
+        min_length=1, max_length=14_000_000,
+        description="The image that was wanted: a data:image/(png|jpeg|webp);base64 URL (≤ 10 MB, ≤ 4096×4096) "
+                    "or an https URL.")
+    generated_image: str = Field(
+        min_length=1, max_length=14_000_000,
+        description="The image to score: a data: URL, an https URL, or the id of a completed generation job.")
+    original_prompt: str = _contract_field(ComparisonRequested, "original_prompt")
+
+
+class ComparisonView(BaseModel):
+    """A comparison: its status and, once it ended, the result or the error."""
+
+    comparison_id: str
+    status: JobStatus = Field(description="'queued' until the comparer answers; then 'completed' or 'failed'.")
+    cached: bool = Field(False, description="True when an earlier comparison of the same images and prompt answered.")
+    result: ComparisonResult | None = Field(
+        None, description="Score 0–100, quality band and colour, differences, prompt improvements, method, provider.")
+    error: dict[str, Any] | None = Field(None, description="Why the comparison failed (code, message, retryable).")
+    generation_job_id: str | None = Field(None, description="The generation that asked for it, if one did.")
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    status_url: str
 
 
 def contract_errors(exc: ValidationError) -> list[dict[str, Any]]:

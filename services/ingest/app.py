@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
+from services.common.blobstore import S3BlobStore
 from services.common.budget import BudgetLedger, usd
 from services.common.cache import LruTtlCache, ResultCache
 from services.common.jobs import JobStore
@@ -32,7 +33,12 @@ from services.common.worker import (
 )
 from services.generator.catalog import load_providers_file
 from services.ingest.deps import IngestDeps, provider_handles
-from services.ingest.handlers import InvalidRequest, JobNotFound, Unavailable
+from services.ingest.errors import (
+    InvalidRequest,
+    JobNotFound,
+    PayloadTooLarge,
+    Unavailable,
+)
 from services.ingest.middleware import BodyLimit, RequestLog
 from services.ingest.routes import router
 from services.ingest.settings import IngestSettings
@@ -57,6 +63,7 @@ When the API runs with keys, send yours as `Authorization: Bearer <key>` or `X-A
 
 TAGS = [
     {"name": "generations", "description": "Request images and follow their jobs."},
+    {"name": "comparisons", "description": "Score a generated image against a target, with prompt advice."},
     {"name": "operations", "description": "Health, readiness, metrics and pipeline status."},
 ]
 
@@ -95,6 +102,7 @@ async def build_ingest(settings: IngestSettings, connections: Connections, *,
             budget=BudgetLedger(redis, keys, cap_micros=usd(budget.cap_usd),
                                 reservation_ttl_s=budget.reservation_ttl_s),
             providers=provider_handles(catalog, redis, keys, environ or {}),
+            blobs=S3BlobStore(connections.s3),
         )
 
 
@@ -123,7 +131,7 @@ def create_app(deps: IngestDeps | DepsFactory) -> FastAPI:
     app.include_router(router)
     _add_error_handlers(app)
     # Last added is outermost: the log sees the final status, including the limit's 413.
-    app.add_middleware(BodyLimit, limit=lambda: app.state.deps.settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=lambda path: app.state.deps.settings.body_limit(path))
     app.add_middleware(RequestLog)
     return app
 
@@ -137,6 +145,9 @@ def _add_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, JobNotFound)
         return JSONResponse({"detail": f"no job {exc.job_id}"}, status_code=404)
 
+    async def too_large(_request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=413)
+
     async def unavailable(_request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
@@ -147,6 +158,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(InvalidRequest, invalid)
     app.add_exception_handler(JobNotFound, not_found)
+    app.add_exception_handler(PayloadTooLarge, too_large)
     app.add_exception_handler(Unavailable, unavailable)
     app.add_exception_handler(RedisError, redis_down)
 

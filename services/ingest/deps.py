@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
+from services.common.blobstore import BlobStore
 from services.common.breaker import CircuitBreaker
 from services.common.budget import BudgetLedger
 from services.common.cache import ResultCache
@@ -75,6 +76,7 @@ class IngestDeps:
     cache: ResultCache
     budget: BudgetLedger  # read only: the paid path's monthly ledger the routers and generators share
     providers: tuple[ProviderHandle, ...] = ()  # empty without a providers file
+    blobs: BlobStore | None = None  # where uploaded input images go (claim check); None: data: URLs stay inline
 
     @property
     def auth_enabled(self) -> bool:

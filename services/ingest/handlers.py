@@ -24,6 +24,7 @@ from services.common.budget import format_usd
 from services.common.contracts import (
     GenerationCompleted,
     GenerationRequested,
+    HttpsImage,
     JobId,
     Path,
     new_job_id,
@@ -35,6 +36,13 @@ from services.common.lag import group_lag
 from services.common.topics import TopicKey
 from services.ingest.api_models import GenerationRequestBody, contract_errors
 from services.ingest.deps import IngestDeps, ProviderHandle
+from services.ingest.errors import (
+    IdempotencyKeyReused,
+    InvalidRequest,
+    JobNotFound,
+    Unavailable,
+)
+from services.ingest.images import checked_image
 
 log = logging.getLogger(__name__)
 
@@ -50,40 +58,6 @@ return 0
 
 
 # --------------------------------------------------------------------------------- outcomes
-
-
-class InvalidRequest(Exception):
-    """The request breaks the contract; ``errors`` are in FastAPI's 422 shape."""
-
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
-        super().__init__(f"{len(errors)} invalid field(s)")
-        self.errors = errors
-
-
-class IdempotencyKeyReused(InvalidRequest):
-    """The Idempotency-Key was used before with a different body (what Stripe answers with a 422)."""
-
-    def __init__(self) -> None:
-        super().__init__([{
-            "type": "idempotency_key_reused",
-            "loc": ["header", "Idempotency-Key"],
-            "msg": "this Idempotency-Key was already used with a different request body; "
-                   "use a new key for a new request, or resend the original body to get its job",
-        }])
-
-
-class JobNotFound(LookupError):
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"no job {job_id}")
-        self.job_id = job_id
-
-
-class Unavailable(Exception):
-    """A dependency did not answer; the same request may succeed later."""
-
-    def __init__(self, dependency: str, message: str) -> None:
-        super().__init__(message)
-        self.dependency = dependency
 
 
 @dataclass(frozen=True)
@@ -110,6 +84,11 @@ async def submit(
 ) -> SubmitResult:
     """Accept one generation request. Raises ``InvalidRequest`` or ``Unavailable``."""
     request = _build_request(body, tenant, idempotency_key)
+    if isinstance(request.reference_image, str):
+        checked = await checked_image(request.reference_image, field="reference_image", deps=deps)
+        # Stored: the message carries the claim check; an https URL travels as it came.
+        reference = checked.url if isinstance(checked, HttpsImage) else checked
+        request = request.model_copy(update={"reference_image": reference})
     if idempotency_key is None:
         return await _serve_or_queue(request, deps)
 

@@ -50,9 +50,9 @@ async def _send_too_large(send: Send, limit: int) -> None:
 
 
 class BodyLimit:
-    """413 for a body over ``limit()`` bytes: at once from Content-Length, else while reading a chunked body."""
+    """413 for a body over ``limit(path)`` bytes: at once from Content-Length, else while reading a chunked body."""
 
-    def __init__(self, app: ASGIApp, limit: Callable[[], int]) -> None:
+    def __init__(self, app: ASGIApp, limit: Callable[[str], int]) -> None:
         self.app = app
         self.limit = limit
 
@@ -60,7 +60,7 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit()
+        limit = self.limit(scope["path"])
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _send_too_large(send, limit)

@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.common.jobs import JobView
-from services.ingest import handlers
+from services.ingest import comparisons, handlers
 from services.ingest.api_models import (
     Accepted,
+    ComparisonRequestBody,
+    ComparisonView,
     GenerationRequestBody,
     GenerationResult,
     Health,
@@ -146,6 +148,51 @@ async def _sse(changes: AsyncIterator[tuple[str, JobView] | None]) -> AsyncItera
             continue
         entry_id, view = change
         yield f"event: status\nid: {entry_id}\ndata: {view.model_dump_json()}\n\n"
+
+
+@router.post(
+    "/v1/comparisons",
+    tags=["comparisons"],
+    summary="Score an image against a target",
+    status_code=202,
+    response_model=ComparisonView,
+    responses={
+        200: {"model": ComparisonView, "description": "With `?wait=N`: the comparison ended within N seconds."},
+        **_AUTH_ERRORS,
+        413: {"model": MessageBody, "description": "An image is over 10 MB, or the body over its limit."},
+        422: {"model": ValidationErrorBody,
+              "description": "A field is invalid: an image that is not PNG/JPEG/WebP (by its bytes), over 4096×4096, "
+                             "a decompression bomb, an URL that is not https or points at a private address, or a "
+                             "job id that is unknown or not completed. detail[].loc names the field."},
+        503: {"model": MessageBody, "description": "Kafka, Redis or the image store is unavailable; retry."},
+    },
+)
+async def create_comparison(
+    body: ComparisonRequestBody,
+    tenant: TenantDep,
+    deps: DepsDep,
+    wait: Annotated[float, Query(
+        ge=0, le=300, description="Wait up to this many seconds for the result (capped by the server's limit); "
+                                  "0: answer at once with 202.")] = 0,
+) -> JSONResponse:
+    """Queue a comparison of `generated_image` against `target_image` for `original_prompt`.
+
+    The result: a similarity score 0–100 with its quality band and colour, the key differences,
+    prompt improvements, and which method judged (a VLM, or the perceptual comparer).
+    """
+    comparison_id = await comparisons.submit_comparison(body, tenant, deps)
+    view = await comparisons.get_comparison(comparison_id, tenant, deps)
+    if wait > 0:
+        view = await comparisons.wait_for(comparison_id, tenant, min(wait, deps.settings.comparison_wait_max_s), deps)
+    done = view.status in ("completed", "failed")
+    return JSONResponse(comparisons.comparison_view(view).model_dump(mode="json"), status_code=200 if done else 202)
+
+
+@router.get("/v1/comparisons/{comparison_id}", tags=["comparisons"], summary="A comparison",
+            response_model=ComparisonView, responses={**_AUTH_ERRORS, **_NOT_FOUND})
+async def get_comparison(comparison_id: str, tenant: TenantDep, deps: DepsDep) -> ComparisonView:
+    """The comparison's status and, once it ended, its result or error."""
+    return comparisons.comparison_view(await comparisons.get_comparison(comparison_id, tenant, deps))
 
 
 @router.get("/v1/status", tags=["operations"], summary="Pipeline status", response_model=PipelineStatus,

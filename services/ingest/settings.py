@@ -30,6 +30,10 @@ class IngestSettings(BaseSettings):
         14 * MiB, ge=1024,
         description="Larger request bodies get 413 (room for a reference image as a data: URL).",
     )
+    max_comparison_body_bytes: int = Field(
+        28 * MiB, ge=1024, description="The body limit of POST /v1/comparisons: room for two 10 MB images as data: URLs.")
+    comparison_wait_max_s: float = Field(60.0, gt=0, le=300, description="The largest ?wait= a comparison may ask for.")
+    allow_loopback_urls: bool = Field(False, description="Tests only: accept image URLs on 127.0.0.1 and plain http.")
     # Tenant-typed keys: a key's tenant is stamped on every job it submits, so it must be a valid one.
     api_keys: dict[Tenant, SecretStr] = Field(
         default_factory=dict,
@@ -79,3 +83,7 @@ class IngestSettings(BaseSettings):
                 raise ValueError(f"tenants {seen[secret]!r} and {tenant!r} share a key; give each its own")
             seen[secret] = tenant
         return value
+
+    def body_limit(self, path: str) -> int:
+        """The request body limit for ``path``: comparisons carry two images."""
+        return self.max_comparison_body_bytes if path.startswith("/v1/comparisons") else self.max_body_bytes

@@ -7,16 +7,31 @@ from dataclasses import dataclass
 
 from services.common.blobstore import BlobStore, BlobStoreError
 from services.common.cache import ResultCache
-from services.common.consumer import Outcome, RetryableError
+from services.common.consumer import Outcome, Output, RetryableError
 from services.common.contracts import (
+    ComparisonRequested,
+    DataUrlImage,
     ErrorInfo,
     GenerationCompleted,
     GenerationFailed,
     GenerationGenerated,
+    HttpsImage,
+    StoredImage,
 )
 from services.common.images import EXTENSIONS, sniff_content_type
 from services.common.jobs import JobStore, TerminalGuard, terminal_outcome
 from services.common.topics import Topics
+
+
+def comparison_id_for(job_id: str) -> str:
+    """The id of the comparison a generation with a reference image asks for: stable across replays."""
+    return "cmp" + hashlib.sha256(job_id.encode()).hexdigest()[:32]
+
+
+def _as_ref(reference: str | StoredImage) -> DataUrlImage | HttpsImage | StoredImage:
+    if isinstance(reference, StoredImage):
+        return reference
+    return DataUrlImage(data_url=reference) if reference.startswith("data:") else HttpsImage(url=reference)
 
 
 def object_key(prefix: str, digest: str, content_type: str) -> str:
@@ -60,8 +75,32 @@ class StoreHandler:
         )
         if not generated.placeholder:  # a stand-in must not answer later requests for the real thing
             await self.cache.put(generated.spec.cache_key(), completed)
+        if generated.reference_image is not None:
+            return await self._compare_first(generated, completed)
         return await terminal_outcome(completed, topic=self.topics.name("generation.completed"), guard=self.guard,
                                       jobs=self.jobs)
+
+    async def _compare_first(self, generated: GenerationGenerated, completed: GenerationCompleted) -> Outcome:
+        """Hand the result to the comparer, which publishes it with the comparison attached.
+
+        The comparison id derives from the job id, so a replay asks for the same comparison.
+        """
+        assert generated.reference_image is not None
+        request = ComparisonRequested(
+            job_id=comparison_id_for(generated.job_id), tenant=generated.tenant, trace=generated.trace.child(),
+            target_image=_as_ref(generated.reference_image),
+            generated_image=StoredImage(object_key=completed.object_key, sha256=completed.sha256,
+                                        content_type=completed.content_type),
+            original_prompt=generated.spec.prompt, generation_job_id=generated.job_id, completion=completed,
+        )
+        comparison_id = request.job_id
+
+        async def acked() -> None:
+            await self.jobs.update(comparison_id, "queued", kind="comparison", tenant=generated.tenant,
+                                   generation_job_id=generated.job_id)
+            await self.jobs.update(generated.job_id, "stored", comparison_id=comparison_id)
+
+        return Outcome([Output(self.topics.name("comparison.requested"), request)], on_acked=acked)
 
     async def _fail(self, generated: GenerationGenerated, code: str, message: str) -> Outcome:
         failed = GenerationFailed(

@@ -18,6 +18,7 @@ from services.common.kafka import (
     send_event,
 )
 from services.generator.procedural import render_icon
+from tests.helpers import records_for
 
 pytestmark = pytest.mark.e2e
 
@@ -32,24 +33,6 @@ async def _wait_terminal(http: httpx.AsyncClient, job_id: str, timeout_s: float 
             return response.json()
         await asyncio.sleep(0.1)
     raise AssertionError(f"job {job_id} not finished after {timeout_s} s: {response.text}")
-
-
-async def _records_for(connections, topic: str, job_id: str, settle_s: float = 2.0) -> list:
-    """Every record on ``topic`` keyed by ``job_id`` (reads the topic from the start)."""
-    consumer = make_consumer(connections.kafka, topic, group_id=None)
-    await consumer.start()
-    found = []
-    try:
-        quiet_since = time.monotonic()
-        while time.monotonic() - quiet_since < settle_s:
-            batch = await consumer.getmany(timeout_ms=300)
-            records = [r for rs in batch.values() for r in rs]
-            if records:
-                quiet_since = time.monotonic()
-            found += [r for r in records if r.key == job_id.encode()]
-    finally:
-        await consumer.stop()
-    return found
 
 
 async def test_post_to_completed_serves_the_generated_bytes_then_the_cache_answers(running_pipeline):
@@ -87,7 +70,7 @@ async def test_garbage_goes_to_the_dlq_and_a_valid_request_after_it_completes(ru
             await producer.stop()
         async with httpx.AsyncClient(base_url=p.ingest_url, timeout=30) as http:
             job = await _wait_terminal(http, valid.job_id)
-        letters = await _records_for(p.connections, p.topics.dlq("generation.requested"), "garbage-job-1")
+        letters = await records_for(p.connections, p.topics.dlq("generation.requested"), "garbage-job-1")
 
     assert job["status"] == "completed", job
     assert len(letters) == 1
@@ -151,8 +134,8 @@ async def test_a_generator_killed_before_its_commit_still_gives_one_terminal_res
             generated = []
             deadline = time.monotonic() + 60
             while len(generated) < 2 and time.monotonic() < deadline:
-                generated = await _records_for(p.connections, p.topics.name("generation.generated"), job_id, 1.0)
-            completed = await _records_for(p.connections, p.topics.name("generation.completed"), job_id)
+                generated = await records_for(p.connections, p.topics.name("generation.generated"), job_id, 1.0)
+            completed = await records_for(p.connections, p.topics.name("generation.completed"), job_id)
             final = (await http.get(f"/v1/generations/{job_id}")).json()
 
     assert first["status"] == "completed"

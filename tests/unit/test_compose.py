@@ -7,6 +7,7 @@ silently ignored by a container (the settings classes use ``extra="ignore"``).
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -22,6 +23,8 @@ from services.common.settings import (
     SHARED_SETTINGS,
     S3Settings,
 )
+from services.comparer.settings import ComparerSettings
+from services.generator.catalog import ProvidersFile
 from services.generator.settings import GeneratorSettings
 from services.ingest.settings import IngestSettings
 from services.router.settings import RouterSettings
@@ -30,6 +33,7 @@ from tests.helpers import allowed_env_names, load_settings, unknown_env_keys
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "infra" / "docker-compose.yml"
+PROVIDERS_FILE = REPO / "infra" / "providers.yaml"
 POM_FILE = REPO / "infra" / "local" / "pom.xml"
 POM_NS = "http://maven.apache.org/POM/4.0.0"
 
@@ -43,7 +47,16 @@ SERVICE_SETTINGS: dict[str, type[BaseSettings] | None] = {
     "generator-primary": GeneratorSettings,
     "generator-fallback": GeneratorSettings,
     "storage": StorageSettings,
+    "comparer": ComparerSettings,
 }
+#: The services that read the providers file (and its keys), and the setting that names it.
+PROVIDERS_READERS: dict[str, type[BaseSettings]] = {
+    "ingest": IngestSettings,
+    "generator-primary": GeneratorSettings,
+    "generator-fallback": GeneratorSettings,
+}
+#: Secrets are never written in the compose file: each comes from the shell running compose.
+PASS_THROUGH = re.compile(r"^\$\{(?P<name>[A-Z0-9_]+):-\}$")
 INFRA_SERVICES = {"kafka", "redis", "minio", "minio-init"}
 EXPECTED_SERVICES = INFRA_SERVICES | set(SERVICE_SETTINGS)
 LONG_RUNNING = sorted(set(SERVICE_SETTINGS) - {"topics"})
@@ -58,14 +71,36 @@ def settings_classes(service: str) -> tuple[type[BaseSettings], ...]:
     return SHARED_SETTINGS + ((own,) if own is not None else ())
 
 
-def environment(service: Mapping[str, Any]) -> dict[str, str]:
-    """A service's environment as the container sees it: strings, from either compose syntax."""
+_VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+
+def interpolate(value: str) -> str:
+    """``${VAR:-default}`` and ``${VAR}`` as compose resolves them with nothing set in the shell."""
+    return _VARIABLE.sub(lambda match: match["default"] or "", value)
+
+
+def raw_environment(service: Mapping[str, Any]) -> dict[str, str]:
+    """A service's environment as written: strings, from either compose syntax, not interpolated."""
     raw = service.get("environment") or {}
     if isinstance(raw, list):
         pairs = (item.split("=", 1) if "=" in item else (item, "") for item in raw)
         return {key: value for key, value in pairs}
     # Compose turns YAML scalars into strings; booleans become "true"/"false".
     return {key: (str(value).lower() if isinstance(value, bool) else str(value)) for key, value in raw.items()}
+
+
+def environment(service: Mapping[str, Any]) -> dict[str, str]:
+    """A service's environment as the container sees it, with no variables set in the shell."""
+    return {key: interpolate(value) for key, value in raw_environment(service).items()}
+
+
+def commented_example(text: str) -> str:
+    """The example a file carries in comments: its ``#   `` lines (hash, three spaces), uncommented."""
+    return "\n".join(line.removeprefix("#   ") for line in text.splitlines() if line.startswith("#   "))
+
+
+def keys_env_names(providers: ProvidersFile) -> set[str]:
+    return {entry.keys_env for entry in (*providers.primary, *providers.fallback) if entry.keys_env}
 
 
 def published(service: Mapping[str, Any], container_port: int) -> int:
@@ -97,6 +132,25 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return compose["services"]
 
 
+@pytest.fixture(scope="module")
+def shipped_providers() -> ProvidersFile:
+    return ProvidersFile.model_validate(yaml.safe_load(PROVIDERS_FILE.read_text()))
+
+
+@pytest.fixture(scope="module")
+def example_providers() -> ProvidersFile:
+    """The real-provider example in providers.yaml's comments."""
+    example = commented_example(PROVIDERS_FILE.read_text())
+    assert example, f"{PROVIDERS_FILE.name} lost its commented example"
+    return ProvidersFile.model_validate(yaml.safe_load(example))
+
+
+@pytest.fixture(scope="module")
+def provider_key_names(shipped_providers: ProvidersFile, example_providers: ProvidersFile) -> set[str]:
+    """The variables a providers file may name for keys: not settings, but read by the generators."""
+    return keys_env_names(shipped_providers) | keys_env_names(example_providers)
+
+
 def forgeline_services(services: Mapping[str, Mapping[str, Any]]) -> Iterator[tuple[str, Mapping[str, Any]]]:
     return ((name, svc) for name, svc in services.items() if svc.get("image") == FORGELINE_IMAGE)
 
@@ -107,6 +161,18 @@ def forgeline_services(services: Mapping[str, Mapping[str, Any]]) -> Iterator[tu
 def test_environment_reads_both_compose_syntaxes() -> None:
     assert environment({"environment": ["A=1", "B=x=y"]}) == {"A": "1", "B": "x=y"}
     assert environment({"environment": {"A": 1, "B": False}}) == {"A": "1", "B": "false"}
+
+
+def test_interpolate_resolves_unset_variables_like_compose() -> None:
+    assert interpolate("${KEYS:-}") == ""
+    assert interpolate("${PORT:-8080}") == "8080"
+    assert interpolate("${HOST}:9092") == ":9092"
+    assert interpolate("plain") == "plain"
+
+
+def test_commented_example_uncomments_only_the_indented_block() -> None:
+    text = "# prose\n#\n#   a:\n#     - 1\nb: 2\n"
+    assert yaml.safe_load(commented_example(text)) == {"a": [1]}
 
 
 # ---------------------------------------------------------------------------------- the compose file
@@ -130,8 +196,11 @@ def test_forgeline_services_share_one_image_built_from_the_repo(services: dict[s
 
 
 @pytest.mark.parametrize("name", sorted(SERVICE_SETTINGS))
-def test_every_env_key_is_a_real_setting(services: dict[str, Any], name: str) -> None:
-    unknown = unknown_env_keys(environment(services[name]), allowed_env_names(settings_classes(name)))
+def test_every_env_key_is_a_real_setting(services: dict[str, Any], provider_key_names: set[str], name: str) -> None:
+    allowed = allowed_env_names(settings_classes(name))
+    if name in PROVIDERS_READERS:
+        allowed |= provider_key_names
+    unknown = unknown_env_keys(environment(services[name]), allowed)
     assert not unknown, f"{name}: no settings class reads {sorted(unknown)}"
 
 
@@ -248,3 +317,59 @@ def test_kafka_image_matches_the_pinned_kafka_version(services: dict[str, Any]) 
     assert version, f"no <properties><kafka.version> in {POM_FILE.relative_to(REPO)}"
     image, _, tag = services["kafka"]["image"].partition(":")
     assert (image, tag) == ("apache/kafka", version.strip())
+
+
+# ---------------------------------------------------------------------------------- secrets and providers
+
+
+def test_secrets_are_passed_through_from_the_shell(services: dict[str, Any], provider_key_names: set[str]) -> None:
+    """The VLM's and the providers' keys are ``${NAME:-}``: never in the file, and empty when unset."""
+    for name, svc in forgeline_services(services):
+        raw = raw_environment(svc)
+        secret_names = {"FORGELINE_COMPARER_VLM_KEYS"} if name == "comparer" else set()
+        if name in PROVIDERS_READERS:
+            secret_names |= provider_key_names
+        assert {key for key in raw if key.startswith("FORGELINE_KEYS_") or key.endswith("_VLM_KEYS")} == secret_names, name
+        for key in secret_names:
+            match = PASS_THROUGH.match(raw[key])
+            assert match and match["name"] == key, f"{name}/{key}: {raw[key]!r}"
+
+
+def test_comparer_without_vlm_keys_is_perceptual(services: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.common.keypool import keys_from_env
+
+    settings = load_settings(environment(services["comparer"]), (ComparerSettings,), monkeypatch)[ComparerSettings]
+    assert not keys_from_env(settings.vlm_keys, settings.vlm_name)
+
+
+def test_shipped_providers_file_is_procedural_only(shipped_providers: ProvidersFile) -> None:
+    """The stack must come up with no keys in the shell."""
+    for path in ("primary", "fallback"):
+        assert [entry.type for entry in shipped_providers.path(path)] == ["procedural"], path
+    assert not keys_env_names(shipped_providers)
+
+
+def test_commented_providers_example_names_real_providers(example_providers: ProvidersFile) -> None:
+    types = {entry.type for entry in (*example_providers.primary, *example_providers.fallback)}
+    assert types - {"procedural"}
+
+
+@pytest.mark.parametrize("name", sorted(PROVIDERS_READERS))
+def test_providers_file_is_mounted_where_the_setting_points(
+    services: dict[str, Any], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own = PROVIDERS_READERS[name]
+    setting = load_settings(environment(services[name]), (own,), monkeypatch)[own].providers_file  # type: ignore[attr-defined]
+    mounts = [str(volume).split(":") for volume in services[name].get("volumes", [])]
+    assert [(source, Path(target), mode) for source, target, mode in mounts if Path(target) == setting] == [
+        ("./providers.yaml", setting, "ro")
+    ], f"{name}: {mounts}"
+    # A missing bind-mount source would be created as an empty directory, and the service would fail.
+    assert (COMPOSE_FILE.parent / "providers.yaml").resolve() == PROVIDERS_FILE
+    assert PROVIDERS_FILE.is_file()
+
+
+def test_only_the_providers_readers_mount_the_providers_file(services: dict[str, Any]) -> None:
+    for name, svc in forgeline_services(services):
+        mounted = any(str(volume).startswith("./providers.yaml:") for volume in svc.get("volumes", []))
+        assert mounted == (name in PROVIDERS_READERS), name

@@ -30,7 +30,7 @@ def tiny_app() -> FastAPI:
     async def raw_body(request: Request) -> dict[str, int]:
         return {"length": len(await request.body())}
 
-    app.add_middleware(BodyLimit, limit=lambda: LIMIT)
+    app.add_middleware(BodyLimit, limit=lambda _path: LIMIT)
     app.add_middleware(RequestLog)
     return app
 

@@ -29,6 +29,8 @@ from services.common.settings import (
     TopicSettings,
 )
 from services.common.topics import GroupIds, Topics
+from services.comparer.settings import ComparerSettings
+from services.generator.catalog import _ADAPTERS, ProvidersFile
 from services.generator.settings import GeneratorSettings
 from services.ingest.settings import IngestSettings
 from services.router.settings import RouterSettings
@@ -39,13 +41,21 @@ REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "infra" / "k8s"
 KUSTOMIZATION = K8S / "kustomization.yaml"
 SECRET_EXAMPLE = K8S / "secret.example.yaml"
+PROVIDERS_CONFIGMAP = K8S / "providers-configmap.yaml"
 README = K8S / "README.md"
 
 NAMESPACE = "forgeline"
 PREFIX = "forgeline"
 PLACEHOLDER = "change-me"
 GENERATOR_PATHS = ("primary", "fallback")
-LAG_THRESHOLDS = {"primary": "10", "fallback": "5"}
+
+#: What KEDA scales on: each ScaledObject's consumer group and topic, as the code derives them.
+KEDA_LAG = {
+    "generator-primary": (GroupIds(PREFIX).generator("primary"), Topics(PREFIX).name("generation.primary")),
+    "generator-fallback": (GroupIds(PREFIX).generator("fallback"), Topics(PREFIX).name("generation.fallback")),
+    "comparer": (GroupIds(PREFIX).comparer, Topics(PREFIX).name("comparison.requested")),
+}
+LAG_THRESHOLDS = {"generator-primary": "10", "generator-fallback": "5", "comparer": "8"}
 
 #: The settings class of each service's own settings (beyond the shared connection settings).
 SERVICE_SETTINGS: dict[str, type[BaseSettings]] = {
@@ -53,9 +63,25 @@ SERVICE_SETTINGS: dict[str, type[BaseSettings]] = {
     "router": RouterSettings,
     "generator": GeneratorSettings,
     "storage": StorageSettings,
+    "comparer": ComparerSettings,
 }
-DEPLOYMENTS = ("ingest", "router", "generator-primary", "generator-fallback", "storage")
-WORKERS = ("router", "generator-primary", "generator-fallback", "storage")
+DEPLOYMENTS = ("ingest", "router", "generator-primary", "generator-fallback", "storage", "comparer")
+WORKERS = ("router", "generator-primary", "generator-fallback", "storage", "comparer")
+#: Workers that drain in-flight records on SIGTERM for up to their ``shutdown_timeout_s``.
+DRAINING_WORKERS = ("generator-primary", "generator-fallback", "comparer")
+#: Who may read each Secret besides forgeline-secrets (Deployment names; main containers only),
+#: and whether the pod starts without it.
+SECRET_READERS: dict[str, tuple[set[str], bool]] = {
+    "forgeline-ingest-secrets": ({"ingest"}, False),
+    "forgeline-provider-secrets": ({"ingest", "generator-primary", "generator-fallback"}, True),
+    "forgeline-comparer-secrets": ({"comparer"}, True),
+}
+#: The Deployments that read the providers file, and the setting that names it.
+PROVIDERS_READERS: dict[str, type[BaseSettings]] = {
+    "ingest": IngestSettings,
+    "generator-primary": GeneratorSettings,
+    "generator-fallback": GeneratorSettings,
+}
 #: The initContainer of every Deployment: holds the pod until the topics Job has run.
 WAIT_FOR_TOPICS = ["forgeline", "topics", "wait", "--timeout", "600"]
 
@@ -86,6 +112,15 @@ def looks_random(value: str) -> bool:
         if len(token) >= 20 and classes >= 2:
             return True
     return False
+
+
+def commented_example(text: str) -> str:
+    """The example a file carries in comments: its ``#   `` lines (hash, three spaces), uncommented."""
+    return "\n".join(line.removeprefix("#   ") for line in text.splitlines() if line.startswith("#   "))
+
+
+def keys_env_names(providers: ProvidersFile) -> set[str]:
+    return {entry.keys_env for entry in (*providers.primary, *providers.fallback) if entry.keys_env}
 
 
 def load_docs(path: Path) -> list[dict[str, Any]]:
@@ -206,6 +241,25 @@ def scaled_objects(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def workloads(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Everything that runs pods: the Deployments and the topics Job."""
     return {f"{doc['kind']}/{doc['metadata']['name']}": doc for doc in docs if doc["kind"] in {"Deployment", "Job"}}
+
+
+@pytest.fixture(scope="module")
+def shipped_providers(configmaps: dict[str, dict[str, str]]) -> ProvidersFile:
+    return ProvidersFile.model_validate(yaml.safe_load(configmaps["forgeline-providers"]["providers.yaml"]))
+
+
+@pytest.fixture(scope="module")
+def example_providers() -> ProvidersFile:
+    """The real-provider example in providers-configmap.yaml's comments."""
+    example = commented_example(PROVIDERS_CONFIGMAP.read_text())
+    assert example, f"{PROVIDERS_CONFIGMAP.name} lost its commented example"
+    return ProvidersFile.model_validate(yaml.safe_load(example))
+
+
+@pytest.fixture(scope="module")
+def provider_key_names(shipped_providers: ProvidersFile, example_providers: ProvidersFile) -> set[str]:
+    """The variables a providers file may name for keys: not settings, but read by the generators."""
+    return keys_env_names(shipped_providers) | keys_env_names(example_providers)
 
 
 def env_of(
@@ -332,6 +386,18 @@ def test_shared_sources_hold_only_shared_settings(
     assert not unknown_env_keys(example_secrets["forgeline-secrets"], shared)
     ingest = allowed_env_names(settings_classes("ingest"))
     assert not unknown_env_keys(example_secrets["forgeline-ingest-secrets"], ingest)
+    comparer = allowed_env_names(settings_classes("comparer"))
+    assert not unknown_env_keys(example_secrets["forgeline-comparer-secrets"], comparer)
+
+
+def test_provider_secrets_hold_the_keys_the_providers_file_names(
+    example_secrets: dict[str, dict[str, str]], provider_key_names: set[str]
+) -> None:
+    """Every key variable is one a providers entry reads (keys_env), and none is a setting."""
+    names = set(example_secrets["forgeline-provider-secrets"])
+    assert names == provider_key_names
+    every_setting = allowed_env_names(SHARED_SETTINGS + tuple(SERVICE_SETTINGS.values()))
+    assert not names & every_setting
 
 
 def test_env_sources_exist(workloads: dict[str, Any], configmaps: dict[str, Any], example_secrets: dict[str, Any]) -> None:
@@ -344,21 +410,32 @@ def test_env_sources_exist(workloads: dict[str, Any], configmaps: dict[str, Any]
                     assert source["secretRef"]["name"] in example_secrets, key
 
 
-def test_only_ingest_gets_the_api_keys(workloads: dict[str, Any]) -> None:
+@pytest.mark.parametrize("secret", sorted(SECRET_READERS))
+def test_each_secret_reaches_only_its_readers(workloads: dict[str, Any], secret: str) -> None:
+    """The API keys only in ingest, the VLM keys only in the comparer, the provider keys only where
+    providers are called or shown; never in an initContainer."""
+    readers, optional = SECRET_READERS[secret]
     for key, workload in workloads.items():
+        kind, name = key.split("/")
         for container in all_containers(workload):
-            refs = {s["secretRef"]["name"] for s in container.get("envFrom", []) if "secretRef" in s}
-            expected = key == "Deployment/ingest" and container["name"] == "ingest"
-            assert ("forgeline-ingest-secrets" in refs) == expected, f"{key}/{container['name']}"
+            refs = {s["secretRef"]["name"]: s["secretRef"] for s in container.get("envFrom", []) if "secretRef" in s}
+            expected = kind == "Deployment" and name in readers and container in pod_spec(workload)["containers"]
+            assert (secret in refs) == expected, f"{key}/{container['name']}"
+            if expected:
+                assert refs[secret].get("optional", False) is optional, f"{key}/{container['name']}"
 
 
 @pytest.mark.parametrize("key", ["Job/forgeline-topics", *(f"Deployment/{name}" for name in DEPLOYMENTS)])
 def test_every_env_key_is_a_real_setting(
-    workloads: dict[str, Any], configmaps: dict[str, Any], example_secrets: dict[str, Any], key: str
+    workloads: dict[str, Any], configmaps: dict[str, Any], example_secrets: dict[str, Any],
+    provider_key_names: set[str], key: str,
 ) -> None:
     for container, service in forgeline_containers(key, workloads[key]):
         env = container_env(container, configmaps, example_secrets)
-        unknown = unknown_env_keys(env, allowed_env_names(settings_classes(service)))
+        allowed = allowed_env_names(settings_classes(service))
+        if service in {"generator", "ingest"}:
+            allowed |= provider_key_names
+        unknown = unknown_env_keys(env, allowed)
         assert not unknown, f"{key}/{container['name']}: no settings class reads {sorted(unknown)}"
 
 
@@ -460,17 +537,18 @@ def test_ingest_is_scraped_on_its_api_port(
     assert annotations["prometheus.io/path"] == "/metrics"
 
 
-@pytest.mark.parametrize("path", GENERATOR_PATHS)
-def test_generators_may_finish_a_provider_call_on_sigterm(
-    deployments: dict[str, Any], configmaps: dict[str, Any], example_secrets: dict[str, Any], path: str,
+@pytest.mark.parametrize("name", DRAINING_WORKERS)
+def test_workers_may_finish_in_flight_work_on_sigterm(
+    deployments: dict[str, Any], configmaps: dict[str, Any], example_secrets: dict[str, Any], name: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    name = f"generator-{path}"
+    own = SERVICE_SETTINGS[service_of(name)]
     env = env_of(name, deployments, configmaps, example_secrets)
-    settings = load_settings(env, (GeneratorSettings,), monkeypatch)[GeneratorSettings]
+    settings = load_settings(env, (own,), monkeypatch)[own]
     grace = pod_spec(deployments[name])["terminationGracePeriodSeconds"]
     assert grace == 90
-    assert grace > settings.shutdown_timeout_s  # in-flight jobs may finish before the pod is killed
+    # In-flight jobs may finish before the pod is killed.
+    assert grace > settings.shutdown_timeout_s  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------------- pods: security, resources
@@ -550,11 +628,10 @@ def test_the_wait_command_is_one_the_cli_understands() -> None:
 # ---------------------------------------------------------------------------------- autoscaling
 
 
-@pytest.mark.parametrize("path", GENERATOR_PATHS)
-def test_keda_watches_the_generator_group_and_topic(
-    scaled_objects: dict[str, Any], deployments: dict[str, Any], config: dict[str, str], path: str
+@pytest.mark.parametrize("name", sorted(KEDA_LAG))
+def test_keda_watches_the_consumer_group_and_topic(
+    scaled_objects: dict[str, Any], deployments: dict[str, Any], config: dict[str, str], name: str
 ) -> None:
-    name = f"generator-{path}"
     scaled = scaled_objects[name]["spec"]
     assert scaled["scaleTargetRef"]["name"] == name
     assert name in deployments
@@ -562,21 +639,18 @@ def test_keda_watches_the_generator_group_and_topic(
     assert trigger["type"] == "kafka"
     meta = trigger["metadata"]
     assert config["FORGELINE_TOPICS_PREFIX"] == PREFIX
-    assert meta["consumerGroup"] == GroupIds(PREFIX).generator(path)
-    assert meta["topic"] == Topics(PREFIX).name(f"generation.{path}")  # type: ignore[arg-type]
+    assert (meta["consumerGroup"], meta["topic"]) == KEDA_LAG[name]
     assert meta["bootstrapServers"] == config["FORGELINE_KAFKA_BOOTSTRAP"]
-    assert meta["lagThreshold"] == LAG_THRESHOLDS[path]
+    assert meta["lagThreshold"] == LAG_THRESHOLDS[name]
     assert meta["offsetResetPolicy"] == "earliest"
 
 
-@pytest.mark.parametrize("path", GENERATOR_PATHS)
-def test_generators_scale_within_the_partitions(
-    scaled_objects: dict[str, Any], config: dict[str, str], path: str
-) -> None:
-    scaled = scaled_objects[f"generator-{path}"]["spec"]
+@pytest.mark.parametrize("name", sorted(KEDA_LAG))
+def test_keda_scales_within_the_partitions(scaled_objects: dict[str, Any], config: dict[str, str], name: str) -> None:
+    scaled = scaled_objects[name]["spec"]
     partitions = int(config["FORGELINE_TOPICS_PARTITIONS"])
     assert 1 <= scaled["minReplicaCount"] <= scaled["maxReplicaCount"] <= partitions
-    if path == "primary":
+    if name in {"generator-primary", "comparer"}:
         assert scaled["maxReplicaCount"] == partitions == 6
 
 
@@ -597,7 +671,7 @@ def test_autoscaled_deployments_leave_replicas_to_the_autoscaler(
 ) -> None:
     scaled = {s["spec"]["scaleTargetRef"]["name"] for s in named(docs, "ScaledObject").values()}
     hpa = {h["spec"]["scaleTargetRef"]["name"] for h in named(docs, "HorizontalPodAutoscaler").values()}
-    assert scaled == {"generator-primary", "generator-fallback"}
+    assert scaled == set(KEDA_LAG)
     assert hpa == {"ingest"}
     assert not scaled & hpa
     for name, deployment in deployments.items():
@@ -628,7 +702,7 @@ def test_disruption_budget_leaves_room_to_drain(docs: list[dict[str, Any]], depl
 
 
 def test_secret_example_holds_only_placeholders(example_secrets: dict[str, dict[str, str]]) -> None:
-    assert set(example_secrets) == {"forgeline-secrets", "forgeline-ingest-secrets"}
+    assert set(example_secrets) == {"forgeline-secrets", *SECRET_READERS}
     for name, data in example_secrets.items():
         for key, value in data.items():
             assert not looks_random(value), f"{name}/{key} looks like a real key"
@@ -646,3 +720,54 @@ def test_secret_example_covers_the_credentials(example_secrets: dict[str, dict[s
         "FORGELINE_S3_SECRET_ACCESS_KEY",
     }
     assert set(example_secrets["forgeline-ingest-secrets"]) == {"FORGELINE_INGEST_API_KEYS"}
+    assert set(example_secrets["forgeline-comparer-secrets"]) == {"FORGELINE_COMPARER_VLM_KEYS"}
+
+
+# ---------------------------------------------------------------------------------- the providers file
+
+
+def test_shipped_providers_file_is_procedural_only(shipped_providers: ProvidersFile) -> None:
+    """It must work with no Secret at all: forgeline-provider-secrets is optional."""
+    for path in GENERATOR_PATHS:
+        assert [entry.type for entry in shipped_providers.path(path)] == ["procedural"], path
+    assert not keys_env_names(shipped_providers)
+
+
+def test_commented_providers_example_is_valid(example_providers: ProvidersFile) -> None:
+    """Uncommented, the example is a file the generators start with: options included."""
+    for path in GENERATOR_PATHS:
+        for entry in example_providers.path(path):
+            if entry.type != "procedural":
+                config_cls, _ = _ADAPTERS[entry.type]
+                config_cls.model_validate(entry.options)
+    types = {entry.type for path in GENERATOR_PATHS for entry in example_providers.path(path)}
+    assert types - {"procedural"}, "the example should show real providers"
+
+
+@pytest.mark.parametrize("name", sorted(PROVIDERS_READERS))
+def test_providers_file_is_mounted_where_the_setting_points(
+    deployments: dict[str, Any], configmaps: dict[str, Any], example_secrets: dict[str, Any], name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    own = PROVIDERS_READERS[name]
+    env = env_of(name, deployments, configmaps, example_secrets)
+    setting = load_settings(env, (own,), monkeypatch)[own].providers_file  # type: ignore[attr-defined]
+    assert setting is not None, f"{name}: no providers file, so the procedural provider runs"
+
+    volumes = {v["name"]: v for v in pod_spec(deployments[name])["volumes"]}
+    files = set()
+    for mount in main_container(deployments[name]).get("volumeMounts", []):
+        source = volumes[mount["name"]].get("configMap")
+        if source and source["name"] == "forgeline-providers":
+            assert mount.get("readOnly") is True, name
+            assert "subPath" not in mount, f"{name}: a subPath mount never sees ConfigMap updates"
+            for item in source["items"]:
+                assert item["key"] in configmaps["forgeline-providers"], name
+                files.add(Path(mount["mountPath"]) / item["path"])
+    assert files == {setting}
+
+
+def test_only_the_providers_readers_mount_the_providers_file(deployments: dict[str, Any]) -> None:
+    for name, deployment in deployments.items():
+        sources = {v.get("configMap", {}).get("name") for v in pod_spec(deployment)["volumes"]}
+        assert ("forgeline-providers" in sources) == (name in PROVIDERS_READERS), name

@@ -93,3 +93,11 @@ def test_async_comparer_runs_the_same_comparison() -> None:
     assert comparer.method == "perceptual"
     result = asyncio.run(comparer.compare(icon(), icon(), PROMPT))
     assert result.score == compare(icon(), icon(), PROMPT).score
+
+
+def test_a_hue_swap_leaves_the_top_band() -> None:
+    """Same shapes, other colours: not 'Excellent' (the hue term sees what luminance SSIM does not)."""
+    base = icon()
+    r, g, b = decoded(base).split()
+    result = compare(base, png(Image.merge("RGB", (b, g, r))), PROMPT)
+    assert result.band != "Excellent", result.score

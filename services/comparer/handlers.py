@@ -1,0 +1,74 @@
+"""One comparison request in, its one terminal event out (and the generation's, when it asked).
+
+A request that came from a generation with a reference image carries that generation's
+finished result (``completion``): the comparer publishes it on ``generation.completed`` with
+the comparison attached — or, when the reference could not be read, with ``comparison_error``,
+because the image itself is fine and the game is waiting for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from services.common.consumer import Outcome
+from services.common.contracts import (
+    ComparisonCompleted,
+    ComparisonFailed,
+    ComparisonRequested,
+    ComparisonResult,
+    ErrorInfo,
+    utcnow,
+)
+from services.common.jobs import (
+    JobStore,
+    TerminalGuard,
+    merge_outcomes,
+    terminal_outcome,
+)
+from services.common.topics import Topics
+from services.comparer.inputs import ImageInputError
+from services.comparer.resolve import ImageResolver
+from services.comparer.service import ComparisonService
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CompareHandler:
+    resolver: ImageResolver
+    service: ComparisonService
+    topics: Topics
+    jobs: JobStore
+    guard: TerminalGuard
+
+    async def handle(self, request: ComparisonRequested) -> Outcome:
+        try:
+            target = await self.resolver.resolve(request.target_image, field="target_image", tenant=request.tenant)
+            generated = await self.resolver.resolve(request.generated_image, field="generated_image",
+                                                    tenant=request.tenant)
+        except ImageInputError as exc:
+            log.info("comparison %s refused: %s", request.job_id, exc)
+            error = ErrorInfo(code=exc.code, message=str(exc), stage="comparer", retryable=exc.retryable)
+            return await self._finish(request, ComparisonFailed(
+                job_id=request.job_id, tenant=request.tenant, trace=request.trace.child(), error=error,
+                generation_job_id=request.generation_job_id), error=error)
+
+        scored = await self.service.score(request.job_id, target, generated, request.original_prompt)
+        return await self._finish(request, ComparisonCompleted(
+            job_id=request.job_id, tenant=request.tenant, trace=request.trace.child(), result=scored.result,
+            generation_job_id=request.generation_job_id, cached=scored.cached), result=scored.result)
+
+    async def _finish(self, request: ComparisonRequested, event: ComparisonCompleted | ComparisonFailed, *,
+                      result: ComparisonResult | None = None, error: ErrorInfo | None = None) -> Outcome:
+        topic = "comparison.completed" if isinstance(event, ComparisonCompleted) else "comparison.failed"
+        outcome = await terminal_outcome(event, topic=self.topics.name(topic), guard=self.guard, jobs=self.jobs)
+        if request.completion is None:
+            return outcome
+        completion = request.completion
+        generation = completion.model_copy(update={
+            "trace": request.trace.child(), "created_at": utcnow(), "comparison": result, "comparison_error": error,
+            "timings": completion.timings.with_stage("completed"),
+        })
+        return merge_outcomes(outcome, await terminal_outcome(
+            generation, topic=self.topics.name("generation.completed"), guard=self.guard, jobs=self.jobs))
