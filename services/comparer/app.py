@@ -27,8 +27,8 @@ from services.common.worker import (
     started_consumer,
     started_producer,
 )
+from services.comparer.fetch import SafeFetcher
 from services.comparer.handlers import CompareHandler
-from services.comparer.inputs import SafeFetcher
 from services.comparer.perceptual import PerceptualComparer
 from services.comparer.resolve import ImageResolver
 from services.comparer.service import ComparisonCache, ComparisonService

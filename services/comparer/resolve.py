@@ -25,9 +25,9 @@ from services.common.contracts import (
     StoredImage,
 )
 from services.common.jobs import JobStore
+from services.comparer.fetch import SafeFetcher
 from services.comparer.inputs import (
     ImageInputError,
-    SafeFetcher,
     ValidImage,
     decode_data_url,
     validate_image_bytes,

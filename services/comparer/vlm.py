@@ -63,12 +63,12 @@ from services.generator.providers._http import (
     status_error,
 )
 from services.generator.providers.openai_images import (
-    _QUOTA,
-    _openai_error,
-    _scrub,
+    QUOTA_CODES,
+    openai_error,
     parse_reset_duration,
+    scrub_key_fragments,
 )
-from services.generator.providers.siliconflow import _BALANCE_CODES, _siliconflow_code
+from services.generator.providers.siliconflow import BALANCE_CODES, siliconflow_code
 
 __all__ = [
     "MAX_ITEMS",
@@ -356,18 +356,18 @@ class VlmComparer(HttpProvider[VlmConfig]):
 
     def error_for(self, response: httpx.Response, token: str | None) -> ProviderError:
         status = response.status_code
-        sf_code = _siliconflow_code(response)
+        sf_code = siliconflow_code(response)
         if sf_code is not None:  # SiliconFlow's {"code": <int>, "message"} body
             reason, type_, code = provider_message(response, sf_code), None, None
         else:
-            reason, type_, code = _openai_error(response)
+            reason, type_, code = openai_error(response)
             reason += f" ({code or type_})" if (code or type_) else ""
-        message = _scrub(http_message(response, reason, (token,)))
+        message = scrub_key_fragments(http_message(response, reason, (token,)))
         lowered = reason.lower()
         if status == 401:
             return KeyRejectedError(message, provider=self.name, code="unauthorized")
         if status == 403:
-            no_balance = (sf_code in _BALANCE_CODES or code in _QUOTA or type_ in _QUOTA
+            no_balance = (sf_code in BALANCE_CODES or code in QUOTA_CODES or type_ in QUOTA_CODES
                           or "balance" in lowered or "quota" in lowered)
             return KeyRejectedError(message, provider=self.name,
                                     code="insufficient_quota" if no_balance else "forbidden")
@@ -376,7 +376,7 @@ class VlmComparer(HttpProvider[VlmConfig]):
             return PermanentProviderError(message, provider=self.name,
                                           code="content_policy" if policy else "bad_request")
         if status == 429:
-            if code in _QUOTA or type_ in _QUOTA or sf_code in _BALANCE_CODES:
+            if code in QUOTA_CODES or type_ in QUOTA_CODES or sf_code in BALANCE_CODES:
                 return KeyRejectedError(message, provider=self.name, code="insufficient_quota")
             seconds = retry_after(response)
             for header in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
@@ -388,7 +388,7 @@ class VlmComparer(HttpProvider[VlmConfig]):
         if status in (503, 504):
             return RetryableProviderError(message, provider=self.name, code="overloaded")
         error = status_error(response, provider=self.name, secrets=(token,))
-        error.message = _scrub(error.message)
+        error.message = scrub_key_fragments(error.message)
         return error
 
 

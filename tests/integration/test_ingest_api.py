@@ -7,11 +7,9 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import httpx
 import pytest
-from aiokafka import ConsumerRecord, TopicPartition
 from pydantic import SecretStr
 
 from services.common.contracts import (
@@ -20,67 +18,16 @@ from services.common.contracts import (
     ImageSpec,
     decode,
 )
-from services.common.kafka import make_consumer
 from services.common.settings import Connections
 from services.devstack.process import free_ports
-from services.ingest.app import build_ingest, create_app, serve
-from services.ingest.deps import IngestDeps
+from services.ingest.app import serve
 from services.ingest.settings import IngestSettings
+from tests.integration.ingest_support import Api, api, consume, locs, requested_count
 
 pytestmark = pytest.mark.integration
 
 API_KEY = "sk-forgeline-test-4f1c9a7e2b"
 OTHER_KEY = "sk-forgeline-test-other-77d0"
-
-
-@dataclass
-class Api:
-    http: httpx.AsyncClient
-    deps: IngestDeps
-
-
-@asynccontextmanager
-async def api(connections: Connections, settings: IngestSettings | None = None) -> AsyncIterator[Api]:
-    """The app in process, over httpx's ASGI transport (no sockets)."""
-    async with build_ingest(settings or IngestSettings(), connections) as deps:
-        transport = httpx.ASGITransport(app=create_app(deps))
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as http:
-            yield Api(http, deps)
-
-
-@pytest.fixture
-async def client(connections: Connections, topics) -> AsyncIterator[Api]:
-    async with api(connections) as ready:
-        yield ready
-
-
-async def requested_count(deps: IngestDeps) -> int:
-    """Messages on this test's generation.requested topic (a fresh topic per test)."""
-    topic = deps.topics.name("generation.requested")
-    [described] = await deps.admin.describe_topics([topic])
-    partitions = [p["partition"] for p in described["partitions"]]
-    assert partitions, f"{topic} has no partitions"
-    ends = await deps.offsets.end_offsets([TopicPartition(topic, p) for p in partitions])
-    return sum(ends.values())
-
-
-async def consume(connections: Connections, topic: str, count: int, timeout_s: float = 20) -> list[ConsumerRecord]:
-    consumer = make_consumer(connections.kafka, topic, group_id=None)
-    await consumer.start()
-    records: list[ConsumerRecord] = []
-    try:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while len(records) < count and asyncio.get_running_loop().time() < deadline:
-            batches = await consumer.getmany(timeout_ms=500)
-            for batch in batches.values():
-                records.extend(batch)
-    finally:
-        await consumer.stop()
-    return records
-
-
-def locs(response: httpx.Response) -> list[list[str | int]]:
-    return [error["loc"] for error in response.json()["detail"]]
 
 
 # ----------------------------------------------------------------------------------- submit

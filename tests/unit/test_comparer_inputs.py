@@ -18,11 +18,11 @@ from fastapi import FastAPI, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from PIL import Image, ImageFile
 
+from services.comparer.fetch import SafeFetcher
 from services.comparer.inputs import (
     MAX_IMAGE_BYTES,
     MAX_PIXELS,
     ImageInputError,
-    SafeFetcher,
     ValidImage,
     decode_data_url,
     validate_image_bytes,

@@ -52,11 +52,12 @@ from services.generator.providers._http import (
     status_error,
 )
 
-__all__ = ["OpenAIImagesConfig", "OpenAIImagesProvider", "parse_reset_duration"]
+__all__ = ["QUOTA_CODES", "OpenAIImagesConfig", "OpenAIImagesProvider", "openai_error", "parse_reset_duration",
+           "scrub_key_fragments"]
 
 #: error.type / error.code values that mean "no money left", not "slow down" (OpenAI also uses
 #: more specific codes with type insufficient_quota, e.g. credit_balance_exhausted).
-_QUOTA = {"insufficient_quota", "billing_hard_limit_reached", "credit_balance_exhausted"}
+QUOTA_CODES = {"insufficient_quota", "billing_hard_limit_reached", "credit_balance_exhausted"}
 
 
 class OpenAIImagesConfig(HttpProviderConfig):
@@ -94,9 +95,9 @@ class OpenAIImagesProvider(HttpProvider[OpenAIImagesConfig]):
 
     def error_for(self, response: httpx.Response, token: str | None) -> ProviderError:
         status = response.status_code
-        reason, type_, code = _openai_error(response)
+        reason, type_, code = openai_error(response)
         detail = f" ({code or type_})" if (code or type_) else ""
-        message = _scrub(http_message(response, reason + detail, (token,)))
+        message = scrub_key_fragments(http_message(response, reason + detail, (token,)))
         if status == 401:
             return KeyRejectedError(message, provider=self.name, code="unauthorized")
         if status == 403:
@@ -106,7 +107,7 @@ class OpenAIImagesProvider(HttpProvider[OpenAIImagesConfig]):
             return PermanentProviderError(message, provider=self.name,
                                           code="content_policy" if policy else "bad_request")
         if status == 429:
-            if code in _QUOTA or type_ in _QUOTA:
+            if code in QUOTA_CODES or type_ in QUOTA_CODES:
                 return KeyRejectedError(message, provider=self.name, code="insufficient_quota")
             seconds = retry_after(response)
             if seconds is None:
@@ -115,7 +116,7 @@ class OpenAIImagesProvider(HttpProvider[OpenAIImagesConfig]):
         if status in (500, 502, 503):
             return RetryableProviderError(message, provider=self.name, code="unavailable")
         error = status_error(response, provider=self.name, secrets=(token,))
-        error.message = _scrub(error.message)
+        error.message = scrub_key_fragments(error.message)
         return error
 
 
@@ -136,11 +137,11 @@ def parse_reset_duration(value: str | None) -> float | None:
 _KEY_FRAGMENT = re.compile(r"(provided:\s*)\S+|\bsk-[A-Za-z0-9_*\-]{4,}")
 
 
-def _scrub(text: str) -> str:
+def scrub_key_fragments(text: str) -> str:
     return _KEY_FRAGMENT.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
 
 
-def _openai_error(response: httpx.Response) -> tuple[str, str | None, str | None]:
+def openai_error(response: httpx.Response) -> tuple[str, str | None, str | None]:
     """(message, type, code) of an OpenAI error body; the raw text (or reason phrase) when it is not one."""
     body = json_or_none(response)
     if body is None:  # not JSON

@@ -46,10 +46,10 @@ from services.generator.providers._http import (
     status_error,
 )
 
-__all__ = ["SiliconFlowConfig", "SiliconFlowImageProvider"]
+__all__ = ["BALANCE_CODES", "SiliconFlowConfig", "SiliconFlowImageProvider", "siliconflow_code"]
 
 #: SiliconFlow's code for "your account balance is insufficient" (a 403, not a 429).
-_BALANCE_CODES = {30001}
+BALANCE_CODES = {30001}
 
 
 class SiliconFlowConfig(HttpProviderConfig):
@@ -84,7 +84,7 @@ class SiliconFlowImageProvider(HttpProvider[SiliconFlowConfig]):
 
     def error_for(self, response: httpx.Response, token: str | None) -> ProviderError:
         status = response.status_code
-        code = _siliconflow_code(response)
+        code = siliconflow_code(response)
         reason = provider_message(response, code)
         message = http_message(response, reason, (token,))
         if status == 400:
@@ -92,7 +92,7 @@ class SiliconFlowImageProvider(HttpProvider[SiliconFlowConfig]):
         if status == 401:
             return KeyRejectedError(message, provider=self.name, code="unauthorized")
         if status == 403:
-            no_balance = code in _BALANCE_CODES or "balance" in reason.lower() or "quota" in reason.lower()
+            no_balance = code in BALANCE_CODES or "balance" in reason.lower() or "quota" in reason.lower()
             return KeyRejectedError(message, provider=self.name,
                                     code="insufficient_quota" if no_balance else "forbidden")
         if status == 429:
@@ -104,7 +104,7 @@ class SiliconFlowImageProvider(HttpProvider[SiliconFlowConfig]):
         return status_error(response, provider=self.name, secrets=(token,))
 
 
-def _siliconflow_code(response: httpx.Response) -> int | None:
+def siliconflow_code(response: httpx.Response) -> int | None:
     body = json_or_none(response)
     code = body.get("code") if isinstance(body, dict) else None
     return code if isinstance(code, int) else None
