@@ -360,25 +360,34 @@ def _catalog():
     return _catalog_or_fail(_settings(GeneratorSettings).providers_file)
 
 
+def _comparer_keys():
+    """The comparer's VLM keys, by provider name (FORGELINE_COMPARER_VLM_KEYS / _VLM_KEYS_FILE)."""
+    from services.comparer.settings import ComparerSettings
+
+    settings = _settings(ComparerSettings)
+    return {settings.vlm_name: settings.api_keys()}
+
+
 @keys_app.command("list")
 def keys_list() -> None:
-    """Every provider key (masked): healthy, cooling down until when, or disabled and why."""
+    """Every provider key (masked), the comparer's VLM keys too: healthy, cooling down until when, or
+    disabled and why."""
     from services.common.settings import RedisSettings
     from services.generator.keys_admin import key_states
 
-    states = asyncio.run(key_states(_catalog(), _settings(RedisSettings), os.environ))
+    states = asyncio.run(key_states(_catalog(), _settings(RedisSettings), os.environ, _comparer_keys()))
     table = Table(title="Provider keys")
     for column in ("provider", "key id", "key", "state", "until / reason", "ok", "failed"):
         table.add_column(column)
     for s in states:
         detail = s.cooldown_until.isoformat(timespec="seconds") if s.cooldown_until else (s.disabled_reason or "")
         table.add_row(s.provider, s.key_id, s.masked, s.state, detail, str(s.successes), str(s.failures))
-    Console().print(table if states else "no provider in the providers file has keys")
+    Console().print(table if states else "no provider in the providers file has keys, and the comparer has none")
 
 
 @keys_app.command("enable")
 def keys_enable(
-    provider: Annotated[str, typer.Argument(help="Provider name from the providers file.")],
+    provider: Annotated[str, typer.Argument(help="Provider name from the providers file, or the VLM's name.")],
     key_id: Annotated[str, typer.Argument(help="Key id or masked key, as `forgeline keys list` shows it.")],
 ) -> None:
     """Re-enable a key that a 401 / 403 / quota error disabled."""
@@ -386,7 +395,8 @@ def keys_enable(
     from services.generator.keys_admin import enable_key
 
     try:
-        enabled = asyncio.run(enable_key(_catalog(), _settings(RedisSettings), os.environ, provider, key_id))
+        enabled = asyncio.run(enable_key(_catalog(), _settings(RedisSettings), os.environ, provider, key_id,
+                                         _comparer_keys()))
     except KeyError as exc:
         raise _fail(str(exc.args[0]), "see `forgeline keys list`") from None
     console.print(f"{key_id}: " + ("enabled" if enabled else "was not disabled; nothing to do"))

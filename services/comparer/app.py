@@ -17,7 +17,7 @@ from services.common.budget import BudgetLedger, usd
 from services.common.consumer import ConsumerLoop, LoopSettings, Outcome
 from services.common.contracts import ComparisonRequested, decode
 from services.common.jobs import JobStore, TerminalGuard
-from services.common.keypool import KeyPool, keys_from_env, keys_from_file
+from services.common.keypool import KeyPool
 from services.common.redis import KeySpace
 from services.common.settings import BudgetSettings, Connections
 from services.common.topics import GroupIds, Topics
@@ -40,9 +40,7 @@ from services.generator.failover import Candidate, Failover
 def vlm_failover(settings: ComparerSettings, *, http: httpx.AsyncClient, redis, keys: KeySpace,
                  budget: BudgetSettings) -> Failover | None:
     """The VLM behind the generator's failover rules; None when it has no keys (perceptual only)."""
-    api_keys = keys_from_env(settings.vlm_keys, settings.vlm_name)
-    if settings.vlm_keys_file is not None:
-        api_keys += keys_from_file(settings.vlm_keys_file, settings.vlm_name)
+    api_keys = settings.api_keys()
     if not api_keys:
         return None
     adapter = VlmComparer(VlmConfig(base_url=str(settings.vlm_base_url), model=settings.vlm_model,

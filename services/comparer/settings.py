@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import AnyHttpUrl, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.keypool import ApiKey, keys_from_env, keys_from_file
 from services.common.settings import service_config
 
 
@@ -38,3 +39,10 @@ class ComparerSettings(BaseSettings):
     shutdown_timeout_s: float = Field(75.0, gt=0, le=3600)
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus metrics on this port.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    def api_keys(self) -> list[ApiKey]:
+        """The VLM's keys, from ``vlm_keys`` and ``vlm_keys_file`` (empty: no VLM, perceptual only)."""
+        keys = keys_from_env(self.vlm_keys, self.vlm_name)
+        if self.vlm_keys_file is not None:
+            keys += keys_from_file(self.vlm_keys_file, self.vlm_name)
+        return keys

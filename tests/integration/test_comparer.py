@@ -3,8 +3,12 @@ fallback, cache, image resolution, and what a generation waiting on its comparis
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -221,3 +225,27 @@ async def test_an_unreadable_reference_still_delivers_the_generation_with_the_re
     assert (await jobs.get(completion.job_id)).status == "completed"
     assert (await jobs.get(request.job_id)).status == "failed"
     assert replay.outputs == [], "a replay publishes no second terminal event"
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], env=os.environ | env, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+async def test_an_operator_sees_and_re_enables_a_disabled_vlm_key(redis, connections):
+    space = KeySpace(connections.redis.key_prefix)
+    key = ApiKey("siliconflow-vlm", KEY_A)
+    await KeyPool(redis, space, "siliconflow-vlm", [key]).disable(key, reason="unauthorized: HTTP 401")
+    env = {"FORGELINE_REDIS_URL": connections.redis.url.get_secret_value(),
+           "FORGELINE_REDIS_KEY_PREFIX": connections.redis.key_prefix, "FORGELINE_COMPARER_VLM_KEYS": KEY_A,
+           "COLUMNS": "200"}
+
+    listed = await asyncio.to_thread(_cli, "keys", "list", env=env)
+    enabled = await asyncio.to_thread(_cli, "keys", "enable", "siliconflow-vlm", key.key_id, env=env)
+    after = {s.key_id: s.state for s in await KeyPool(redis, space, "siliconflow-vlm", [key]).states()}
+
+    assert listed.returncode == 0, listed.stderr
+    assert key.key_id in listed.stdout and "disabled" in listed.stdout and "401" in listed.stdout
+    assert KEY_A not in listed.stdout + listed.stderr, "only the masked key is shown"
+    assert enabled.returncode == 0 and f"{key.key_id}: enabled" in enabled.stdout + enabled.stderr
+    assert after == {key.key_id: "healthy"}
