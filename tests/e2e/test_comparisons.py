@@ -12,6 +12,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from services.common import contracts as c
+from services.common.kafka import H_DLQ_REASON, headers_of, make_producer
 from services.comparer import perceptual
 from services.fakeproviders import openai_chat
 from services.fakeproviders.base import FakeProvider
@@ -150,3 +151,27 @@ async def test_the_vlm_judges_and_garbage_falls_back_to_the_perceptual_comparer(
     assert "unparseable" in fallback["result"]["fallback_reason"] or "JSON" in fallback["result"]["fallback_reason"]
     assert len(fake.requests) == 2, "an unparseable answer is not paid for again"
     assert FAKE_VLM_KEY not in log
+
+
+async def test_a_bad_comparison_message_goes_to_the_dlq_and_the_partition_keeps_moving(running_pipeline):
+    target = render_icon(c.ImageSpec(prompt=PROMPT, width=64, height=64, seed=1))
+    async with running_pipeline(services=["comparer", "ingest"]) as p:
+        requested = p.topics.name("comparison.requested")
+        valid = c.ComparisonRequested(job_id=c.new_job_id(), tenant="direct-kafka", original_prompt=PROMPT,
+                                      target_image=c.DataUrlImage(data_url=data_url(target)),
+                                      generated_image=c.DataUrlImage(data_url=data_url(blurred(target))))
+        producer = make_producer(p.connections.kafka)
+        await producer.start()
+        try:
+            await producer.send_and_wait(requested, b'{"target_image": 42}', key=b"bad-comparison-1", partition=0)
+            await producer.send_and_wait(requested, valid.to_json_bytes(), key=valid.job_id.encode(), partition=0)
+        finally:
+            await producer.stop()
+        compared = await _events(p.connections, p.topics.name("comparison.completed"), c.ComparisonCompleted,
+                                 valid.job_id)
+        letters = await records_for(p.connections, p.topics.dlq("comparison.requested"), "bad-comparison-1")
+
+    expected = perceptual.compare(target, blurred(target), PROMPT).score
+    assert len(compared) == 1 and compared[0].result.score == pytest.approx(expected, abs=0.01)
+    assert len(letters) == 1 and letters[0].value == b'{"target_image": 42}'
+    assert "invalid ComparisonRequested" in headers_of(letters[0])[H_DLQ_REASON]
