@@ -73,7 +73,8 @@ class _Image:
     std: float
     saturation: float
     edges: float
-    hue: str | None
+    hue: str | None  # the dominant hue's name
+    hue_histogram: list[float]
 
 
 def _decode(raw: bytes, role: str) -> Image.Image:
@@ -101,33 +102,40 @@ def _hue_name(degrees: float) -> str:
     return next(name for upper, name in HUES if degrees < upper)
 
 
-def _dominant_hue(rgb: Image.Image) -> str | None:
-    """The name of the hue most pixels have, weighted by saturation × value; None if greyish."""
-    hsv = rgb.convert("HSV")
+def _hues(hsv: Image.Image) -> tuple[str | None, list[float]]:
+    """One pass over the colourful pixels (saturation ≥ 64, value ≥ 48):
+
+    - the name of the dominant hue, weighted by saturation × value (None when under
+      MIN_COLOURFUL of the pixels are colourful);
+    - the share of pixels in each of HUE_BINS hue bins, plus a last bin for the grey ones.
+    """
     h, s, v = (band.tobytes() for band in hsv.split())
     weights: dict[str, float] = {}
-    colourful = 0
+    bins = [0.0] * (HUE_BINS + 1)
     for hue, sat, val in zip(h, s, v, strict=True):
         if sat < 64 or val < 48:
+            bins[HUE_BINS] += 1.0
             continue
-        colourful += 1
+        bins[hue * HUE_BINS // 256] += 1.0
         name = _hue_name(hue * 360 / 256)
         weights[name] = weights.get(name, 0.0) + sat * val
-    if colourful < MIN_COLOURFUL * len(h) or not weights:
-        return None
-    return max(weights, key=weights.__getitem__)
+    colourful = len(h) - bins[HUE_BINS]
+    dominant = max(weights, key=weights.__getitem__) if weights and colourful >= MIN_COLOURFUL * len(h) else None
+    return dominant, [count / len(h) for count in bins]
 
 
 def _prepare(raw: bytes, role: str) -> _Image:
     rgb = _decode(raw, role).resize((SIZE, SIZE), Image.Resampling.BILINEAR, reducing_gap=2.0)
     grey = rgb.convert("L")
     stat = ImageStat.Stat(grey)
-    saturation = ImageStat.Stat(rgb.convert("HSV").getchannel("S")).mean[0]
+    hsv = rgb.convert("HSV")
+    saturation = ImageStat.Stat(hsv.getchannel("S")).mean[0]
     # mean edge strength per unit of luminance spread, so a darker copy does not read as blurrier
     edges = ImageStat.Stat(grey.filter(ImageFilter.FIND_EDGES).crop((1, 1, SIZE - 1, SIZE - 1))).mean[0]
     edges /= max(stat.stddev[0], 1.0)
+    hue, hue_histogram = _hues(hsv)
     return _Image(rgb, [float(p) for p in grey.tobytes()], stat.mean[0], stat.stddev[0], saturation, edges,
-                  _dominant_hue(rgb))
+                  hue, hue_histogram)
 
 
 def _integral(values: list[float], w: int, h: int) -> list[float]:
@@ -185,23 +193,9 @@ def _histogram_similarity(a: Image.Image, b: Image.Image) -> float:
     return sum(sum(math.sqrt(p * q) for p, q in zip(ca, cb, strict=True)) for ca, cb in zip(ha, hb, strict=True)) / 3
 
 
-def _hue_histogram(rgb: Image.Image) -> list[float]:
-    """Share of colour in each of HUE_BINS hue bins (weighted by saturation × value), plus one
-    bin for the grey pixels, which have no hue to speak of."""
-    h, s, v = (band.tobytes() for band in rgb.convert("HSV").split())
-    bins = [0.0] * (HUE_BINS + 1)
-    for hue, sat, val in zip(h, s, v, strict=True):
-        if sat < 64 or val < 48:
-            bins[HUE_BINS] += 1.0
-        else:
-            bins[hue * HUE_BINS // 256] += 1.0
-    total = sum(bins)
-    return [b / total for b in bins]
-
-
-def _hue_similarity(a: Image.Image, b: Image.Image) -> float:
+def _hue_similarity(a: _Image, b: _Image) -> float:
     """Bhattacharyya coefficient of the hue histograms: low when the same shapes wear other colours."""
-    return sum(math.sqrt(p * q) for p, q in zip(_hue_histogram(a), _hue_histogram(b), strict=True))
+    return sum(math.sqrt(p * q) for p, q in zip(a.hue_histogram, b.hue_histogram, strict=True))
 
 
 def _region_difference(windows: list[tuple[int, int, float]]) -> str | None:
@@ -284,7 +278,7 @@ def compare(target: bytes, generated: bytes, original_prompt: str) -> Comparison
     ssim = max(0.0, sum(v for _x, _y, v in windows) / len(windows))
     phash = max(0.0, 1 - (_phash(t.rgb) ^ _phash(g.rgb)).bit_count() / 32)  # unrelated hashes differ in ~32 bits
     histogram = _histogram_similarity(t.rgb, g.rgb)
-    hue = _hue_similarity(t.rgb, g.rgb)
+    hue = _hue_similarity(t, g)
     raw = (WEIGHTS["ssim"] * ssim + WEIGHTS["phash"] * phash + WEIGHTS["histogram"] * histogram
            + WEIGHTS["hue"] * hue)
     score = round(min(100.0, max(0.0, 100 * raw)), 2)
