@@ -20,7 +20,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Protocol
 
 from PIL import Image
 from prometheus_client import Counter
@@ -43,13 +42,6 @@ FALLBACKS = Counter("forgeline_comparison_fallbacks_total", "VLM comparisons ans
 #: Images are scaled to at most this side before they go to a VLM: its cost grows with pixels,
 #: and a judgement of likeness needs no more.
 VLM_MAX_SIDE = 1024
-
-
-class Judge(Protocol):
-    """A VLM adapter (``services.comparer.vlm.VlmComparer``)."""
-
-    async def judge(self, target_data_url: str, generated_data_url: str, original_prompt: str,
-                    token: str | None): ...
 
 
 class ComparisonCache:

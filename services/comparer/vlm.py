@@ -33,7 +33,6 @@ No retries here: the comparer's caller owns the only retry and failover loop.
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import re
@@ -43,7 +42,6 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field
 
-from services.common.images import sniff_content_type
 from services.generator.provider import (
     KeyRejectedError,
     PermanentProviderError,
@@ -77,7 +75,6 @@ __all__ = [
     "VlmComparer",
     "VlmConfig",
     "build_messages",
-    "data_url",
     "parse_verdict",
 ]
 
@@ -126,14 +123,6 @@ class VerdictError(PermanentProviderError):
 
     def __init__(self, message: str, *, provider: str = PROVIDER, code: str = "unparseable_verdict") -> None:
         super().__init__(message, provider=provider, code=code)
-
-
-def data_url(image: bytes) -> str:
-    """``image`` (PNG, JPEG or WebP, sniffed from its bytes) as a ``data:`` URL for an ``image_url`` part."""
-    content_type = sniff_content_type(image)
-    if content_type is None:
-        raise ValueError(f"not a PNG, JPEG or WebP image ({len(image)} bytes)")
-    return f"data:{content_type};base64,{base64.b64encode(image).decode()}"
 
 
 def build_messages(target_data_url: str, generated_data_url: str, original_prompt: str,
