@@ -16,7 +16,6 @@ from services.common.contracts import (
     ComparisonCompleted,
     ComparisonFailed,
     ComparisonRequested,
-    ComparisonResult,
     ErrorInfo,
     utcnow,
 )
@@ -52,22 +51,23 @@ class CompareHandler:
             error = ErrorInfo(code=exc.code, message=str(exc), stage="comparer", retryable=exc.retryable)
             return await self._finish(request, ComparisonFailed(
                 job_id=request.job_id, tenant=request.tenant, trace=request.trace.child(), error=error,
-                generation_job_id=request.generation_job_id), error=error)
+                generation_job_id=request.generation_job_id))
 
         scored = await self.service.score(request.job_id, target, generated, request.original_prompt)
         return await self._finish(request, ComparisonCompleted(
             job_id=request.job_id, tenant=request.tenant, trace=request.trace.child(), result=scored.result,
-            generation_job_id=request.generation_job_id, cached=scored.cached), result=scored.result)
+            generation_job_id=request.generation_job_id, cached=scored.cached))
 
-    async def _finish(self, request: ComparisonRequested, event: ComparisonCompleted | ComparisonFailed, *,
-                      result: ComparisonResult | None = None, error: ErrorInfo | None = None) -> Outcome:
-        topic = "comparison.completed" if isinstance(event, ComparisonCompleted) else "comparison.failed"
+    async def _finish(self, request: ComparisonRequested, event: ComparisonCompleted | ComparisonFailed) -> Outcome:
+        completed = isinstance(event, ComparisonCompleted)
+        topic = "comparison.completed" if completed else "comparison.failed"
         outcome = await terminal_outcome(event, topic=self.topics.name(topic), guard=self.guard, jobs=self.jobs)
         if request.completion is None:
             return outcome
         completion = request.completion
         generation = completion.model_copy(update={
-            "trace": request.trace.child(), "created_at": utcnow(), "comparison": result, "comparison_error": error,
+            "trace": request.trace.child(), "created_at": utcnow(),
+            "comparison": event.result if completed else None, "comparison_error": None if completed else event.error,
             "timings": completion.timings.with_stage("completed"),
         })
         return merge_outcomes(outcome, await terminal_outcome(

@@ -40,10 +40,8 @@ class ImageResolver:
     blobs: BlobStore
     jobs: JobStore
 
-    async def resolve(self, ref: ImageRef | str, *, field: str, tenant: str) -> ValidImage:
+    async def resolve(self, ref: ImageRef, *, field: str, tenant: str) -> ValidImage:
         """The checked image ``ref`` stands for; ``tenant`` may only reach its own jobs' images."""
-        if isinstance(ref, str):  # a generation's reference_image: a data: or https:// URL
-            ref = DataUrlImage(data_url=ref) if ref.startswith("data:") else HttpsImage(url=ref)
         if isinstance(ref, DataUrlImage):
             return decode_data_url(ref.data_url, field=field)
         if isinstance(ref, HttpsImage):

@@ -5,11 +5,9 @@ Images are checked at the door (``services.ingest.images``); the comparer does t
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
-from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 from pydantic import ValidationError
 
@@ -20,15 +18,14 @@ from services.common.contracts import (
     new_job_id,
 )
 from services.common.jobs import TERMINAL, JobView
-from services.common.kafka import send_event
 from services.ingest.api_models import (
     ComparisonRequestBody,
     ComparisonView,
     contract_errors,
 )
 from services.ingest.deps import IngestDeps
-from services.ingest.errors import InvalidRequest, JobNotFound, Unavailable
-from services.ingest.handlers import get_job
+from services.ingest.errors import InvalidRequest, JobNotFound
+from services.ingest.handlers import get_job, publish_or_fail
 from services.ingest.images import checked_image
 
 log = logging.getLogger(__name__)
@@ -61,16 +58,7 @@ async def submit_comparison(body: ComparisonRequestBody, tenant: str, deps: Inge
         raise InvalidRequest(contract_errors(exc)) from None
 
     await deps.jobs.update(request.job_id, "queued", kind="comparison", tenant=tenant)
-    try:
-        await asyncio.wait_for(send_event(deps.producer, deps.topics.name("comparison.requested"), request),
-                               deps.settings.publish_timeout_s)
-    except (KafkaError, TimeoutError) as exc:
-        COMPARISONS.labels("publish_failed").inc()
-        await deps.jobs.update(request.job_id, "failed", tenant=tenant, error={
-            "code": "ingest_unavailable", "stage": "ingest", "retryable": True,
-            "message": "the comparison could not be queued (Kafka unavailable); submit it again"})
-        raise Unavailable("kafka", "could not queue the comparison: Kafka did not acknowledge it; "
-                                   "retry the request") from exc
+    await publish_or_fail(request, "comparison.requested", deps, what="comparison", outcomes=COMPARISONS)
     COMPARISONS.labels("queued").inc()
     return request.job_id
 

@@ -22,6 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from services.common.budget import format_usd
 from services.common.contracts import (
+    Event,
     GenerationCompleted,
     GenerationRequested,
     HttpsImage,
@@ -123,16 +124,7 @@ async def _serve_or_queue(request: GenerationRequested, deps: IngestDeps) -> Sub
     # the tenant that GET checks (the router's update may land first and does not carry it all).
     await deps.jobs.update(request.job_id, "queued", tenant=request.tenant,
                            timings=request.timings.model_dump(mode="json", exclude_none=True))
-    try:
-        # Bounded by our own timeout: a producer that lost the cluster can wait for metadata
-        # forever. After a timeout the broker may still take the message; the job then shows
-        # "failed" (terminal, so later updates are ignored) and the client's retry makes a new one.
-        await asyncio.wait_for(send_event(deps.producer, deps.topics.name("generation.requested"), request),
-                               deps.settings.publish_timeout_s)
-    except (KafkaError, TimeoutError) as exc:
-        await _fail_unpublished(request, exc, deps)
-        raise Unavailable("kafka", "could not queue the job: Kafka did not acknowledge it "
-                                   f"({_describe(exc, detail=False)}); retry the request") from exc
+    await publish_or_fail(request, "generation.requested", deps, what="job", outcomes=JOBS)
     JOBS.labels("queued").inc()
     return SubmitResult(request.job_id, "queued", "queued")
 
@@ -192,13 +184,28 @@ async def _complete_from_cache(request: GenerationRequested, cached: GenerationC
     )
 
 
-async def _fail_unpublished(request: GenerationRequested, exc: Exception, deps: IngestDeps) -> None:
-    JOBS.labels("publish_failed").inc()
-    log.warning("job %s: publish failed: %s", request.job_id, _describe(exc))
-    await deps.jobs.update(request.job_id, "failed", tenant=request.tenant, error={
-        "code": "ingest_unavailable", "stage": "ingest", "retryable": True,
-        "message": "the job could not be queued (Kafka unavailable); submit it again",
-    })
+async def publish_or_fail(event: Event, topic: TopicKey, deps: IngestDeps, *, what: str,
+                          outcomes: Counter) -> None:
+    """Produce ``event`` (a job just marked queued); if Kafka does not acknowledge it, count a
+    ``publish_failed`` outcome, mark the job failed and raise ``Unavailable``. ``what``: "job" or
+    "comparison", for the messages.
+
+    Bounded by our own timeout: a producer that lost the cluster can wait for metadata forever.
+    After a timeout the broker may still take the message; the job then shows "failed" (terminal,
+    so later updates are ignored) and the client's retry makes a new one.
+    """
+    try:
+        await asyncio.wait_for(send_event(deps.producer, deps.topics.name(topic), event),
+                               deps.settings.publish_timeout_s)
+    except (KafkaError, TimeoutError) as exc:
+        outcomes.labels("publish_failed").inc()
+        log.warning("%s %s: publish failed: %s", what, event.job_id, _describe(exc))
+        await deps.jobs.update(event.job_id, "failed", tenant=event.tenant, error={
+            "code": "ingest_unavailable", "stage": "ingest", "retryable": True,
+            "message": f"the {what} could not be queued (Kafka unavailable); submit it again",
+        })
+        raise Unavailable("kafka", f"could not queue the {what}: Kafka did not acknowledge it "
+                                   f"({_describe(exc, detail=False)}); retry the request") from exc
 
 
 # --------------------------------------------------------------------------------- read and watch
