@@ -38,17 +38,17 @@ import httpx
 
 from services import devstack
 from services.common.contracts import ImageSpec
+from services.common.images import decode_data_url
 from services.common.kafka import make_admin
 from services.common.settings import KafkaSettings, TopicSettings
 from services.common.topics import create_topics, delete_topics
 from services.comparer import perceptual
-from services.comparer.inputs import decode_data_url
 from services.devstack.pipeline import Pipeline
 from services.devstack.process import free_ports, log_tail
 from services.fakeproviders import openai_chat
 from services.fakeproviders.base import FakeProvider
 from services.fakeproviders.server import serve_fake
-from services.generator.procedural import render_icon
+from services.providers.procedural import render_icon
 
 SERVICES = ("comparer", "ingest")
 FAKE_VLM_KEY = "sk-bench-fake-vlm-key-0001"

@@ -346,7 +346,7 @@ def run(
 
 def _catalog_or_fail(path: Path | None):
     """The providers file, or a clean exit naming what is wrong with it."""
-    from services.generator.catalog import CatalogError, load_providers_file
+    from services.providers.catalog import CatalogError, load_providers_file
 
     try:
         return load_providers_file(path)
@@ -373,7 +373,7 @@ def keys_list() -> None:
     """Every provider key (masked), the comparer's VLM keys too: healthy, cooling down until when, or
     disabled and why."""
     from services.common.settings import RedisSettings
-    from services.generator.keys_admin import key_states
+    from services.providers.keys_admin import key_states
 
     states = asyncio.run(key_states(_catalog(), _settings(RedisSettings), os.environ, _comparer_keys()))
     table = Table(title="Provider keys")
@@ -392,7 +392,7 @@ def keys_enable(
 ) -> None:
     """Re-enable a key that a 401 / 403 / quota error disabled."""
     from services.common.settings import RedisSettings
-    from services.generator.keys_admin import enable_key
+    from services.providers.keys_admin import enable_key
 
     try:
         enabled = asyncio.run(enable_key(_catalog(), _settings(RedisSettings), os.environ, provider, key_id,

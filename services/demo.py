@@ -29,7 +29,7 @@ from services import devstack
 from services.client import ForgelineClient, ForgelineError, JobResult
 from services.common.contracts import ImageSpec
 from services.common.images import sniff_content_type
-from services.generator.procedural import render_icon
+from services.providers.procedural import render_icon
 
 SAMPLE_PROMPTS = (
     "flaming obsidian greatsword",

@@ -32,9 +32,7 @@ from typing import Literal
 
 from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from services.common.contracts import GenerationRequested
 from services.common.redis import KeySpace
 
 log = logging.getLogger(__name__)
@@ -355,30 +353,3 @@ class BudgetLedger:
         self._observe(month, int(spent), int(reserved), int(released))
         return BudgetSnapshot(month=month, cap_micros=self.cap_micros, spent_micros=int(spent),
                               reserved_micros=int(reserved))
-
-
-class BudgetGate:
-    """The router's ``PaidCapacity``: is there budget left for one more image on the cheapest paid provider?
-
-    A cheap, advisory check — replicas may race past it; the generator's ``reserve`` right before
-    the paid call is what actually holds the cap.
-    """
-
-    def __init__(self, ledger: BudgetLedger, *, cheapest_cost_micros: int) -> None:
-        if cheapest_cost_micros <= 0:
-            raise ValueError("cheapest_cost_micros must be > 0")
-        self._ledger = ledger
-        self._cost = cheapest_cost_micros
-
-    async def allows(self, request: GenerationRequested) -> tuple[bool, str]:
-        try:
-            snap = await self._ledger.snapshot()
-        except RedisError as exc:
-            # Refusing keeps the job on the free path; allowing would only move the failure to
-            # the generator's reservation.
-            log.warning("budget gate: ledger unavailable: %r", exc)
-            return False, f"budget ledger unavailable ({type(exc).__name__})"
-        if snap.remaining_micros >= self._cost:
-            return True, f"monthly budget {format_usd(snap.remaining_micros)} of {format_usd(snap.cap_micros)} left"
-        committed = snap.spent_micros + snap.reserved_micros
-        return False, f"monthly budget {format_usd(committed)} of {format_usd(snap.cap_micros)} spent"

@@ -16,6 +16,7 @@ from services.common.breaker import CircuitBreaker
 from services.common.budget import BudgetLedger, usd
 from services.common.consumer import ConsumerLoop, LoopSettings, Outcome
 from services.common.contracts import ComparisonRequested, decode
+from services.common.fetch import SafeFetcher
 from services.common.jobs import JobStore, TerminalGuard
 from services.common.keypool import KeyPool
 from services.common.redis import KeySpace
@@ -27,14 +28,13 @@ from services.common.worker import (
     started_consumer,
     started_producer,
 )
-from services.comparer.fetch import SafeFetcher
 from services.comparer.handlers import CompareHandler
 from services.comparer.perceptual import PerceptualComparer
 from services.comparer.resolve import ImageResolver
 from services.comparer.service import ComparisonCache, ComparisonService
 from services.comparer.settings import ComparerSettings
-from services.comparer.vlm import VlmComparer, VlmConfig
-from services.generator.failover import Candidate, Failover
+from services.providers.failover import Candidate, Failover
+from services.providers.vlm import VlmComparer, VlmConfig
 
 
 def vlm_failover(settings: ComparerSettings, *, http: httpx.AsyncClient, redis, keys: KeySpace,

@@ -19,6 +19,7 @@ from services.common.contracts import (
     ErrorInfo,
     utcnow,
 )
+from services.common.images import ImageInputError
 from services.common.jobs import (
     JobStore,
     TerminalGuard,
@@ -26,7 +27,6 @@ from services.common.jobs import (
     terminal_outcome,
 )
 from services.common.topics import Topics
-from services.comparer.inputs import ImageInputError
 from services.comparer.resolve import ImageResolver
 from services.comparer.service import ComparisonService
 

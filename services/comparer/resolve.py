@@ -7,7 +7,7 @@
 ``job``         the image of a completed generation of the same tenant, from the bucket
 ==============  ======================================================================
 
-Every failure is an :class:`~services.comparer.inputs.ImageInputError` naming the request
+Every failure is an :class:`~services.common.images.ImageInputError` naming the request
 field, so a caller learns which image was wrong and why.
 """
 
@@ -24,14 +24,14 @@ from services.common.contracts import (
     JobImage,
     StoredImage,
 )
-from services.common.jobs import JobStore
-from services.comparer.fetch import SafeFetcher
-from services.comparer.inputs import (
+from services.common.fetch import SafeFetcher
+from services.common.images import (
     ImageInputError,
     ValidImage,
     decode_data_url,
     validate_image_bytes,
 )
+from services.common.jobs import JobStore
 
 
 @dataclass

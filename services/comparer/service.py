@@ -5,7 +5,7 @@
     otherwise, or when every VLM attempt failed            → method "perceptual"
                                                              (fallback_reason says why, when a VLM was configured)
 
-The VLM sits behind the generator's :class:`~services.generator.failover.Failover`, so it gets the
+The VLM sits behind the generator's :class:`~services.providers.failover.Failover`, so it gets the
 same rules: keys rotate, a 429 cools a key, a 401 disables it, the circuit breaker, backoff, and
 the monthly budget for its per-comparison cost. An unparseable answer is permanent for that job
 (another attempt would pay again for the same confusion) and falls back at once.
@@ -26,11 +26,11 @@ from prometheus_client import Counter
 from redis.asyncio import Redis
 
 from services.common.contracts import ComparisonResult, quality_band
+from services.common.images import ValidImage
 from services.common.redis import KeySpace
-from services.comparer.inputs import ValidImage
 from services.comparer.perceptual import PerceptualComparer
-from services.generator.failover import Candidate, Failover
-from services.generator.provider import ProviderError
+from services.providers.failover import Candidate, Failover
+from services.providers.port import ProviderError
 
 log = logging.getLogger(__name__)
 

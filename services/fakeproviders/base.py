@@ -26,7 +26,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from services.common.contracts import ImageSpec
-from services.generator.procedural import render_icon
+from services.providers.procedural import render_icon
 
 FailMode = Literal["429", "400", "401", "403", "quota", "500", "502", "503", "timeout", "malformed", "error"]
 

@@ -25,10 +25,10 @@ from services.common.worker import (
     started_consumer,
     started_producer,
 )
-from services.generator.catalog import build_candidates, load_providers_file
-from services.generator.failover import Failover
 from services.generator.handlers import GenerateHandler
 from services.generator.settings import GeneratorSettings
+from services.providers.catalog import build_candidates, load_providers_file
+from services.providers.failover import Failover
 
 
 async def serve(settings: GeneratorSettings, connections: Connections, stop: asyncio.Event,

@@ -14,9 +14,9 @@ from services.common.contracts import (
 )
 from services.common.jobs import JobStore, TerminalGuard, terminal_outcome
 from services.common.topics import Topics
-from services.generator.failover import Failover
-from services.generator.procedural import ProceduralProvider
-from services.generator.provider import GeneratedImage, ProviderError
+from services.providers.failover import Failover
+from services.providers.port import GeneratedImage, ProviderError
+from services.providers.procedural import ProceduralProvider
 
 #: The provider name of a placeholder the router asked for (the paid path was refused).
 PLACEHOLDER_PROVIDER = "procedural-placeholder"

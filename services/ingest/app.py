@@ -31,7 +31,6 @@ from services.common.worker import (
     started_consumer,
     started_producer,
 )
-from services.generator.catalog import load_providers_file
 from services.ingest.deps import IngestDeps, provider_handles
 from services.ingest.errors import (
     InvalidRequest,
@@ -42,6 +41,7 @@ from services.ingest.errors import (
 from services.ingest.middleware import BodyLimit, RequestLog
 from services.ingest.routes import router
 from services.ingest.settings import IngestSettings
+from services.providers.catalog import load_providers_file
 
 DepsFactory = Callable[[], AbstractAsyncContextManager[IngestDeps]]
 

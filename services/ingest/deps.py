@@ -19,9 +19,9 @@ from services.common.keypool import KeyPool
 from services.common.redis import KeySpace
 from services.common.settings import Connections
 from services.common.topics import GroupIds, Topics
-from services.generator.catalog import ProvidersFile
-from services.generator.keys_admin import key_pools
 from services.ingest.settings import IngestSettings
+from services.providers.catalog import ProvidersFile
+from services.providers.keys_admin import key_pools
 
 
 @dataclass(frozen=True)

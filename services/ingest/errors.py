@@ -43,3 +43,12 @@ class Unavailable(Exception):
     def __init__(self, dependency: str, message: str) -> None:
         super().__init__(message)
         self.dependency = dependency
+
+
+def describe(result: str | BaseException, *, detail: bool = True) -> str:
+    """A probe's result or a failure, short enough for a response: the type alone when ``detail`` is off."""
+    if isinstance(result, TimeoutError):
+        return "no answer in time"
+    if isinstance(result, BaseException):
+        return f"{type(result).__name__}: {str(result)[:200]}" if detail else type(result).__name__
+    return result

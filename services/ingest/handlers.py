@@ -14,34 +14,32 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 from pydantic import TypeAdapter, ValidationError
 
-from services.common.budget import format_usd
 from services.common.contracts import (
     Event,
     GenerationCompleted,
     GenerationRequested,
     HttpsImage,
     JobId,
-    Path,
     new_job_id,
     utcnow,
 )
 from services.common.jobs import TERMINAL, JobStatus, JobView
 from services.common.kafka import send_event
-from services.common.lag import group_lag
 from services.common.topics import TopicKey
 from services.ingest.api_models import GenerationRequestBody, contract_errors
-from services.ingest.deps import IngestDeps, ProviderHandle
+from services.ingest.deps import IngestDeps
 from services.ingest.errors import (
     IdempotencyKeyReused,
     InvalidRequest,
     JobNotFound,
     Unavailable,
+    describe,
 )
 from services.ingest.images import checked_image
 
@@ -199,13 +197,13 @@ async def publish_or_fail(event: Event, topic: TopicKey, deps: IngestDeps, *, wh
                                deps.settings.publish_timeout_s)
     except (KafkaError, TimeoutError) as exc:
         outcomes.labels("publish_failed").inc()
-        log.warning("%s %s: publish failed: %s", what, event.job_id, _describe(exc))
+        log.warning("%s %s: publish failed: %s", what, event.job_id, describe(exc))
         await deps.jobs.update(event.job_id, "failed", tenant=event.tenant, error={
             "code": "ingest_unavailable", "stage": "ingest", "retryable": True,
             "message": f"the {what} could not be queued (Kafka unavailable); submit it again",
         })
         raise Unavailable("kafka", f"could not queue the {what}: Kafka did not acknowledge it "
-                                   f"({_describe(exc, detail=False)}); retry the request") from exc
+                                   f"({describe(exc, detail=False)}); retry the request") from exc
 
 
 # --------------------------------------------------------------------------------- read and watch
@@ -257,82 +255,3 @@ async def watch(job_id: str, after: str, deps: IngestDeps) -> AsyncIterator[tupl
         if time.monotonic() - last_sent >= keepalive_s:
             last_sent = time.monotonic()
             yield KEEPALIVE
-
-
-# --------------------------------------------------------------------------------- operations
-
-
-async def readiness(deps: IngestDeps) -> dict[str, str]:
-    """'ok' or the reason, per dependency, each bounded by ``probe_timeout_s``."""
-    timeout = deps.settings.probe_timeout_s
-
-    async def kafka() -> str:
-        cluster = await asyncio.wait_for(deps.admin.describe_cluster(), timeout)
-        return "ok" if cluster.get("brokers") else "no brokers in the cluster metadata"
-
-    async def redis() -> str:
-        return "ok" if await asyncio.wait_for(deps.redis.ping(), timeout) else "PING was not answered"
-
-    names = ("kafka", "redis")
-    results = await asyncio.gather(kafka(), redis(), return_exceptions=True)
-    # Only the error's type: /readyz needs no key, and messages name internal hosts.
-    return {name: _describe(result, detail=False) for name, result in zip(names, results, strict=True)}
-
-
-def _describe(result: str | BaseException, *, detail: bool = True) -> str:
-    if isinstance(result, TimeoutError):
-        return "no answer in time"
-    if isinstance(result, BaseException):
-        return f"{type(result).__name__}: {str(result)[:200]}" if detail else type(result).__name__
-    return result
-
-
-async def pipeline_status(deps: IngestDeps) -> dict[str, Any]:
-    """Queue depth per path, the route split, the cache hit rate, providers' keys and breakers, the budget."""
-
-    async def depth(path: Path, key: TopicKey) -> dict[str, Any]:
-        topic, group = deps.topics.name(key), deps.groups.generator(path)
-        lag = await group_lag(deps.admin, deps.offsets, topic, group)
-        return {"topic": topic, "group_id": group, "depth": sum(lag.values()), "partitions": lag}
-
-    try:
-        primary, fallback = await asyncio.wait_for(
-            asyncio.gather(depth("primary", "generation.primary"), depth("fallback", "generation.fallback")),
-            deps.settings.probe_timeout_s)
-    except (TimeoutError, KafkaError) as exc:
-        log.warning("queue depth unavailable: %s", _describe(exc))
-        raise Unavailable("kafka", "Kafka did not report queue depth "
-                                   f"({_describe(exc, detail=False)}); retry shortly") from exc
-    raw_routes = await deps.redis.hgetall(deps.keys.key("stats", "routes"))
-    routes = {k.decode(): int(v) for k, v in raw_routes.items()}
-    routed = routes.get("primary", 0) + routes.get("fallback", 0)
-    cache = await deps.cache.stats()
-    hits, lookups = cache.get("hit_local", 0) + cache.get("hit_redis", 0), sum(cache.values())
-    budget = await deps.budget.snapshot()
-    return {
-        "queues": {"primary": primary, "fallback": fallback},
-        "routes": {"primary": routes.get("primary", 0), "fallback": routes.get("fallback", 0),
-                   "fallback_share": routes.get("fallback", 0) / routed if routed else None},
-        "cache": {"hit_local": cache.get("hit_local", 0), "hit_redis": cache.get("hit_redis", 0),
-                  "miss": cache.get("miss", 0), "hit_rate": hits / lookups if lookups else None},
-        "providers": [await _provider_status(provider) for provider in deps.providers],
-        "budget": {"month": budget.month, "cap": format_usd(budget.cap_micros),
-                   "spent": format_usd(budget.spent_micros), "reserved": format_usd(budget.reserved_micros),
-                   "remaining": format_usd(budget.remaining_micros)},
-        "measured_at": utcnow(),
-    }
-
-
-async def _provider_status(provider: ProviderHandle) -> dict[str, Any]:
-    breaker = await provider.breaker.state()
-    states = await provider.keys.states() if provider.keys is not None else []
-    return {
-        "name": provider.name, "type": provider.type, "paths": list(provider.paths),
-        "breaker": {"state": breaker.state, "consecutive_failures": breaker.consecutive_failures,
-                    "down_until": breaker.down_until},
-        # Field by field, so nothing a KeyState may gain later reaches the response unreviewed.
-        "keys": [{"key_id": key.key_id, "masked": key.masked, "state": key.state,
-                  "cooldown_until": key.cooldown_until, "cooldown_reason": key.cooldown_reason,
-                  "disabled_reason": key.disabled_reason, "successes": key.successes, "failures": key.failures}
-                 for key in states],
-    }

@@ -15,9 +15,8 @@ import logging
 
 from services.common.blobstore import BlobStoreError
 from services.common.contracts import HttpsImage, StoredImage
-from services.common.images import EXTENSIONS
-from services.comparer.fetch import check_url
-from services.comparer.inputs import ImageInputError, decode_data_url
+from services.common.fetch import check_url
+from services.common.images import EXTENSIONS, ImageInputError, decode_data_url
 from services.ingest.deps import IngestDeps
 from services.ingest.errors import InvalidRequest, PayloadTooLarge, Unavailable
 

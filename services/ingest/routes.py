@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.common.jobs import JobView
-from services.ingest import comparisons, handlers
+from services.ingest import comparisons, handlers, status
 from services.ingest.api_models import (
     Accepted,
     ComparisonRequestBody,
@@ -199,7 +199,7 @@ async def get_comparison(comparison_id: str, tenant: TenantDep, deps: DepsDep) -
             responses={**_AUTH_ERRORS, 503: {"model": MessageBody, "description": "Kafka did not answer in time."}})
 async def pipeline_status(_tenant: TenantDep, deps: DepsDep) -> dict[str, Any]:
     """Queue depth of each generator path, how jobs were routed, and the result cache's hit rate."""
-    return await handlers.pipeline_status(deps)
+    return await status.pipeline_status(deps)
 
 
 @router.get("/healthz", tags=["operations"], summary="Liveness", response_model=Health)
@@ -212,7 +212,7 @@ async def healthz() -> Health:
             responses={503: {"model": Readiness, "description": "Kafka or Redis does not answer; see `checks`."}})
 async def readyz(deps: DepsDep) -> JSONResponse:
     """200 when Kafka and Redis both answer within the probe timeout; 503 naming the one that does not."""
-    checks = await handlers.readiness(deps)
+    checks = await status.readiness(deps)
     ready = all(state == "ok" for state in checks.values())
     body = Readiness(status="ready" if ready else "unavailable", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

@@ -6,25 +6,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
-from typing import Literal
 
-from aiokafka import ConsumerRecord
-from prometheus_client import Counter
-from redis.asyncio import Redis
-
-from services.common.budget import BudgetGate, BudgetLedger, usd
+from services.common.backoff import until_ready
+from services.common.budget import BudgetLedger, usd
 from services.common.cache import LruTtlCache, ResultCache
-from services.common.consumer import ConsumerLoop, LoopSettings, Outcome, Output
-from services.common.contracts import (
-    GenerationCompleted,
-    GenerationRequested,
-    GenerationRouted,
-    RouteDecision,
-    decode,
-)
-from services.common.jobs import JobStore, TerminalGuard, terminal_outcome
+from services.common.consumer import ConsumerLoop, LoopSettings
+from services.common.jobs import JobStore, TerminalGuard
 from services.common.redis import KeySpace
 from services.common.settings import BudgetSettings, Connections
 from services.common.topics import GroupIds, Topics
@@ -35,100 +24,13 @@ from services.common.worker import (
     started_consumer,
     started_producer,
 )
+from services.router.budget_gate import BudgetGate
 from services.router.depth import DepthMonitor
-from services.router.handlers import (
-    HysteresisPolicy,
-    PaidCapacity,
-    route,
-)
+from services.router.handlers import RouterHandler
+from services.router.policy import HysteresisPolicy, PaidCapacity
 from services.router.settings import RouterSettings
 
-ROUTED = Counter("forgeline_routes_total", "Route decisions by path (or cache, for a request answered at once).",
-                 ["path"])
-DECISIONS = Counter(
-    "forgeline_route_decisions_total",
-    "Route decisions by path and what decided them: cache (answered at once), placeholder (paid path "
-    "refused, free placeholder on fallback), budget (paid path refused, kept on primary), deadline "
-    "(estimated wait against the request's deadline), priority (the high-priority depth band), depth "
-    "(the standard depth band).",
-    ["path", "reason"])
-
-ReasonCategory = Literal["cache", "placeholder", "budget", "deadline", "priority", "depth"]
-
-
-class _RefusalSeen:
-    """``PaidCapacity`` around the real one for one decision, remembering whether it refused."""
-
-    def __init__(self, paid: PaidCapacity) -> None:
-        self._paid = paid
-        self.refused = False
-
-    async def allows(self, request: GenerationRequested) -> tuple[bool, str]:
-        allowed, why = await self._paid.allows(request)
-        self.refused = self.refused or not allowed
-        return allowed, why
-
-
-def decision_category(decision: RouteDecision, *, paid_refused: bool) -> ReasonCategory:
-    """What decided the path, from the decision's fields (not its reason text)."""
-    if decision.placeholder:
-        return "placeholder"
-    if paid_refused and decision.path == "primary":
-        return "budget"
-    if decision.deadline_s is not None and decision.estimated_wait_s is not None:
-        return "deadline"
-    if decision.priority == "high":
-        return "priority"
-    return "depth"
-
-
-@dataclass
-class RouterHandler:
-    topics: Topics
-    depth: DepthMonitor
-    policy: HysteresisPolicy
-    paid: PaidCapacity
-    jobs: JobStore
-    redis: Redis
-    keys: KeySpace
-    cache: ResultCache
-    guard: TerminalGuard
-
-    async def __call__(self, record: ConsumerRecord) -> Outcome:
-        request = decode(GenerationRequested, record.value)
-        # Requests produced straight to Kafka never met ingest's cache check; no provider call
-        # (and no paid call) for an image we already have. A comparison job must run, though.
-        if request.reference_image is None and (cached := await self.cache.get(request.spec.cache_key())):
-            ROUTED.labels("cache").inc()
-            DECISIONS.labels("cache", "cache").inc()
-            return await terminal_outcome(GenerationCompleted.from_cache(cached, request),
-                                          topic=self.topics.name("generation.completed"), guard=self.guard,
-                                          jobs=self.jobs)
-        paid = _RefusalSeen(self.paid)
-        decision = await route(request, self.depth.depth, self.policy, paid, rate=self.depth.rate)
-        category = decision_category(decision, paid_refused=paid.refused)
-        routed = GenerationRouted.from_request(request, decision)
-        if decision.path == "primary":
-            self.depth.routed_to_primary()
-
-        # Recorded before the job is forwarded, so the next stage's status can never be overtaken by it.
-        await self.jobs.update(
-            request.job_id, "routed", tenant=request.tenant, route=decision.path, route_reason=decision.reason,
-            primary_depth=decision.primary_depth, timings=routed.timings.model_dump(mode="json"),
-            # Not among JobStore's JSON fields: recorded as strings ("inf" when nothing is served).
-            estimated_wait_s=_text(decision.estimated_wait_s), service_rate=_text(decision.service_rate),
-        )
-
-        async def acked() -> None:
-            ROUTED.labels(decision.path).inc()
-            DECISIONS.labels(decision.path, category).inc()
-            await self.redis.hincrby(self.keys.key("stats", "routes"), decision.path, 1)
-
-        return Outcome([Output(self.topics.name(f"generation.{decision.path}"), routed)], on_acked=acked)
-
-
-def _text(value: float | None) -> str | None:
-    return None if value is None else f"{value:.6g}"
+log = logging.getLogger(__name__)
 
 
 async def serve(settings: RouterSettings, connections: Connections, stop: asyncio.Event,
@@ -147,7 +49,8 @@ async def serve(settings: RouterSettings, connections: Connections, stop: asynci
         depth = DepthMonitor(admin, offsets, topic=topics.name("generation.primary"),
                              group_id=groups.generator("primary"), refresh_s=settings.depth_refresh_s,
                              rate_window_s=settings.rate_window_s)
-        await depth.refresh()  # route nothing on a made-up depth
+        # Route nothing on a made-up depth; a fresh broker may still be electing the group coordinator.
+        await until_ready(depth.refresh, what="primary queue depth", logger=log)
         if paid is None:
             budget = budget or BudgetSettings()
             paid = BudgetGate(BudgetLedger(redis, keys, cap_micros=usd(budget.cap_usd),

@@ -13,7 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import Gauge
 
 from services.common.lag import group_positions
-from services.router.handlers import estimated_wait
+from services.router.policy import estimated_wait
 
 log = logging.getLogger(__name__)
 

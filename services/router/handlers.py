@@ -1,163 +1,116 @@
-"""The routing decision: primary (free) or fallback (paid), from queue depth, measured rate and deadline.
+"""The router's handler: answer from the cache, or decide a path and forward the request.
 
-Pure and synchronous (bar the ``PaidCapacity`` question), so it is tested without Kafka. The
-router asks ``PaidCapacity`` before sending a job to the paid path: the seam the budget cap plugs in.
-
-The rule, per request:
-
-* **with ``deadline_s``**: the primary's estimated wait is ``depth / rate`` (0 when nothing is
-  waiting, infinite when something is and nothing is being served). Fallback when that wait is
-  over the deadline; primary otherwise. No hysteresis: the deadline is the request's own.
-* **without a deadline**: the depth hysteresis — fallback once depth reaches ``high``, back to
-  primary once it falls below ``low``.
-* **``priority == "high"``** goes to fallback sooner: against ``HIGH_PRIORITY_FACTOR`` (0.5) × the
-  deadline, or 0.5 × both thresholds (a hysteresis band of its own, so high-priority traffic never
-  moves the standard band, nor the other way round).
-
-When the paid path refuses (budget spent), the job stays on primary — unless it has a deadline it
-would miss there (estimated wait > ``deadline_s``, unscaled) and the request sets
-``allow_placeholder``: then it goes to the fallback topic with ``decision.placeholder``, and the
-generator renders a free procedural placeholder instead of calling a paid provider.
+The decision itself is :func:`services.router.policy.route`; this module records it (job
+status, metrics, route counts) and emits the routed request.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal
 
-from services.common.contracts import GenerationRequested, Path, RouteDecision
+from aiokafka import ConsumerRecord
+from prometheus_client import Counter
+from redis.asyncio import Redis
 
-#: High priority is compared against this fraction of the deadline and of the depth thresholds.
-HIGH_PRIORITY_FACTOR = 0.5
+from services.common.cache import ResultCache
+from services.common.consumer import Outcome, Output
+from services.common.contracts import (
+    GenerationCompleted,
+    GenerationRequested,
+    GenerationRouted,
+    RouteDecision,
+    decode,
+)
+from services.common.jobs import JobStore, TerminalGuard, terminal_outcome
+from services.common.redis import KeySpace
+from services.common.topics import Topics
+from services.router.depth import DepthMonitor
+from services.router.policy import HysteresisPolicy, PaidCapacity, route
 
-_REASON_MAX = 500
+ROUTED = Counter("forgeline_routes_total", "Route decisions by path (or cache, for a request answered at once).",
+                 ["path"])
+DECISIONS = Counter(
+    "forgeline_route_decisions_total",
+    "Route decisions by path and what decided them: cache (answered at once), placeholder (paid path "
+    "refused, free placeholder on fallback), budget (paid path refused, kept on primary), deadline "
+    "(estimated wait against the request's deadline), priority (the high-priority depth band), depth "
+    "(the standard depth band).",
+    ["path", "reason"])
+
+ReasonCategory = Literal["cache", "placeholder", "budget", "deadline", "priority", "depth"]
 
 
-class PaidCapacity(Protocol):
+class _RefusalSeen:
+    """``PaidCapacity`` around the real one for one decision, remembering whether it refused."""
+
+    def __init__(self, paid: PaidCapacity) -> None:
+        self._paid = paid
+        self.refused = False
+
     async def allows(self, request: GenerationRequested) -> tuple[bool, str]:
-        """Whether the paid path may take ``request`` now, and why not if it may not."""
+        allowed, why = await self._paid.allows(request)
+        self.refused = self.refused or not allowed
+        return allowed, why
 
 
-class UnlimitedPaidCapacity:
-    """No budget configured: the paid path is always allowed."""
-
-    async def allows(self, request: GenerationRequested) -> tuple[bool, str]:
-        return True, "no budget cap configured"
-
-
-def estimated_wait(depth: int, rate: float) -> float:
-    """Seconds a new primary job waits: ``depth / rate``; 0 with nothing queued, inf with nothing served."""
-    if depth <= 0:
-        return 0.0
-    if rate <= 0:
-        return math.inf
-    return depth / rate
-
-
-def _fmt(seconds: float) -> str:
-    return "inf" if math.isinf(seconds) else f"{seconds:.2f}"
-
-
-def _clip(reason: str) -> str:
-    return reason if len(reason) <= _REASON_MAX else reason[: _REASON_MAX - 1] + "…"
+def decision_category(decision: RouteDecision, *, paid_refused: bool) -> ReasonCategory:
+    """What decided the path, from the decision's fields (not its reason text)."""
+    if decision.placeholder:
+        return "placeholder"
+    if paid_refused and decision.path == "primary":
+        return "budget"
+    if decision.deadline_s is not None and decision.estimated_wait_s is not None:
+        return "deadline"
+    if decision.priority == "high":
+        return "priority"
+    return "depth"
 
 
 @dataclass
-class _Band:
-    high: int
-    low: int
-    path: Path = "primary"
+class RouterHandler:
+    topics: Topics
+    depth: DepthMonitor
+    policy: HysteresisPolicy
+    paid: PaidCapacity
+    jobs: JobStore
+    redis: Redis
+    keys: KeySpace
+    cache: ResultCache
+    guard: TerminalGuard
 
-    def decide(self, depth: int, label: str) -> tuple[Path, str, int]:
-        if self.path == "primary" and depth >= self.high:
-            self.path = "fallback"
-            reason = f"{label}primary depth {depth} reached {self.high}: switching to fallback"
-        elif self.path == "fallback" and depth < self.low:
-            self.path = "primary"
-            reason = f"{label}primary depth {depth} fell below {self.low}: back to primary"
-        elif self.path == "primary":
-            reason = f"{label}primary depth {depth} < {self.high}"
-        else:
-            reason = f"{label}primary depth {depth} still >= {self.low}: staying on fallback"
-        return self.path, reason, self.high if self.path == "primary" else self.low
+    async def __call__(self, record: ConsumerRecord) -> Outcome:
+        request = decode(GenerationRequested, record.value)
+        # Requests produced straight to Kafka never met ingest's cache check; no provider call
+        # (and no paid call) for an image we already have. A comparison job must run, though.
+        if request.reference_image is None and (cached := await self.cache.get(request.spec.cache_key())):
+            ROUTED.labels("cache").inc()
+            DECISIONS.labels("cache", "cache").inc()
+            return await terminal_outcome(GenerationCompleted.from_cache(cached, request),
+                                          topic=self.topics.name("generation.completed"), guard=self.guard,
+                                          jobs=self.jobs)
+        paid = _RefusalSeen(self.paid)
+        decision = await route(request, self.depth.depth, self.policy, paid, rate=self.depth.rate)
+        category = decision_category(decision, paid_refused=paid.refused)
+        routed = GenerationRouted.from_request(request, decision)
+        if decision.path == "primary":
+            self.depth.routed_to_primary()
 
+        # Recorded before the job is forwarded, so the next stage's status can never be overtaken by it.
+        await self.jobs.update(
+            request.job_id, "routed", tenant=request.tenant, route=decision.path, route_reason=decision.reason,
+            primary_depth=decision.primary_depth, timings=routed.timings.model_dump(mode="json"),
+            # Not among JobStore's JSON fields: recorded as strings ("inf" when nothing is served).
+            estimated_wait_s=_text(decision.estimated_wait_s), service_rate=_text(decision.service_rate),
+        )
 
-@dataclass
-class HysteresisPolicy:
-    """Primary until depth reaches ``high``; back to primary once it falls below ``low``.
+        async def acked() -> None:
+            ROUTED.labels(decision.path).inc()
+            DECISIONS.labels(decision.path, category).inc()
+            await self.redis.hincrby(self.keys.key("stats", "routes"), decision.path, 1)
 
-    Two thresholds keep a depth hovering around one value from flapping between paths. High
-    priority has its own band at ``HIGH_PRIORITY_FACTOR`` × the thresholds. Requests with a
-    deadline are decided on estimated wait instead (see the module docstring).
-    """
-
-    high: int
-    low: int
-    path: Path = "primary"
-
-    def __post_init__(self) -> None:
-        self._standard = _Band(self.high, self.low, self.path)
-        high = max(1, math.ceil(self.high * HIGH_PRIORITY_FACTOR))
-        self._high_priority = _Band(high, min(high - 1, math.ceil(self.low * HIGH_PRIORITY_FACTOR)))
-
-    def decide(self, depth: int, *, priority: str = "standard") -> RouteDecision:
-        """The depth-only decision (no deadline), moving the priority's hysteresis band."""
-        if priority == "high":
-            path, reason, threshold = self._high_priority.decide(depth, "high priority: ")
-        else:
-            path, reason, threshold = self._standard.decide(depth, "")
-            self.path = path
-        return RouteDecision(path=path, reason=reason, primary_depth=depth, threshold=threshold, priority=priority)
-
-    def decide_request(self, request: GenerationRequested, depth: int, rate: float | None) -> RouteDecision:
-        """Deadline against estimated wait when both are known; the depth hysteresis otherwise."""
-        wait = None if rate is None else estimated_wait(depth, rate)
-        common = {"estimated_wait_s": wait, "service_rate": rate, "deadline_s": request.deadline_s,
-                  "priority": request.priority}
-        if request.deadline_s is None or wait is None:
-            decision = self.decide(depth, priority=request.priority)
-            if wait is not None:
-                reason = f"{decision.reason} (no deadline; est. wait {_fmt(wait)} s at {rate:.2f}/s)"
-                return decision.model_copy(update=common | {"reason": _clip(reason)})
-            return decision.model_copy(update=common)
-        factor = HIGH_PRIORITY_FACTOR if request.priority == "high" else 1.0
-        limit = request.deadline_s * factor
-        scaled = f"{factor:g} × deadline {request.deadline_s:g} s = {limit:g} s" if factor != 1 else \
-            f"deadline {request.deadline_s:g} s"
-        inputs = f"depth {depth} at {rate:.2f}/s: est. wait {_fmt(wait)} s"
-        if wait > limit:
-            path: Path = "fallback"
-            reason = f"{request.priority} priority, {inputs} > {scaled}: fallback"
-        else:
-            path = "primary"
-            reason = f"{request.priority} priority, {inputs} <= {scaled}: primary"
-        threshold = self._high_priority.high if request.priority == "high" else self._standard.high
-        return RouteDecision(path=path, reason=_clip(reason), primary_depth=depth, threshold=threshold, **common)
+        return Outcome([Output(self.topics.name(f"generation.{decision.path}"), routed)], on_acked=acked)
 
 
-def misses_deadline(request: GenerationRequested, decision: RouteDecision) -> bool:
-    """True when the primary's estimated wait is over the request's (unscaled) deadline."""
-    return (request.deadline_s is not None and decision.estimated_wait_s is not None
-            and decision.estimated_wait_s > request.deadline_s)
-
-
-async def route(
-    request: GenerationRequested, depth: int, policy: HysteresisPolicy, paid: PaidCapacity,
-    *, rate: float | None = None,
-) -> RouteDecision:
-    """Decide a path for ``request``; a fallback the paid path cannot take stays on primary.
-
-    ``rate``: the primary's measured images/s (None: unknown, decide on depth alone). Refused,
-    a job that would miss its deadline on primary and allows a placeholder goes to the fallback
-    topic as a placeholder (no paid call) instead.
-    """
-    decision = policy.decide_request(request, depth, rate)
-    if decision.path == "fallback":
-        allowed, why = await paid.allows(request)
-        if not allowed:
-            if request.allow_placeholder and misses_deadline(request, decision):
-                reason = f"{decision.reason}; but {why}; placeholder allowed: free placeholder on fallback"
-                return decision.model_copy(update={"placeholder": True, "reason": _clip(reason)})
-            return decision.model_copy(update={"path": "primary", "reason": _clip(f"{decision.reason}; but {why}")})
-    return decision
+def _text(value: float | None) -> str | None:
+    return None if value is None else f"{value:.6g}"

@@ -9,7 +9,7 @@ import pytest
 
 from services.client import ForgelineClient, ForgelineError, KafkaGenerationClient
 from services.common.contracts import ImageSpec
-from services.generator.procedural import render_icon
+from services.providers.procedural import render_icon
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,7 @@ from services.comparer import perceptual
 from services.fakeproviders import openai_chat
 from services.fakeproviders.base import FakeProvider
 from services.fakeproviders.server import serve_fake
-from services.generator.procedural import render_icon
+from services.providers.procedural import render_icon
 from services.storage.handlers import comparison_id_for
 from tests.helpers import records_for
 

@@ -17,7 +17,7 @@ from services.common.kafka import (
     make_producer,
     send_event,
 )
-from services.generator.procedural import render_icon
+from services.providers.procedural import render_icon
 from tests.helpers import records_for
 
 pytestmark = pytest.mark.e2e

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from services.common.contracts import ImageSpec
 from services.fakeproviders.base import FakeProvider, Knobs
 from services.fakeproviders.server import serve_fake
-from services.generator.provider import (
+from services.providers.port import (
     GeneratedImage,
     ProviderError,
     RateLimitedError,

@@ -12,9 +12,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.common import contracts as c
-from services.common.budget import BudgetGate, BudgetLedger, usd
+from services.common.budget import BudgetLedger, usd
 from services.common.redis import KeySpace, make_redis
 from services.common.settings import RedisSettings
+from services.router.budget_gate import BudgetGate
 
 pytestmark = pytest.mark.integration
 

@@ -21,23 +21,23 @@ from services.common import contracts as c
 from services.common.blobstore import S3BlobStore
 from services.common.breaker import CircuitBreaker
 from services.common.budget import BudgetLedger, usd
+from services.common.fetch import SafeFetcher
+from services.common.images import ImageInputError, validate_image_bytes
 from services.common.jobs import JobStore, TerminalGuard
 from services.common.keypool import ApiKey, KeyPool
 from services.common.redis import KeySpace
 from services.common.topics import Topics
 from services.comparer import perceptual
-from services.comparer.fetch import SafeFetcher
 from services.comparer.handlers import CompareHandler
-from services.comparer.inputs import ImageInputError, validate_image_bytes
 from services.comparer.perceptual import PerceptualComparer
 from services.comparer.resolve import ImageResolver
 from services.comparer.service import ComparisonCache, ComparisonService
-from services.comparer.vlm import VlmComparer, VlmConfig
 from services.fakeproviders import openai_chat
 from services.fakeproviders.base import FakeProvider, fingerprint
 from services.fakeproviders.server import serve_fake
-from services.generator.failover import Candidate, Failover
-from services.generator.procedural import render_icon
+from services.providers.failover import Candidate, Failover
+from services.providers.procedural import render_icon
+from services.providers.vlm import VlmComparer, VlmConfig
 
 pytestmark = pytest.mark.integration
 

@@ -17,12 +17,12 @@ from services.common.redis import KeySpace
 from services.fakeproviders.base import FakeProvider, Knobs, fingerprint
 from services.fakeproviders.openai_images import create_app
 from services.fakeproviders.server import serve_fake
-from services.generator.failover import Candidate, Failover, NoProviderAvailable
-from services.generator.provider import PermanentProviderError
-from services.generator.providers.openai_images import (
+from services.providers.failover import Candidate, Failover, NoProviderAvailable
+from services.providers.openai_images import (
     OpenAIImagesConfig,
     OpenAIImagesProvider,
 )
+from services.providers.port import PermanentProviderError
 
 pytestmark = pytest.mark.integration
 

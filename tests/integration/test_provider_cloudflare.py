@@ -10,15 +10,15 @@ import pytest
 from services.common.contracts import ImageSpec
 from services.fakeproviders.base import FakeProvider
 from services.fakeproviders.cloudflare import create_app
-from services.generator.provider import (
+from services.providers.cloudflare import (
+    CloudflareConfig,
+    CloudflareImageProvider,
+)
+from services.providers.port import (
     KeyRejectedError,
     PermanentProviderError,
     RateLimitedError,
     RetryableProviderError,
-)
-from services.generator.providers.cloudflare import (
-    CloudflareConfig,
-    CloudflareImageProvider,
 )
 from tests.integration.provider_support import (
     ProviderUnderTest,

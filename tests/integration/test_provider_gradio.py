@@ -10,13 +10,13 @@ from services.common.contracts import ImageSpec
 from services.fakeproviders.base import FakeProvider, Knobs
 from services.fakeproviders.gradio import create_app
 from services.fakeproviders.server import serve_fake
-from services.generator.provider import (
+from services.providers.gradio import GradioConfig, GradioSpaceProvider
+from services.providers.port import (
     KeyRejectedError,
     PermanentProviderError,
     RateLimitedError,
     RetryableProviderError,
 )
-from services.generator.providers.gradio import GradioConfig, GradioSpaceProvider
 from tests.integration.provider_support import (
     ProviderUnderTest,
     assert_retryable,

@@ -10,16 +10,16 @@ import pytest
 from services.common.contracts import ImageSpec
 from services.fakeproviders.base import FakeProvider
 from services.fakeproviders.openai_images import create_app
-from services.generator.provider import (
+from services.providers.openai_images import (
+    OpenAIImagesConfig,
+    OpenAIImagesProvider,
+    parse_reset_duration,
+)
+from services.providers.port import (
     KeyRejectedError,
     PermanentProviderError,
     RateLimitedError,
     RetryableProviderError,
-)
-from services.generator.providers.openai_images import (
-    OpenAIImagesConfig,
-    OpenAIImagesProvider,
-    parse_reset_duration,
 )
 from tests.integration.provider_support import (
     ProviderUnderTest,

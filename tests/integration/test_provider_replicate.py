@@ -9,13 +9,13 @@ from pydantic import ValidationError
 from services.common.contracts import ImageSpec
 from services.fakeproviders.base import FakeProvider, Knobs
 from services.fakeproviders.replicate import PREDICTION_ERROR, create_app
-from services.generator.provider import (
+from services.providers.port import (
     KeyRejectedError,
     PermanentProviderError,
     RateLimitedError,
     RetryableProviderError,
 )
-from services.generator.providers.replicate import ReplicateConfig, ReplicateProvider
+from services.providers.replicate import ReplicateConfig, ReplicateProvider
 from tests.integration.provider_support import (
     ProviderUnderTest,
     assert_retryable,

@@ -10,13 +10,13 @@ import pytest
 from services.common.contracts import ImageSpec
 from services.fakeproviders.base import FakeProvider
 from services.fakeproviders.siliconflow import create_app
-from services.generator.provider import (
+from services.providers.port import (
     KeyRejectedError,
     PermanentProviderError,
     RateLimitedError,
     RetryableProviderError,
 )
-from services.generator.providers.siliconflow import (
+from services.providers.siliconflow import (
     SiliconFlowConfig,
     SiliconFlowImageProvider,
 )

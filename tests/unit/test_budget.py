@@ -11,7 +11,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from services.common import contracts as c
 from services.common.budget import (
-    BudgetGate,
     BudgetLedger,
     BudgetSnapshot,
     format_usd,
@@ -19,6 +18,7 @@ from services.common.budget import (
     usd,
 )
 from services.common.redis import KeySpace
+from services.router.budget_gate import BudgetGate
 
 
 @pytest.mark.parametrize(("text", "micros"), [

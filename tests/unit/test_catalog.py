@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from services.generator.catalog import (
+from services.providers.catalog import (
     PROCEDURAL_ONLY,
     CatalogError,
     load_providers_file,

@@ -18,8 +18,8 @@ from fastapi import FastAPI, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from PIL import Image, ImageFile
 
-from services.comparer.fetch import SafeFetcher
-from services.comparer.inputs import (
+from services.common.fetch import SafeFetcher
+from services.common.images import (
     MAX_IMAGE_BYTES,
     MAX_PIXELS,
     ImageInputError,

@@ -15,23 +15,18 @@ import pytest
 from PIL import Image, ImageDraw
 
 from services.comparer.perceptual import compare
-from services.comparer.vlm import (
-    VerdictError,
-    VlmComparer,
-    VlmConfig,
-    build_messages,
-    parse_verdict,
-)
 from services.fakeproviders.base import FakeProvider, Knobs, fingerprint
 from services.fakeproviders.openai_chat import create_app
 from services.fakeproviders.server import PROTOCOLS, _app, serve_fake
-from services.generator.provider import (
+from services.providers.port import (
     KeyRejectedError,
     PermanentProviderError,
     ProviderError,
     RateLimitedError,
     RetryableProviderError,
 )
+from services.providers.verdict import VerdictError, build_messages, parse_verdict
+from services.providers.vlm import VlmComparer, VlmConfig
 
 TOKEN = "sk-test-not-a-real-key-0000"
 MODEL = "Qwen/Qwen3-VL-8B-Instruct"

@@ -24,9 +24,9 @@ from services.common.settings import (
     S3Settings,
 )
 from services.comparer.settings import ComparerSettings
-from services.generator.catalog import ProvidersFile
 from services.generator.settings import GeneratorSettings
 from services.ingest.settings import IngestSettings
+from services.providers.catalog import ProvidersFile
 from services.router.settings import RouterSettings
 from services.storage.settings import StorageSettings
 from tests.helpers import allowed_env_names, load_settings, unknown_env_keys

@@ -30,9 +30,9 @@ from services.common.settings import (
 )
 from services.common.topics import GroupIds, Topics
 from services.comparer.settings import ComparerSettings
-from services.generator.catalog import _ADAPTERS, ProvidersFile
 from services.generator.settings import GeneratorSettings
 from services.ingest.settings import IngestSettings
+from services.providers.catalog import _ADAPTERS, ProvidersFile
 from services.router.settings import RouterSettings
 from services.storage.settings import StorageSettings
 from tests.helpers import allowed_env_names, load_settings, unknown_env_keys

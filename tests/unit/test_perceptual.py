@@ -8,7 +8,7 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from services.common.contracts import ImageSpec, quality_band
 from services.comparer.perceptual import PerceptualComparer, compare
-from services.generator.procedural import render_icon
+from services.providers.procedural import render_icon
 
 PROMPT = "flaming sword"
 

@@ -13,20 +13,20 @@ import pytest
 from PIL import Image, ImageStat
 
 from services.common.contracts import ImageSpec
-from services.generator.procedural import (
-    ProceduralProvider,
-    features,
-    render_icon,
-    stable_seed,
-)
-from services.generator.procedural_shapes import FALLBACK, SILHOUETTES
-from services.generator.provider import (
+from services.providers.port import (
     GeneratedImage,
     ImageProvider,
     PermanentProviderError,
     ProviderError,
     RetryableProviderError,
 )
+from services.providers.procedural import (
+    ProceduralProvider,
+    features,
+    render_icon,
+    stable_seed,
+)
+from services.providers.procedural_shapes import FALLBACK, SILHOUETTES
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = ImageSpec(prompt="flaming obsidian greatsword", negative_prompt="blurry", width=192, height=128, seed=42)
@@ -53,7 +53,7 @@ def test_same_bytes_in_another_process() -> None:
     code = (
         "import hashlib, sys\n"
         "from services.common.contracts import ImageSpec\n"
-        "from services.generator.procedural import render_icon\n"
+        "from services.providers.procedural import render_icon\n"
         "spec = ImageSpec.model_validate_json(sys.argv[1])\n"
         "print(hashlib.sha256(render_icon(spec)).hexdigest())\n"
     )
@@ -228,7 +228,7 @@ async def test_rendering_does_not_block_the_event_loop() -> None:
 
 
 async def test_a_render_failure_is_a_permanent_provider_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from services.generator import procedural
+    from services.providers import procedural
 
     def broken(spec: ImageSpec) -> bytes:
         raise RuntimeError("boom")

@@ -6,7 +6,7 @@ import pytest
 
 from services.common import contracts as c
 from services.router.depth import RateWindow
-from services.router.handlers import (
+from services.router.policy import (
     HysteresisPolicy,
     UnlimitedPaidCapacity,
     estimated_wait,

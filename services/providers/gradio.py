@@ -27,13 +27,7 @@ import httpx
 from pydantic import Field, field_validator, model_validator
 
 from services.common.contracts import ImageSpec
-from services.generator.provider import (
-    GeneratedImage,
-    PermanentProviderError,
-    ProviderError,
-    RetryableProviderError,
-)
-from services.generator.providers._http import (
+from services.providers.http import (
     Deadline,
     HttpProvider,
     HttpProviderConfig,
@@ -42,6 +36,12 @@ from services.generator.providers._http import (
     redact,
     resolve_url,
     transport_error,
+)
+from services.providers.port import (
+    GeneratedImage,
+    PermanentProviderError,
+    ProviderError,
+    RetryableProviderError,
 )
 
 __all__ = ["SPEC_FIELDS", "GradioConfig", "GradioSpaceProvider"]

@@ -23,13 +23,7 @@ import httpx
 from pydantic import Field, model_validator
 
 from services.common.contracts import ImageSpec
-from services.generator.provider import (
-    GeneratedImage,
-    PermanentProviderError,
-    ProviderError,
-    RetryableProviderError,
-)
-from services.generator.providers._http import (
+from services.providers.http import (
     Deadline,
     HttpProvider,
     HttpProviderConfig,
@@ -37,6 +31,12 @@ from services.generator.providers._http import (
     json_body,
     redact,
     resolve_url,
+)
+from services.providers.port import (
+    GeneratedImage,
+    PermanentProviderError,
+    ProviderError,
+    RetryableProviderError,
 )
 
 __all__ = ["ReplicateConfig", "ReplicateProvider"]

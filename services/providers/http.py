@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.contracts import ImageSpec
 from services.common.images import sniff_content_type
-from services.generator.provider import (
+from services.providers.port import (
     ContentType,
     GeneratedImage,
     KeyRejectedError,

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from services.common.keypool import ApiKey, KeyPool, KeyState
 from services.common.redis import KeySpace, make_redis
 from services.common.settings import RedisSettings
-from services.generator.catalog import ProvidersFile, provider_keys
+from services.providers.catalog import ProvidersFile, provider_keys
 
 
 def key_pools(catalog: ProvidersFile, redis, keys: KeySpace, environ: Mapping[str, str],

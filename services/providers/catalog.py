@@ -10,7 +10,7 @@
       - {name: siliconflow, type: siliconflow, cost_usd: 0.0014, keys_file: /run/secrets/siliconflow}
 
 Without a file, both paths use the procedural provider. ``options`` are the adapter's config
-fields (``services.generator.providers``); errors name the entry and the field.
+fields (``services.providers``); errors name the entry and the field.
 """
 
 from __future__ import annotations
@@ -29,9 +29,7 @@ from services.common.breaker import CircuitBreaker
 from services.common.budget import usd
 from services.common.keypool import ApiKey, KeyPool, keys_from_env, keys_from_file
 from services.common.redis import KeySpace
-from services.generator.failover import Candidate, HttpImageProvider
-from services.generator.procedural import ProceduralProvider
-from services.generator.providers import (
+from services.providers import (
     CloudflareConfig,
     CloudflareImageProvider,
     GradioConfig,
@@ -43,6 +41,8 @@ from services.generator.providers import (
     SiliconFlowConfig,
     SiliconFlowImageProvider,
 )
+from services.providers.failover import Candidate, HttpImageProvider
+from services.providers.procedural import ProceduralProvider
 
 ProviderType = Literal["procedural", "gradio", "replicate", "siliconflow", "cloudflare", "openai"]
 

@@ -7,9 +7,9 @@ checked by comparing bytes with :func:`render_icon`.
 How a spec becomes an icon:
 
 - Words of the prompt choose a **palette** (``"flaming"`` → fire, ``"frost"`` → ice, ...; see
-  :data:`~services.generator.procedural_shapes.PALETTES`) and an **item** — the first noun in
+  :data:`~services.providers.procedural_shapes.PALETTES`) and an **item** — the first noun in
   the prompt with a silhouette (``"sword"``, ``"longbow"``, ``"potion"``, ...; see
-  :data:`~services.generator.procedural_shapes.SILHOUETTES`); other nouns get a rune medallion.
+  :data:`~services.providers.procedural_shapes.SILHOUETTES`); other nouns get a rune medallion.
   A second palette word gives the item's metal (``"flaming obsidian"``: an obsidian blade in a
   fire glow).
 - Words of the negative prompt remove what they name: a palette (``"fire"`` drops every fire
@@ -37,7 +37,12 @@ from dataclasses import dataclass
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps
 
 from services.common.contracts import ImageSpec
-from services.generator.procedural_shapes import (
+from services.providers.port import (
+    GeneratedImage,
+    ImageProvider,
+    PermanentProviderError,
+)
+from services.providers.procedural_shapes import (
     BLACK,
     FALLBACK,
     PALETTES,
@@ -50,11 +55,6 @@ from services.generator.procedural_shapes import (
     draw_particles,
     mix,
     seeded_palette,
-)
-from services.generator.provider import (
-    GeneratedImage,
-    ImageProvider,
-    PermanentProviderError,
 )
 
 __all__ = ["MODEL", "Features", "ProceduralProvider", "compose", "features", "render_icon", "stable_seed"]

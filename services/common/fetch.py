@@ -19,8 +19,8 @@ redirects included, runs under one ``timeout_s``. A client this class creates ig
 environment variables: a proxy would resolve the name again. A client passed in must not use a
 proxy for the same reason.
 
-What the fetcher returns went through :func:`~services.comparer.inputs.validate_image_bytes`;
-its errors are :class:`~services.comparer.inputs.ImageInputError` (``retryable`` for transient
+What the fetcher returns went through :func:`~services.common.images.validate_image_bytes`;
+its errors are :class:`~services.common.images.ImageInputError` (``retryable`` for transient
 failures). Messages name at most ``scheme://host/path`` of a URL: query strings are often signed.
 """
 
@@ -37,7 +37,7 @@ from typing import Self
 
 import httpx
 
-from services.comparer.inputs import (
+from services.common.images import (
     MAX_IMAGE_BYTES,
     ImageInputError,
     ValidImage,

@@ -31,15 +31,7 @@ import httpx
 from pydantic import Field
 
 from services.common.contracts import ImageSpec
-from services.generator.provider import (
-    GeneratedImage,
-    KeyRejectedError,
-    PermanentProviderError,
-    ProviderError,
-    RateLimitedError,
-    RetryableProviderError,
-)
-from services.generator.providers._http import (
+from services.providers.http import (
     Deadline,
     HttpProvider,
     HttpProviderConfig,
@@ -50,6 +42,14 @@ from services.generator.providers._http import (
     prompt_with_style,
     retry_after,
     status_error,
+)
+from services.providers.port import (
+    GeneratedImage,
+    KeyRejectedError,
+    PermanentProviderError,
+    ProviderError,
+    RateLimitedError,
+    RetryableProviderError,
 )
 
 __all__ = ["QUOTA_CODES", "OpenAIImagesConfig", "OpenAIImagesProvider", "openai_error", "parse_reset_duration",

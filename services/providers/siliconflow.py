@@ -24,15 +24,7 @@ import httpx
 from pydantic import Field
 
 from services.common.contracts import ImageSpec
-from services.generator.provider import (
-    GeneratedImage,
-    KeyRejectedError,
-    PermanentProviderError,
-    ProviderError,
-    RateLimitedError,
-    RetryableProviderError,
-)
-from services.generator.providers._http import (
+from services.providers.http import (
     Deadline,
     HttpProvider,
     HttpProviderConfig,
@@ -44,6 +36,14 @@ from services.generator.providers._http import (
     provider_message,
     retry_after,
     status_error,
+)
+from services.providers.port import (
+    GeneratedImage,
+    KeyRejectedError,
+    PermanentProviderError,
+    ProviderError,
+    RateLimitedError,
+    RetryableProviderError,
 )
 
 __all__ = ["BALANCE_CODES", "SiliconFlowConfig", "SiliconFlowImageProvider", "siliconflow_code"]

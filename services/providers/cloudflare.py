@@ -28,15 +28,7 @@ import httpx
 from pydantic import Field
 
 from services.common.contracts import ImageSpec
-from services.generator.provider import (
-    GeneratedImage,
-    KeyRejectedError,
-    PermanentProviderError,
-    ProviderError,
-    RateLimitedError,
-    RetryableProviderError,
-)
-from services.generator.providers._http import (
+from services.providers.http import (
     Deadline,
     HttpProvider,
     HttpProviderConfig,
@@ -47,6 +39,14 @@ from services.generator.providers._http import (
     prompt_with_style,
     provider_message,
     retry_after,
+)
+from services.providers.port import (
+    GeneratedImage,
+    KeyRejectedError,
+    PermanentProviderError,
+    ProviderError,
+    RateLimitedError,
+    RetryableProviderError,
 )
 
 __all__ = ["MAX_PROMPT_CHARS", "CloudflareConfig", "CloudflareImageProvider"]

@@ -29,7 +29,7 @@ from prometheus_client import Counter, Histogram
 from services.common.breaker import CircuitBreaker
 from services.common.contracts import ImageSpec
 from services.common.keypool import ApiKey, KeyPool, NoKeyAvailable
-from services.generator.provider import (
+from services.providers.port import (
     GeneratedImage,
     KeyRejectedError,
     PermanentProviderError,
