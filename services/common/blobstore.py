@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Protocol
 
 import boto3
 from botocore.config import Config
@@ -22,18 +21,6 @@ IMMUTABLE_CACHE_CONTROL = "public, max-age=31536000, immutable"
 
 class BlobStoreError(Exception):
     """The object store refused or failed a request. Retryable: stores recover."""
-
-
-class BlobStore(Protocol):
-    async def put(self, key: str, data: bytes, *, content_type: str, cache_control: str = ...) -> str:
-        """Store ``data`` under ``key`` and return its public URL."""
-
-    async def exists(self, key: str) -> bool: ...
-
-    async def get(self, key: str) -> bytes:
-        """The bytes under ``key``; ``KeyError`` if there are none."""
-
-    def public_url(self, key: str) -> str: ...
 
 
 def make_s3_client(settings: S3Settings):  # -> botocore S3 client (its type is generated at run time)

@@ -41,7 +41,7 @@ class BreakerState:
     down_until: datetime | None
 
 
-class CircuitBreaker:
+class RedisCircuitBreaker:
     def __init__(self, redis: Redis, keys: KeySpace, provider: str, *, threshold: int = 5, cooldown_s: float = 300.0,
                  clock: Callable[[], float] = time.time) -> None:
         self._redis = redis

@@ -222,7 +222,7 @@ class BudgetSnapshot:
         }
 
 
-class BudgetLedger:
+class RedisBudgetLedger:
     """Reserve, settle and refund paid spend against a monthly cap; safe for any number of replicas.
 
     ``reservation_ttl_s`` must exceed the longest paid call (provider timeout plus retries): a hold

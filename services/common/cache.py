@@ -55,7 +55,7 @@ class LruTtlCache(Generic[V]):
             self._entries.popitem(last=False)
 
 
-class ResultCache:
+class RedisResultCache:
     """``cache_key → GenerationCompleted``, local first, then Redis."""
 
     def __init__(self, redis: Redis, keys: KeySpace, *, ttl_s: int, local: LruTtlCache[GenerationCompleted]) -> None:

@@ -26,6 +26,7 @@ from services.common.contracts import (
     GenerationFailed,
     utcnow,
 )
+from services.common.ports import JobStore, TerminalGuard
 from services.common.redis import KeySpace
 
 JobStatus = Literal["queued", "routed", "generating", "stored", "completed", "failed"]
@@ -105,7 +106,7 @@ def _encode_fields(fields: dict[str, Any]) -> str:
     return json.dumps(encoded)
 
 
-class JobStore:
+class RedisJobStore:
     """Reads and writes job status; safe for any number of replicas at once."""
 
     def __init__(self, redis: Redis, keys: KeySpace, *, ttl_s: int = 7 * 24 * 3600) -> None:
@@ -152,7 +153,7 @@ class JobStore:
 Terminal = GenerationCompleted | GenerationFailed | ComparisonCompleted | ComparisonFailed
 
 
-class TerminalGuard:
+class RedisTerminalGuard:
     """Lets exactly one terminal event (completed or failed) per job reach the results topics.
 
     The first handler to ``claim`` a job stores its terminal event; a replay (a crash before the
@@ -182,7 +183,7 @@ class TerminalGuard:
         envelope = json.loads(raw)
         model = self._MODELS.get(envelope["type"])
         if model is None:
-            raise ContractError("TerminalGuard", {"type": f"unknown terminal event {envelope['type']!r}"})
+            raise ContractError("RedisTerminalGuard", {"type": f"unknown terminal event {envelope['type']!r}"})
         return model.model_validate(envelope["event"])  # type: ignore[return-value]
 
     async def mark_published(self, job_id: str) -> None:

@@ -2,7 +2,7 @@
 
 Generators and the comparer call image providers with API keys. A key that answers 429 must
 rest until its ``Retry-After``; a key that answers 401/403 or runs out of quota must stop being
-used until an operator looks at it. ``KeyPool`` keeps that state in Redis and nowhere else:
+used until an operator looks at it. ``RedisKeyPool`` keeps that state in Redis and nowhere else:
 
 * ``pick()`` is one Lua script: it bumps a shared round-robin cursor, then walks the keys from
   there, skipping disabled keys and keys whose cooldown deadline is still ahead of ``now``. A
@@ -226,7 +226,7 @@ return {0, redis.call('HGET', KEYS[1], ARGV[1])}
 """
 
 
-class KeyPool:
+class RedisKeyPool:
     """Round-robin over one provider's healthy keys, with cooldowns and disables every replica shares at once."""
 
     def __init__(self, redis: Redis, keys: KeySpace, provider: str, api_keys: Sequence[ApiKey], *,

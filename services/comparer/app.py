@@ -12,13 +12,13 @@ import httpx
 from aiokafka import ConsumerRecord
 
 from services.common.blobstore import S3BlobStore
-from services.common.breaker import CircuitBreaker
-from services.common.budget import BudgetLedger, usd
+from services.common.breaker import RedisCircuitBreaker
+from services.common.budget import RedisBudgetLedger, usd
 from services.common.consumer import ConsumerLoop, LoopSettings, Outcome
 from services.common.contracts import ComparisonRequested, decode
 from services.common.fetch import SafeFetcher
-from services.common.jobs import JobStore, TerminalGuard
-from services.common.keypool import KeyPool
+from services.common.jobs import RedisJobStore, RedisTerminalGuard
+from services.common.keypool import RedisKeyPool
 from services.common.redis import KeySpace
 from services.common.settings import BudgetSettings, Connections
 from services.common.topics import GroupIds, Topics
@@ -46,11 +46,11 @@ def vlm_failover(settings: ComparerSettings, *, http: httpx.AsyncClient, redis, 
     adapter = VlmComparer(VlmConfig(base_url=str(settings.vlm_base_url), model=settings.vlm_model,
                                     timeout_s=settings.vlm_timeout_s), http)
     candidate = Candidate(
-        name=settings.vlm_name, adapter=adapter, breaker=CircuitBreaker(redis, keys, settings.vlm_name),
-        keys=KeyPool(redis, keys, settings.vlm_name, api_keys), cost_micros=usd(settings.vlm_cost_usd),
+        name=settings.vlm_name, adapter=adapter, breaker=RedisCircuitBreaker(redis, keys, settings.vlm_name),
+        keys=RedisKeyPool(redis, keys, settings.vlm_name, api_keys), cost_micros=usd(settings.vlm_cost_usd),
         timeout_s=settings.vlm_timeout_s + 5,  # the adapter's own deadline fires first
     )
-    ledger = BudgetLedger(redis, keys, cap_micros=usd(budget.cap_usd), reservation_ttl_s=budget.reservation_ttl_s)
+    ledger = RedisBudgetLedger(redis, keys, cap_micros=usd(budget.cap_usd), reservation_ttl_s=budget.reservation_ttl_s)
     return Failover([candidate], budget=ledger, attempts=settings.vlm_attempts)
 
 
@@ -65,14 +65,14 @@ async def serve(settings: ComparerSettings, connections: Connections, stop: asyn
         http = await stack.enter_async_context(httpx.AsyncClient())  # the VLM's pool
         fetcher = await stack.enter_async_context(
             SafeFetcher(allow_loopback=settings.allow_loopback_urls, timeout_s=settings.fetch_timeout_s))
-        jobs = JobStore(redis, keys)
+        jobs = RedisJobStore(redis, keys)
         service = ComparisonService(
             cache=ComparisonCache(redis, keys, ttl_s=settings.cache_ttl_s), perceptual=PerceptualComparer(),
             vlm=vlm_failover(settings, http=http, redis=redis, keys=keys, budget=budget or BudgetSettings()),
         )
         handler = CompareHandler(
             resolver=ImageResolver(fetcher=fetcher, blobs=S3BlobStore(connections.s3), jobs=jobs),
-            service=service, topics=topics, jobs=jobs, guard=TerminalGuard(redis, keys))
+            service=service, topics=topics, jobs=jobs, guard=RedisTerminalGuard(redis, keys))
 
         async def handle(record: ConsumerRecord) -> Outcome:
             return await handler.handle(decode(ComparisonRequested, record.value))

@@ -21,11 +21,10 @@ from services.common.contracts import (
 )
 from services.common.images import ImageInputError
 from services.common.jobs import (
-    JobStore,
-    TerminalGuard,
     merge_outcomes,
     terminal_outcome,
 )
+from services.common.ports import JobStore, TerminalGuard
 from services.common.topics import Topics
 from services.comparer.resolve import ImageResolver
 from services.comparer.service import ComparisonService

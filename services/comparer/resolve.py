@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from services.common.blobstore import BlobStore, BlobStoreError
+from services.common.blobstore import BlobStoreError
 from services.common.contracts import (
     DataUrlImage,
     HttpsImage,
@@ -31,7 +31,7 @@ from services.common.images import (
     decode_data_url,
     validate_image_bytes,
 )
-from services.common.jobs import JobStore
+from services.common.ports import BlobStore, JobStore
 
 
 @dataclass

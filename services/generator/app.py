@@ -12,10 +12,10 @@ from contextlib import AsyncExitStack
 import httpx
 from aiokafka import ConsumerRecord
 
-from services.common.budget import BudgetLedger, usd
+from services.common.budget import RedisBudgetLedger, usd
 from services.common.consumer import ConsumerLoop, LoopSettings, Outcome
 from services.common.contracts import GenerationRouted, decode
-from services.common.jobs import JobStore, TerminalGuard
+from services.common.jobs import RedisJobStore, RedisTerminalGuard
 from services.common.redis import KeySpace
 from services.common.settings import BudgetSettings, Connections
 from services.common.topics import GroupIds, Topics
@@ -47,12 +47,12 @@ async def serve(settings: GeneratorSettings, connections: Connections, stop: asy
         failover = Failover(
             build_candidates(catalog.path(settings.path), http=http, redis=redis, keys=keys, environ=environ or {},
                              simulated_latency_s=settings.simulated_latency_s),
-            budget=BudgetLedger(redis, keys, cap_micros=usd(budget.cap_usd),
+            budget=RedisBudgetLedger(redis, keys, cap_micros=usd(budget.cap_usd),
                                 reservation_ttl_s=budget.reservation_ttl_s),
             attempts=settings.attempts,
         )
-        handler = GenerateHandler(failover=failover, topics=topics, jobs=JobStore(redis, keys),
-                                  guard=TerminalGuard(redis, keys))
+        handler = GenerateHandler(failover=failover, topics=topics, jobs=RedisJobStore(redis, keys),
+                                  guard=RedisTerminalGuard(redis, keys))
 
         async def handle(record: ConsumerRecord) -> Outcome:
             return await handler.handle(decode(GenerationRouted, record.value))

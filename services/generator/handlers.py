@@ -12,7 +12,8 @@ from services.common.contracts import (
     GenerationGenerated,
     GenerationRouted,
 )
-from services.common.jobs import JobStore, TerminalGuard, terminal_outcome
+from services.common.jobs import terminal_outcome
+from services.common.ports import JobStore, TerminalGuard
 from services.common.topics import Topics
 from services.providers.failover import Failover
 from services.providers.port import GeneratedImage, ProviderError

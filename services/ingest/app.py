@@ -19,9 +19,9 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from services.common.blobstore import S3BlobStore
-from services.common.budget import BudgetLedger, usd
-from services.common.cache import LruTtlCache, ResultCache
-from services.common.jobs import JobStore
+from services.common.budget import RedisBudgetLedger, usd
+from services.common.cache import LruTtlCache, RedisResultCache
+from services.common.jobs import RedisJobStore
 from services.common.redis import KeySpace
 from services.common.settings import BudgetSettings, Connections
 from services.common.topics import GroupIds, Topics
@@ -96,10 +96,10 @@ async def build_ingest(settings: IngestSettings, connections: Connections, *,
             admin=admin,
             offsets=offsets,
             redis=redis,
-            jobs=JobStore(redis, keys, ttl_s=settings.status_ttl_s),
-            cache=ResultCache(redis, keys, ttl_s=_CACHE_WRITE_TTL_S,
+            jobs=RedisJobStore(redis, keys, ttl_s=settings.status_ttl_s),
+            cache=RedisResultCache(redis, keys, ttl_s=_CACHE_WRITE_TTL_S,
                               local=LruTtlCache(settings.local_cache_size, settings.local_cache_ttl_s)),
-            budget=BudgetLedger(redis, keys, cap_micros=usd(budget.cap_usd),
+            budget=RedisBudgetLedger(redis, keys, cap_micros=usd(budget.cap_usd),
                                 reservation_ttl_s=budget.reservation_ttl_s),
             providers=provider_handles(catalog, redis, keys, environ or {}),
             blobs=S3BlobStore(connections.s3),

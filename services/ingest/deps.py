@@ -9,13 +9,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
-from services.common.blobstore import BlobStore
-from services.common.breaker import CircuitBreaker
-from services.common.budget import BudgetLedger
-from services.common.cache import ResultCache
+from services.common.breaker import RedisCircuitBreaker
 from services.common.contracts import Path
-from services.common.jobs import JobStore
-from services.common.keypool import KeyPool
+from services.common.ports import BlobStore, Breaker, BudgetLedger, JobStore, KeyPool, ResultCache
 from services.common.redis import KeySpace
 from services.common.settings import Connections
 from services.common.topics import GroupIds, Topics
@@ -31,7 +27,7 @@ class ProviderHandle:
     name: str
     type: str
     paths: tuple[Path, ...]
-    breaker: CircuitBreaker
+    breaker: Breaker
     keys: KeyPool | None  # None: the provider has no keys (procedural, gradio) or none are set here
 
 
@@ -54,7 +50,7 @@ def provider_handles(catalog: ProvidersFile | None, redis: Redis, keys: KeySpace
                 paths[entry.name].append(path)
     return tuple(
         ProviderHandle(name=name, type=types[name], paths=tuple(paths[name]),
-                       breaker=CircuitBreaker(redis, keys, name), keys=pools.get(name))
+                       breaker=RedisCircuitBreaker(redis, keys, name), keys=pools.get(name))
         for name in paths
     )
 

@@ -25,9 +25,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from redis.asyncio import Redis
 
-from services.common.breaker import CircuitBreaker
+from services.common.breaker import RedisCircuitBreaker
 from services.common.budget import usd
-from services.common.keypool import ApiKey, KeyPool, keys_from_env, keys_from_file
+from services.common.keypool import ApiKey, RedisKeyPool, keys_from_env, keys_from_file
 from services.common.redis import KeySpace
 from services.providers import (
     CloudflareConfig,
@@ -150,8 +150,8 @@ def build_candidates(
                                f"or keys_file in the providers file")
         candidates.append(Candidate(
             name=entry.name, adapter=adapter,
-            breaker=CircuitBreaker(redis, keys, entry.name),
-            keys=KeyPool(redis, keys, entry.name, api_keys) if api_keys else None,
+            breaker=RedisCircuitBreaker(redis, keys, entry.name),
+            keys=RedisKeyPool(redis, keys, entry.name, api_keys) if api_keys else None,
             cost_micros=usd(entry.cost), timeout_s=entry.timeout_s + 5,  # the adapter's own deadline fires first
         ))
     return candidates

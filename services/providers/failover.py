@@ -19,16 +19,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from prometheus_client import Counter, Histogram
 
-from services.common.breaker import CircuitBreaker
+from services.common.backoff import Backoff
+from services.common.budget import Reservation
 from services.common.contracts import ImageSpec
-from services.common.keypool import ApiKey, KeyPool, NoKeyAvailable
+from services.common.keypool import ApiKey, NoKeyAvailable
+from services.common.ports import Breaker, BudgetLedger, KeyPool
 from services.providers.port import (
     GeneratedImage,
     KeyRejectedError,
@@ -56,26 +57,13 @@ class HttpImageProvider(Protocol):
     async def generate(self, spec: ImageSpec, token: str | None) -> GeneratedImage: ...
 
 
-class Reservation(Protocol): ...
-
-
-class Budget(Protocol):
-    """What the failover needs of the budget ledger (``services.common.budget``)."""
-
-    async def reserve(self, job_id: str, cost_micros: int) -> Reservation | None: ...
-
-    async def settle(self, reservation: Reservation, actual_cost_micros: int | None = None) -> None: ...
-
-    async def refund(self, reservation: Reservation) -> None: ...
-
-
 @dataclass
 class Candidate:
     """One provider of a path, with what it takes to call it."""
 
     name: str
     adapter: HttpImageProvider | Any  # an image provider here; the comparer's candidates hold VLM adapters
-    breaker: CircuitBreaker
+    breaker: Breaker
     keys: KeyPool | None = None  # None: the provider needs no key (a public Space, the procedural one)
     cost_micros: int = 0
     timeout_s: float = 60.0
@@ -109,10 +97,9 @@ class _Attempt:
 @dataclass
 class Failover:
     candidates: Sequence[Candidate]
-    budget: Budget | None = None
+    budget: BudgetLedger | None = None
     attempts: int = 3
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 10.0
+    backoff: Backoff = Backoff(base_s=0.5, max_s=10.0)
     sleep: Callable[[float], Awaitable[None]] = field(default=asyncio.sleep)
 
     async def generate(self, job_id: str, spec: ImageSpec) -> tuple[GeneratedImage, int]:
@@ -144,8 +131,7 @@ class Failover:
                 if isinstance(exc, PermanentProviderError):
                     raise
                 if not isinstance(exc, RateLimitedError | KeyRejectedError) and attempt < self.attempts:
-                    delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
-                    await self.sleep(delay * random.uniform(0.5, 1.0))
+                    await self.sleep(self.backoff.delay(attempt))
                 continue
             await self._after_success(chosen)
             return Attempted(value, attempt, chosen.candidate.name, chosen.key.key_id if chosen.key else None)

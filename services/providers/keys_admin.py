@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from services.common.keypool import ApiKey, KeyPool, KeyState
+from services.common.keypool import ApiKey, KeyState, RedisKeyPool
+from services.common.ports import KeyPool
 from services.common.redis import KeySpace, make_redis
 from services.common.settings import RedisSettings
 from services.providers.catalog import ProvidersFile, provider_keys
@@ -17,12 +18,12 @@ def key_pools(catalog: ProvidersFile, redis, keys: KeySpace, environ: Mapping[st
               extra: Mapping[str, list[ApiKey]] | None = None) -> dict[str, KeyPool]:
     """One pool per provider of the file that has keys (a provider on both paths gets one pool),
     and one per ``extra`` provider with keys."""
-    pools: dict[str, KeyPool] = {name: KeyPool(redis, keys, name, api_keys)
+    pools: dict[str, KeyPool] = {name: RedisKeyPool(redis, keys, name, api_keys)
                                  for name, api_keys in (extra or {}).items() if api_keys}
     for entry in [*catalog.primary, *catalog.fallback]:
         api_keys = provider_keys(entry, environ)
         if api_keys and entry.name not in pools:
-            pools[entry.name] = KeyPool(redis, keys, entry.name, api_keys)
+            pools[entry.name] = RedisKeyPool(redis, keys, entry.name, api_keys)
     return pools
 
 

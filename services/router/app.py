@@ -10,10 +10,10 @@ import logging
 from contextlib import AsyncExitStack
 
 from services.common.backoff import until_ready
-from services.common.budget import BudgetLedger, usd
-from services.common.cache import LruTtlCache, ResultCache
+from services.common.budget import RedisBudgetLedger, usd
+from services.common.cache import LruTtlCache, RedisResultCache
 from services.common.consumer import ConsumerLoop, LoopSettings
-from services.common.jobs import JobStore, TerminalGuard
+from services.common.jobs import RedisJobStore, RedisTerminalGuard
 from services.common.redis import KeySpace
 from services.common.settings import BudgetSettings, Connections
 from services.common.topics import GroupIds, Topics
@@ -53,14 +53,14 @@ async def serve(settings: RouterSettings, connections: Connections, stop: asynci
         await until_ready(depth.refresh, what="primary queue depth", logger=log)
         if paid is None:
             budget = budget or BudgetSettings()
-            paid = BudgetGate(BudgetLedger(redis, keys, cap_micros=usd(budget.cap_usd),
+            paid = BudgetGate(RedisBudgetLedger(redis, keys, cap_micros=usd(budget.cap_usd),
                                            reservation_ttl_s=budget.reservation_ttl_s),
                               cheapest_cost_micros=usd(settings.paid_cost_usd))
         handler = RouterHandler(
             topics=topics, depth=depth, policy=HysteresisPolicy(high=settings.depth_high, low=settings.depth_low),
-            paid=paid, jobs=JobStore(redis, keys), redis=redis, keys=keys,
-            cache=ResultCache(redis, keys, ttl_s=settings.cache_ttl_s, local=LruTtlCache(0, 0)),
-            guard=TerminalGuard(redis, keys),
+            paid=paid, jobs=RedisJobStore(redis, keys), redis=redis, keys=keys,
+            cache=RedisResultCache(redis, keys, ttl_s=settings.cache_ttl_s, local=LruTtlCache(0, 0)),
+            guard=RedisTerminalGuard(redis, keys),
         )
         loop = ConsumerLoop(consumer, producer, handler, LoopSettings(
             group_id=groups.router, topics=[topics.name("generation.requested")], concurrency=settings.concurrency))

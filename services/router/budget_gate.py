@@ -6,8 +6,9 @@ import logging
 
 from redis.exceptions import RedisError
 
-from services.common.budget import BudgetLedger, format_usd
+from services.common.budget import format_usd
 from services.common.contracts import GenerationRequested
+from services.common.ports import BudgetLedger
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ from aiokafka import ConsumerRecord
 from prometheus_client import Counter
 from redis.asyncio import Redis
 
-from services.common.cache import ResultCache
 from services.common.consumer import Outcome, Output
 from services.common.contracts import (
     GenerationCompleted,
@@ -22,7 +21,8 @@ from services.common.contracts import (
     RouteDecision,
     decode,
 )
-from services.common.jobs import JobStore, TerminalGuard, terminal_outcome
+from services.common.jobs import terminal_outcome
+from services.common.ports import JobStore, ResultCache, TerminalGuard
 from services.common.redis import KeySpace
 from services.common.topics import Topics
 from services.router.depth import DepthMonitor
@@ -100,7 +100,7 @@ class RouterHandler:
         await self.jobs.update(
             request.job_id, "routed", tenant=request.tenant, route=decision.path, route_reason=decision.reason,
             primary_depth=decision.primary_depth, timings=routed.timings.model_dump(mode="json"),
-            # Not among JobStore's JSON fields: recorded as strings ("inf" when nothing is served).
+            # Not among RedisJobStore's JSON fields: recorded as strings ("inf" when nothing is served).
             estimated_wait_s=_text(decision.estimated_wait_s), service_rate=_text(decision.service_rate),
         )
 

@@ -11,10 +11,10 @@ from contextlib import AsyncExitStack
 from aiokafka import ConsumerRecord
 
 from services.common.blobstore import S3BlobStore
-from services.common.cache import LruTtlCache, ResultCache
+from services.common.cache import LruTtlCache, RedisResultCache
 from services.common.consumer import ConsumerLoop, LoopSettings, Outcome
 from services.common.contracts import GenerationGenerated, decode
-from services.common.jobs import JobStore, TerminalGuard
+from services.common.jobs import RedisJobStore, RedisTerminalGuard
 from services.common.redis import KeySpace
 from services.common.settings import Connections
 from services.common.topics import GroupIds, Topics
@@ -37,9 +37,9 @@ async def serve(settings: StorageSettings, connections: Connections, stop: async
         redis = redis_client(stack, connections.redis)
         handler = StoreHandler(
             store=S3BlobStore(connections.s3),
-            cache=ResultCache(redis, keys, ttl_s=settings.cache_ttl_s,
+            cache=RedisResultCache(redis, keys, ttl_s=settings.cache_ttl_s,
                               local=LruTtlCache(settings.local_cache_size, settings.local_cache_ttl_s)),
-            topics=topics, jobs=JobStore(redis, keys), guard=TerminalGuard(redis, keys), key_prefix=settings.key_prefix,
+            topics=topics, jobs=RedisJobStore(redis, keys), guard=RedisTerminalGuard(redis, keys), key_prefix=settings.key_prefix,
         )
 
         async def handle(record: ConsumerRecord) -> Outcome:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from services.common.blobstore import BlobStore, BlobStoreError
-from services.common.cache import ResultCache
+from services.common.blobstore import BlobStoreError
 from services.common.consumer import Outcome, Output, RetryableError
 from services.common.contracts import (
     ComparisonRequested,
@@ -19,7 +18,8 @@ from services.common.contracts import (
     StoredImage,
 )
 from services.common.images import EXTENSIONS, sniff_content_type
-from services.common.jobs import JobStore, TerminalGuard, terminal_outcome
+from services.common.jobs import terminal_outcome
+from services.common.ports import BlobStore, JobStore, ResultCache, TerminalGuard
 from services.common.topics import Topics
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.breaker import CircuitBreaker
+from services.common.breaker import RedisCircuitBreaker
 from services.common.redis import KeySpace
 
 pytestmark = pytest.mark.integration
@@ -18,8 +18,8 @@ class _Clock:
         return self.now
 
 
-def _breaker(redis, connections, clock, **kwargs) -> CircuitBreaker:
-    return CircuitBreaker(redis, KeySpace(connections.redis.key_prefix), "hf-space-a", clock=clock, **kwargs)
+def _breaker(redis, connections, clock, **kwargs) -> RedisCircuitBreaker:
+    return RedisCircuitBreaker(redis, KeySpace(connections.redis.key_prefix), "hf-space-a", clock=clock, **kwargs)
 
 
 async def test_opens_after_threshold_failures_and_closes_after_a_successful_trial(redis, connections):

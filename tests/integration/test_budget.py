@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.common import contracts as c
-from services.common.budget import BudgetLedger, usd
+from services.common.budget import RedisBudgetLedger, usd
 from services.common.redis import KeySpace, make_redis
 from services.common.settings import RedisSettings
 from services.router.budget_gate import BudgetGate
@@ -42,13 +42,13 @@ def clock() -> Clock:
     return Clock(datetime(2025, 3, 14, 12, 0, tzinfo=UTC))
 
 
-async def _totals(ledger: BudgetLedger, month: str | None = None) -> tuple[int, int]:
+async def _totals(ledger: RedisBudgetLedger, month: str | None = None) -> tuple[int, int]:
     snap = await ledger.snapshot(month)
     return snap.spent_micros, snap.reserved_micros
 
 
 async def test_reserve_settle_refund_arithmetic(redis, keys, clock):
-    ledger = BudgetLedger(redis, keys, cap_micros=usd("$10"), clock=clock)
+    ledger = RedisBudgetLedger(redis, keys, cap_micros=usd("$10"), clock=clock)
 
     a = await ledger.reserve("job-a", COST)
     b = await ledger.reserve("job-b", 5 * COST)
@@ -66,7 +66,7 @@ async def test_reserve_settle_refund_arithmetic(redis, keys, clock):
 
 
 async def test_reserve_is_idempotent_per_job_and_settle_refund_happen_once(redis, keys, clock):
-    ledger = BudgetLedger(redis, keys, cap_micros=CAP, clock=clock)
+    ledger = RedisBudgetLedger(redis, keys, cap_micros=CAP, clock=clock)
 
     first = await ledger.reserve("job-1", COST)
     again = await ledger.reserve("job-1", COST)  # a replayed Kafka record
@@ -94,7 +94,7 @@ async def test_reserve_is_idempotent_per_job_and_settle_refund_happen_once(redis
 
 
 async def test_the_cap_refuses_what_does_not_fit(redis, keys, clock):
-    ledger = BudgetLedger(redis, keys, cap_micros=2 * COST + COST // 2, clock=clock)
+    ledger = RedisBudgetLedger(redis, keys, cap_micros=2 * COST + COST // 2, clock=clock)
 
     first, second = await ledger.reserve("j1", COST), await ledger.reserve("j2", COST)
     assert first and second
@@ -112,7 +112,7 @@ async def test_the_cap_refuses_what_does_not_fit(redis, keys, clock):
 
 async def test_a_new_utc_month_has_a_fresh_budget(redis, keys, clock):
     clock.now = datetime(2025, 1, 31, 23, 59, 59, tzinfo=UTC)
-    ledger = BudgetLedger(redis, keys, cap_micros=COST, clock=clock)
+    ledger = RedisBudgetLedger(redis, keys, cap_micros=COST, clock=clock)
     january = await ledger.reserve("j1", COST)
     assert january and january.month == "2025-01"
     assert await ledger.reserve("j2", COST) is None
@@ -129,7 +129,7 @@ async def test_a_new_utc_month_has_a_fresh_budget(redis, keys, clock):
 
 
 async def test_abandoned_reservations_are_released(redis, keys, clock):
-    ledger = BudgetLedger(redis, keys, cap_micros=2 * COST, clock=clock, reservation_ttl_s=60)
+    ledger = RedisBudgetLedger(redis, keys, cap_micros=2 * COST, clock=clock, reservation_ttl_s=60)
     gate = BudgetGate(ledger, cheapest_cost_micros=COST)
     request = c.GenerationRequested(job_id=c.new_job_id(), tenant="t", spec=c.ImageSpec(prompt="p"))
     crashed = [await ledger.reserve("dead-1", COST), await ledger.reserve("dead-2", COST)]
@@ -164,10 +164,10 @@ async def test_abandoned_reservations_are_released(redis, keys, clock):
 async def test_replicas_reserving_the_same_jobs_hold_each_once(connections, keys, clock):
     clients = [make_redis(connections.redis) for _ in range(8)]
     try:
-        ledgers = [BudgetLedger(r, keys, cap_micros=usd("$10"), clock=clock) for r in clients]
+        ledgers = [RedisBudgetLedger(r, keys, cap_micros=usd("$10"), clock=clock) for r in clients]
         jobs = [f"shared-{i}" for i in range(50)]
 
-        async def replica(ledger: BudgetLedger, seed: int) -> dict[str, str]:
+        async def replica(ledger: RedisBudgetLedger, seed: int) -> dict[str, str]:
             order = random.Random(seed).sample(jobs, len(jobs))
             return {job: (await ledger.reserve(job, COST)).reservation_id for job in order}
 
@@ -190,7 +190,7 @@ class Tally:
     refunded: int = 0
 
 
-async def _race(ledger: BudgetLedger, name: str, attempts: int, refund_ratio: float, seed: int) -> Tally:
+async def _race(ledger: RedisBudgetLedger, name: str, attempts: int, refund_ratio: float, seed: int) -> Tally:
     """One replica: ``attempts`` jobs, each reserved, then after a short while settled or refunded."""
     rng, tally, pending = random.Random(seed), Tally(), []
 
@@ -216,7 +216,7 @@ async def _race(ledger: BudgetLedger, name: str, attempts: int, refund_ratio: fl
     return tally
 
 
-async def _sample(ledger: BudgetLedger, stop: asyncio.Event) -> int:
+async def _sample(ledger: RedisBudgetLedger, stop: asyncio.Event) -> int:
     """Snapshots while the race runs; each is one atomic script, so a sum over cap would be caught."""
     samples = 0
     while not stop.is_set():
@@ -243,7 +243,7 @@ async def test_concurrent_replicas_never_overshoot_the_cap(connections, keys, un
     clients = [make_redis(connections.redis) for _ in range(workers + 1)]  # one connection per replica
     try:
         # A fixed clock: a race that happened to straddle a month boundary would split the totals.
-        ledgers = [BudgetLedger(r, keys, cap_micros=CAP, clock=clock) for r in clients]
+        ledgers = [RedisBudgetLedger(r, keys, cap_micros=CAP, clock=clock) for r in clients]
         stop = asyncio.Event()
         sampler = asyncio.create_task(_sample(ledgers[-1], stop))
         tallies = await asyncio.gather(*(
@@ -270,7 +270,7 @@ def _process_replica(url: str, prefix: str, now: datetime, name: str, refund_rat
             async with asyncio.timeout(60):  # start together, not as each spawns; never hang the pool
                 while not await redis.exists(keys.key("race", "go")):
                     await asyncio.sleep(0.002)
-            ledger = BudgetLedger(redis, keys, cap_micros=CAP, clock=Clock(now))
+            ledger = RedisBudgetLedger(redis, keys, cap_micros=CAP, clock=Clock(now))
             return await _race(ledger, name, 100, refund_ratio, seed)
         finally:
             await redis.aclose()
@@ -283,7 +283,7 @@ async def test_replica_processes_never_overshoot_the_cap(connections, keys, redi
     processes = 4
     url, prefix = connections.redis.url.get_secret_value(), connections.redis.key_prefix
     loop = asyncio.get_running_loop()
-    ledger = BudgetLedger(redis, keys, cap_micros=CAP, clock=clock)
+    ledger = RedisBudgetLedger(redis, keys, cap_micros=CAP, clock=clock)
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [loop.run_in_executor(pool, _process_replica, url, prefix, clock.now, f"{unique}-p{i}",
                                         refund_ratio, i)

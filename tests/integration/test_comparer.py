@@ -19,12 +19,12 @@ from PIL import Image, ImageFilter
 
 from services.common import contracts as c
 from services.common.blobstore import S3BlobStore
-from services.common.breaker import CircuitBreaker
-from services.common.budget import BudgetLedger, usd
+from services.common.breaker import RedisCircuitBreaker
+from services.common.budget import RedisBudgetLedger, usd
 from services.common.fetch import SafeFetcher
 from services.common.images import ImageInputError, validate_image_bytes
-from services.common.jobs import JobStore, TerminalGuard
-from services.common.keypool import ApiKey, KeyPool
+from services.common.jobs import RedisJobStore, RedisTerminalGuard
+from services.common.keypool import ApiKey, RedisKeyPool
 from services.common.redis import KeySpace
 from services.common.topics import Topics
 from services.comparer import perceptual
@@ -68,8 +68,8 @@ class Rig:
     fake: FakeProvider
     app: object
     keys: list[ApiKey]
-    pool: KeyPool
-    ledger: BudgetLedger
+    pool: RedisKeyPool
+    ledger: RedisBudgetLedger
     service: ComparisonService
     space: KeySpace
 
@@ -89,11 +89,11 @@ async def rig(redis, connections) -> AsyncIterator:
             app = openai_chat.create_app(fake, answer="prose")
             url = await stack.enter_async_context(serve_fake(app))
             keys = [ApiKey("vlm", KEY_A), ApiKey("vlm", KEY_B)]
-            pool = KeyPool(redis, space, "vlm", keys)
-            ledger = BudgetLedger(redis, space, cap_micros=usd(cap_usd))
+            pool = RedisKeyPool(redis, space, "vlm", keys)
+            ledger = RedisBudgetLedger(redis, space, cap_micros=usd(cap_usd))
             failover = Failover([Candidate(
                 name="vlm", adapter=VlmComparer(VlmConfig(base_url=url, timeout_s=10), http),
-                breaker=CircuitBreaker(redis, space, "vlm"), keys=pool, cost_micros=usd("0.0005"))],
+                breaker=RedisCircuitBreaker(redis, space, "vlm"), keys=pool, cost_micros=usd("0.0005"))],
                 budget=ledger, attempts=attempts, sleep=_no_sleep)
             service = ComparisonService(cache=ComparisonCache(redis, space, ttl_s=60),
                                         perceptual=PerceptualComparer(), vlm=failover)
@@ -170,7 +170,7 @@ async def test_garbage_is_not_paid_for_twice_and_a_fallback_is_not_cached(rig):
 
 async def test_stored_and_job_images_resolve_only_for_their_owner(redis, connections, s3_key):
     space = KeySpace(connections.redis.key_prefix)
-    blobs, jobs = S3BlobStore(connections.s3), JobStore(redis, space)
+    blobs, jobs = S3BlobStore(connections.s3), RedisJobStore(redis, space)
     key = s3_key("generated.png")
     await blobs.put(key, GENERATED, content_type="image/png")
     digest = validate_image_bytes(GENERATED, field="x").sha256
@@ -197,7 +197,7 @@ async def test_stored_and_job_images_resolve_only_for_their_owner(redis, connect
 
 async def test_an_unreadable_reference_still_delivers_the_generation_with_the_reason(redis, connections):
     space = KeySpace(connections.redis.key_prefix)
-    jobs, topics = JobStore(redis, space), Topics(connections.topics.prefix)
+    jobs, topics = RedisJobStore(redis, space), Topics(connections.topics.prefix)
     completion = c.GenerationCompleted(
         job_id=c.new_job_id(), tenant="studio-a", url="http://cdn.example/x.png", object_key="images/x.png",
         sha256="a" * 64, content_type="image/png", size_bytes=10, spec=c.ImageSpec(prompt=PROMPT),
@@ -210,7 +210,7 @@ async def test_an_unreadable_reference_still_delivers_the_generation_with_the_re
         handler = CompareHandler(
             resolver=ImageResolver(fetcher=fetcher, blobs=S3BlobStore(connections.s3), jobs=jobs),
             service=ComparisonService(cache=ComparisonCache(redis, space, ttl_s=60), perceptual=PerceptualComparer()),
-            topics=topics, jobs=jobs, guard=TerminalGuard(redis, space))
+            topics=topics, jobs=jobs, guard=RedisTerminalGuard(redis, space))
         outcome = await handler.handle(request)
         await outcome.on_acked()
         replay = await handler.handle(request)
@@ -235,14 +235,14 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 async def test_an_operator_sees_and_re_enables_a_disabled_vlm_key(redis, connections):
     space = KeySpace(connections.redis.key_prefix)
     key = ApiKey("siliconflow-vlm", KEY_A)
-    await KeyPool(redis, space, "siliconflow-vlm", [key]).disable(key, reason="unauthorized: HTTP 401")
+    await RedisKeyPool(redis, space, "siliconflow-vlm", [key]).disable(key, reason="unauthorized: HTTP 401")
     env = {"FORGELINE_REDIS_URL": connections.redis.url.get_secret_value(),
            "FORGELINE_REDIS_KEY_PREFIX": connections.redis.key_prefix, "FORGELINE_COMPARER_VLM_KEYS": KEY_A,
            "COLUMNS": "200"}
 
     listed = await asyncio.to_thread(_cli, "keys", "list", env=env)
     enabled = await asyncio.to_thread(_cli, "keys", "enable", "siliconflow-vlm", key.key_id, env=env)
-    after = {s.key_id: s.state for s in await KeyPool(redis, space, "siliconflow-vlm", [key]).states()}
+    after = {s.key_id: s.state for s in await RedisKeyPool(redis, space, "siliconflow-vlm", [key]).states()}
 
     assert listed.returncode == 0, listed.stderr
     assert key.key_id in listed.stdout and "disabled" in listed.stdout and "401" in listed.stdout

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from services.common.breaker import CircuitBreaker
-from services.common.budget import BudgetLedger, usd
+from services.common.breaker import RedisCircuitBreaker
+from services.common.budget import RedisBudgetLedger, usd
 from services.common.contracts import ImageSpec, new_job_id
-from services.common.keypool import ApiKey, KeyPool
+from services.common.keypool import ApiKey, RedisKeyPool
 from services.common.redis import KeySpace
 from services.fakeproviders.base import FakeProvider, Knobs, fingerprint
 from services.fakeproviders.openai_images import create_app
@@ -68,8 +68,8 @@ async def providers(redis, connections) -> AsyncIterator:
             candidate = Candidate(
                 name=name,
                 adapter=OpenAIImagesProvider(OpenAIImagesConfig(base_url=url, model="m", timeout_s=10), http),
-                breaker=CircuitBreaker(redis, space, name, threshold=2, cooldown_s=300, clock=clock),
-                keys=KeyPool(redis, space, name, api_keys, clock=clock) if api_keys else None,
+                breaker=RedisCircuitBreaker(redis, space, name, threshold=2, cooldown_s=300, clock=clock),
+                keys=RedisKeyPool(redis, space, name, api_keys, clock=clock) if api_keys else None,
                 cost_micros=usd(cost),
             )
             return Provider(fake, candidate, api_keys)
@@ -185,7 +185,7 @@ async def test_a_permanent_error_fails_the_job_at_once_with_the_reason(providers
 async def test_paid_calls_reserve_the_budget_settle_on_success_and_refund_on_failure(providers, redis):
     make, _, space = providers
     paid = await make("replicate-like", cost="0.0023")
-    ledger = BudgetLedger(redis, space, cap_micros=usd("0.005"))  # room for two images
+    ledger = RedisBudgetLedger(redis, space, cap_micros=usd("0.005"))  # room for two images
     failover = Failover([paid.candidate], budget=ledger, sleep=_no_sleep)
 
     paid.fake.knobs.fail_next = ["503"]

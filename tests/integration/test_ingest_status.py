@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.common.breaker import CircuitBreaker
-from services.common.budget import BudgetLedger, usd
-from services.common.keypool import ApiKey, KeyPool
+from services.common.breaker import RedisCircuitBreaker
+from services.common.budget import RedisBudgetLedger, usd
+from services.common.keypool import ApiKey, RedisKeyPool
 from services.common.redis import KeySpace
 from services.common.settings import BudgetSettings, Connections
 from services.ingest.app import build_ingest, create_app
@@ -52,13 +52,13 @@ async def test_status_shows_masked_keys_open_breakers_and_the_budget(
     keys = KeySpace(connections.redis.key_prefix)
 
     cooled, healthy = ApiKey("openai", KEY_A), ApiKey("openai", KEY_B)
-    pool = KeyPool(redis, keys, "openai", [cooled, healthy])
+    pool = RedisKeyPool(redis, keys, "openai", [cooled, healthy])
     await pool.cooldown(cooled, 600, "429 from the provider")
     await pool.record(healthy, True)
-    breaker = CircuitBreaker(redis, keys, "openai", threshold=2)
+    breaker = RedisCircuitBreaker(redis, keys, "openai", threshold=2)
     await breaker.failure()
     assert await breaker.failure() is not None  # the second failure opens it
-    ledger = BudgetLedger(redis, keys, cap_micros=usd("10"))
+    ledger = RedisBudgetLedger(redis, keys, cap_micros=usd("10"))
     assert await ledger.reserve("job-1", usd("0.04")) is not None
 
     settings = IngestSettings(providers_file=providers_file)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.common import contracts as c
-from services.common.jobs import JobStore, TerminalGuard
+from services.common.jobs import RedisJobStore, RedisTerminalGuard
 from services.common.redis import KeySpace
 
 pytestmark = pytest.mark.integration
@@ -23,7 +23,7 @@ def _completed(job_id: str, url: str) -> c.GenerationCompleted:
 
 
 async def test_status_only_moves_forward_and_the_first_terminal_wins(redis, keys):
-    jobs = JobStore(redis, keys)
+    jobs = RedisJobStore(redis, keys)
     job = c.new_job_id()
 
     assert await jobs.update(job, "queued", tenant="t")
@@ -41,7 +41,7 @@ async def test_status_only_moves_forward_and_the_first_terminal_wins(redis, keys
 
 
 async def test_changes_replay_every_accepted_step_in_order(redis, keys):
-    jobs = JobStore(redis, keys)
+    jobs = RedisJobStore(redis, keys)
     job = c.new_job_id()
     for status in ("queued", "routed", "generating", "stored", "completed"):
         await jobs.update(job, status)
@@ -54,11 +54,11 @@ async def test_changes_replay_every_accepted_step_in_order(redis, keys):
 
 
 async def test_unknown_job_is_none(redis, keys):
-    assert await JobStore(redis, keys).get(c.new_job_id()) is None
+    assert await RedisJobStore(redis, keys).get(c.new_job_id()) is None
 
 
 async def test_terminal_guard_publishes_once_and_replays_the_stored_event(redis, keys):
-    guard = TerminalGuard(redis, keys)
+    guard = RedisTerminalGuard(redis, keys)
     job = c.new_job_id()
     first, second = _completed(job, "http://x/first.png"), _completed(job, "http://x/second.png")
 

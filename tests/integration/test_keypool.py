@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.common.keypool import DEFAULT_COOLDOWN_S, ApiKey, KeyPool, NoKeyAvailable
+from services.common.keypool import DEFAULT_COOLDOWN_S, ApiKey, NoKeyAvailable, RedisKeyPool
 from services.common.redis import KeySpace, make_redis
 
 pytestmark = pytest.mark.integration
@@ -42,11 +42,11 @@ def clock() -> _Clock:
 
 
 @pytest.fixture
-def pool(redis, keys, api_keys, clock) -> KeyPool:
-    return KeyPool(redis, keys, "hf", api_keys, clock=clock)
+def pool(redis, keys, api_keys, clock) -> RedisKeyPool:
+    return RedisKeyPool(redis, keys, "hf", api_keys, clock=clock)
 
 
-async def _picks(pool: KeyPool, n: int) -> list[str]:
+async def _picks(pool: RedisKeyPool, n: int) -> list[str]:
     return [(await pool.pick()).key_id for _ in range(n)]
 
 
@@ -96,8 +96,8 @@ async def test_no_retry_after_means_the_default_cooldown(pool, api_keys):
 async def test_a_cooldown_from_replica_a_is_honoured_by_replica_b_on_its_next_pick(connections, keys, api_keys, clock):
     client_a, client_b = make_redis(connections.redis), make_redis(connections.redis)
     try:
-        replica_a = KeyPool(client_a, keys, "hf", api_keys, clock=clock)
-        replica_b = KeyPool(client_b, keys, "hf", api_keys, clock=clock)
+        replica_a = RedisKeyPool(client_a, keys, "hf", api_keys, clock=clock)
+        replica_b = RedisKeyPool(client_b, keys, "hf", api_keys, clock=clock)
         await replica_b.pick()  # B is warm: its script is loaded, and it must hold no stale copy of the state
 
         for key in api_keys[:2]:
@@ -215,6 +215,6 @@ async def test_concurrent_picks_are_evenly_spread(pool, api_keys):
 
 async def test_a_pool_without_keys_says_so(redis, keys):
     with pytest.raises(NoKeyAvailable) as raised:
-        await KeyPool(redis, keys, "hf", []).pick()
+        await RedisKeyPool(redis, keys, "hf", []).pick()
     assert raised.value.retry_after_s is None
     assert "no hf API keys are configured" in str(raised.value)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.keypool import ApiKey, KeyPool
+from services.common.keypool import ApiKey, RedisKeyPool
 from services.common.redis import KeySpace, make_redis
 
 pytestmark = pytest.mark.integration
@@ -24,7 +24,7 @@ SECRETS = [f"hf_{name * 34}" for name in "abc"]
 _CHILD = textwrap.dedent("""
     import asyncio, os, sys
 
-    from services.common.keypool import ApiKey, KeyPool
+    from services.common.keypool import ApiKey, RedisKeyPool
     from services.common.redis import KeySpace
     from redis.asyncio import Redis
 
@@ -32,7 +32,7 @@ _CHILD = textwrap.dedent("""
         client = Redis.from_url(os.environ["CHILD_REDIS_URL"])
         try:
             keys = [ApiKey(os.environ["CHILD_PROVIDER"], s) for s in os.environ["CHILD_SECRETS"].split(",")]
-            pool = KeyPool(client, KeySpace(os.environ["CHILD_REDIS_PREFIX"]), os.environ["CHILD_PROVIDER"], keys)
+            pool = RedisKeyPool(client, KeySpace(os.environ["CHILD_REDIS_PREFIX"]), os.environ["CHILD_PROVIDER"], keys)
             if action == "cooldown":
                 await pool.cooldown(keys[0], 60, "429")
                 print("cooled", keys[0].key_id)
@@ -75,7 +75,7 @@ async def test_a_cooldown_set_by_another_process_is_honoured_at_the_next_pick(co
     key_1 = api_keys[0]
     client = make_redis(connections.redis)
     try:
-        pool = KeyPool(client, KeySpace(connections.redis.key_prefix), PROVIDER, api_keys)
+        pool = RedisKeyPool(client, KeySpace(connections.redis.key_prefix), PROVIDER, api_keys)
         await pool.pick()  # warm: script loaded, no stale state to hold
         assert await _run_child(connections, "cooldown") == ["cooled", key_1.key_id]
 
@@ -91,7 +91,7 @@ async def test_a_key_disabled_here_is_never_picked_by_another_process(connection
     key_2 = api_keys[1]
     client = make_redis(connections.redis)
     try:
-        pool = KeyPool(client, KeySpace(connections.redis.key_prefix), PROVIDER, api_keys)
+        pool = RedisKeyPool(client, KeySpace(connections.redis.key_prefix), PROVIDER, api_keys)
         await pool.disable(key_2, "401 Unauthorized")
     finally:
         await client.aclose()

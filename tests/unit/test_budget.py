@@ -11,8 +11,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from services.common import contracts as c
 from services.common.budget import (
-    BudgetLedger,
     BudgetSnapshot,
+    RedisBudgetLedger,
     format_usd,
     month_of,
     usd,
@@ -80,7 +80,7 @@ class _Clock:
 def test_ledger_month_key_rolls_over_at_the_utc_boundary():
     clock = _Clock(datetime(2025, 1, 31, 23, 59, 59, 999_000, tzinfo=UTC))
     # Redis() does not connect until used; register_script only hashes the source.
-    ledger = BudgetLedger(Redis(), KeySpace("p:"), cap_micros=usd("$10"), clock=clock)
+    ledger = RedisBudgetLedger(Redis(), KeySpace("p:"), cap_micros=usd("$10"), clock=clock)
     assert ledger.month_key() == "p:budget:2025-01"
     clock.now += timedelta(milliseconds=1)
     assert ledger.month_key() == "p:budget:2025-02"
@@ -93,7 +93,7 @@ def test_ledger_month_key_rolls_over_at_the_utc_boundary():
 
 def test_ledger_rejects_nonsense_amounts():
     with pytest.raises(ValueError):
-        BudgetLedger(Redis(), KeySpace("p:"), cap_micros=-1)
+        RedisBudgetLedger(Redis(), KeySpace("p:"), cap_micros=-1)
 
 
 def test_snapshot_remaining_never_negative():

@@ -12,8 +12,8 @@ from redis.asyncio import Redis
 
 from services.common.keypool import (
     ApiKey,
-    KeyPool,
     NoKeyAvailable,
+    RedisKeyPool,
     keys_from_env,
     keys_from_file,
     retry_after_seconds,
@@ -61,7 +61,7 @@ def test_a_malformed_key_is_refused_without_echoing_it(bad):
 def test_pool_errors_never_carry_a_secret():
     other = ApiKey("replicate", "r8_" + "z" * 37)
     with pytest.raises(ValueError) as raised:
-        KeyPool(Redis(), KeySpace("t:"), "hf", [ApiKey("hf", SECRET), other])  # no connection is made
+        RedisKeyPool(Redis(), KeySpace("t:"), "hf", [ApiKey("hf", SECRET), other])  # no connection is made
     assert other.key_id in str(raised.value)
     assert other.get_secret_value() not in str(raised.value)
 

@@ -1,0 +1,134 @@
+"""The ports: what the services need of shared state and storage, as ``typing.Protocol``s.
+
+Handlers and the failover loop are written against these, never against Redis or S3. Each port
+has two implementations that pass the same contract tests (``tests/contracts/``):
+
+=============  ==========================================  ======================================
+port           production adapter                          in-memory fake (``tests/fakes.py``)
+=============  ==========================================  ======================================
+KeyPool        ``keypool.RedisKeyPool``                    ``MemoryKeyPool``
+JobStore       ``jobs.RedisJobStore``                      ``MemoryJobStore``
+TerminalGuard  ``jobs.RedisTerminalGuard``                 ``MemoryTerminalGuard``
+BudgetLedger   ``budget.RedisBudgetLedger``                ``MemoryBudgetLedger``
+Breaker        ``breaker.RedisCircuitBreaker``             ``MemoryBreaker``
+BlobStore      ``blobstore.S3BlobStore``                   ``MemoryBlobStore``
+ResultCache    ``cache.RedisResultCache``                  ``MemoryResultCache``
+=============  ==========================================  ======================================
+
+The Redis adapters are shared by every replica at once (Lua scripts where several keys must
+change together); a fake is one process's truth, which is all a unit test needs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from services.common.breaker import BreakerState
+    from services.common.budget import BudgetSnapshot, Reservation
+    from services.common.contracts import GenerationCompleted
+    from services.common.jobs import JobStatus, JobView, Terminal
+    from services.common.keypool import ApiKey, KeyState
+
+__all__ = ["BlobStore", "Breaker", "BudgetLedger", "JobStore", "KeyPool", "ResultCache", "TerminalGuard"]
+
+
+class KeyPool(Protocol):
+    """One provider's API keys: round-robin over the healthy ones, cooldowns and disables shared."""
+
+    @property
+    def provider(self) -> str: ...
+
+    @property
+    def keys(self) -> tuple[ApiKey, ...]: ...
+
+    async def pick(self) -> ApiKey:
+        """The next usable key; raises ``NoKeyAvailable`` (with when the first one comes back) if none is."""
+
+    async def cooldown(self, key: ApiKey | str, seconds: float | None, reason: str) -> float:
+        """Cool ``key`` for ``seconds`` (the later deadline wins); returns the deadline (epoch seconds)."""
+
+    async def disable(self, key: ApiKey | str, reason: str) -> None: ...
+
+    async def enable(self, key_id: str) -> bool:
+        """Re-enable a disabled key (by id or masked form); False when the pool has no such key."""
+
+    async def record(self, key: ApiKey | str, ok: bool) -> None: ...
+
+    async def states(self) -> list[KeyState]: ...
+
+
+class JobStore(Protocol):
+    """Job status that only moves forward (``queued → routed → … → completed | failed``)."""
+
+    async def update(self, job_id: str, status: JobStatus, **fields: Any) -> bool:
+        """Move the job to ``status`` with ``fields``; False when the change was stale."""
+
+    async def get(self, job_id: str) -> JobView | None: ...
+
+    async def changes(self, job_id: str, after: str = "0", block_ms: int = 2_000) -> list[tuple[str, JobView]]:
+        """Status changes after change id ``after``, waiting up to ``block_ms`` for the first."""
+
+
+class TerminalGuard(Protocol):
+    """Exactly one terminal event per job reaches the results topics."""
+
+    async def claim(self, event: Terminal) -> Terminal | None:
+        """The terminal event to publish for ``event.job_id`` (the first one claimed), or None once published."""
+
+    async def mark_published(self, job_id: str) -> None: ...
+
+
+class BudgetLedger(Protocol):
+    """Paid spend against a monthly cap: reserve before a paid call, settle or refund after."""
+
+    cap_micros: int
+
+    async def reserve(self, job_id: str, cost_micros: int) -> Reservation | None:
+        """A hold on ``cost_micros``, or None when it would pass the cap. Repeating a job id returns its hold."""
+
+    async def settle(self, reservation: Reservation, actual_cost_micros: int | None = None) -> bool: ...
+
+    async def refund(self, reservation: Reservation) -> bool: ...
+
+    async def snapshot(self, month: str | None = None) -> BudgetSnapshot: ...
+
+
+class Breaker(Protocol):
+    """A provider's circuit breaker: open after N retryable failures in a row, for a cooldown."""
+
+    provider: str
+
+    async def allows(self) -> bool: ...
+
+    async def success(self) -> None: ...
+
+    async def failure(self) -> float | None:
+        """Count a failure; returns when the provider comes back if this one opened the breaker."""
+
+    async def state(self) -> BreakerState: ...
+
+
+class BlobStore(Protocol):
+    """Objects under keys, each with a public (CDN) URL."""
+
+    async def put(self, key: str, data: bytes, *, content_type: str, cache_control: str = ...) -> str:
+        """Store ``data`` under ``key`` and return its public URL."""
+
+    async def exists(self, key: str) -> bool: ...
+
+    async def get(self, key: str) -> bytes:
+        """The bytes under ``key``; ``KeyError`` if there are none."""
+
+    def public_url(self, key: str) -> str: ...
+
+
+class ResultCache(Protocol):
+    """``cache_key → GenerationCompleted`` for requests already served."""
+
+    async def get(self, cache_key: str) -> GenerationCompleted | None: ...
+
+    async def put(self, cache_key: str, completed: GenerationCompleted) -> None: ...
+
+    async def stats(self) -> dict[str, int]:
+        """Lookups by outcome: ``hit_local``, ``hit_redis``, ``miss``."""
