@@ -1,9 +1,9 @@
-"""What every Forgeline process does the same way: logging, signals, metrics, client lifecycles.
+"""What every Forgeline process does the same way: logging, signals, metrics, the loop's lifetime.
 
-A service's ``serve(settings, connections, stop)`` builds its clients inside an
-``AsyncExitStack`` (so they close in reverse order, whatever happens) and runs until ``stop``
-is set. ``run_service`` is what ``forgeline run <service>`` calls: it sets up logging and the
-metrics endpoint, turns SIGTERM / SIGINT into ``stop``, and runs ``serve``.
+A service's ``serve(settings, infra, stop)`` builds its handler on the process's
+:class:`~services.common.bootstrap.Infra` and runs until ``stop`` is set. ``run_service`` is
+what ``forgeline run <service>`` calls: it sets up logging and the metrics endpoint, turns
+SIGTERM / SIGINT into ``stop``, and runs ``serve``.
 """
 
 from __future__ import annotations
@@ -13,17 +13,10 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import start_http_server
-from redis.asyncio import Redis
 
 from services.common.consumer import ConsumerLoop
-from services.common.kafka import make_admin, make_consumer, make_producer
-from services.common.redis import make_redis
-from services.common.settings import KafkaSettings, RedisSettings
 
 log = logging.getLogger(__name__)
 
@@ -62,39 +55,6 @@ def run_service(
         log.info("stopped")
 
     asyncio.run(main())
-
-
-async def _started(stack: AsyncExitStack, client, start, close):
-    """Start ``client`` and register its cleanup; a client whose start fails is closed at once."""
-    try:
-        await start()
-    except BaseException:
-        await close()
-        raise
-    stack.push_async_callback(close)
-    return client
-
-
-async def started_producer(stack: AsyncExitStack, kafka: KafkaSettings) -> AIOKafkaProducer:
-    producer = make_producer(kafka)
-    return await _started(stack, producer, producer.start, producer.stop)
-
-
-async def started_consumer(stack: AsyncExitStack, kafka: KafkaSettings, *, group_id: str | None) -> AIOKafkaConsumer:
-    """A started consumer; with ``group_id=None`` it only reads offsets (no subscription, no commits)."""
-    consumer = make_consumer(kafka, group_id=group_id)
-    return await _started(stack, consumer, consumer.start, consumer.stop)
-
-
-async def started_admin(stack: AsyncExitStack, kafka: KafkaSettings) -> AIOKafkaAdminClient:
-    admin = make_admin(kafka)
-    return await _started(stack, admin, admin.start, admin.close)
-
-
-def redis_client(stack: AsyncExitStack, settings: RedisSettings) -> Redis:
-    client = make_redis(settings)
-    stack.push_async_callback(client.aclose)
-    return client
 
 
 async def run_until_stopped(loop: ConsumerLoop, stop: asyncio.Event, *companions: Awaitable[None]) -> None:

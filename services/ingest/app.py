@@ -3,34 +3,23 @@
     forgeline run ingest
 
 ``create_app`` builds the FastAPI app around its dependencies (no module-level app or
-clients); ``build_ingest`` opens those clients; ``serve`` runs uvicorn until ``stop`` is set.
+clients); ``build_deps`` opens those clients on the process's ``Infra``; ``build`` is both;
+``serve`` runs uvicorn until ``stop`` is set.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Generator, Mapping
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from collections.abc import Generator
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
-from services.common.blobstore import S3BlobStore
-from services.common.budget import RedisBudgetLedger, usd
+from services.common.bootstrap import Infra
 from services.common.cache import LruTtlCache, RedisResultCache
-from services.common.jobs import RedisJobStore
-from services.common.redis import KeySpace
-from services.common.settings import BudgetSettings, Connections
-from services.common.topics import GroupIds, Topics
-from services.common.worker import (
-    redis_client,
-    started_admin,
-    started_consumer,
-    started_producer,
-)
 from services.ingest.deps import IngestDeps, provider_handles
 from services.ingest.errors import (
     InvalidRequest,
@@ -42,8 +31,6 @@ from services.ingest.middleware import BodyLimit, RequestLog
 from services.ingest.routes import router
 from services.ingest.settings import IngestSettings
 from services.providers.catalog import load_providers_file
-
-DepsFactory = Callable[[], AbstractAsyncContextManager[IngestDeps]]
 
 # Ingest only reads the result cache; storage writes it with its own TTL. This bounds
 # what a test or tool writing through ``IngestDeps.cache`` keeps.
@@ -68,66 +55,44 @@ TAGS = [
 ]
 
 
-@asynccontextmanager
-async def build_ingest(settings: IngestSettings, connections: Connections, *,
-                       environ: Mapping[str, str] | None = None,
-                       budget: BudgetSettings | None = None) -> AsyncIterator[IngestDeps]:
-    """Open every client the API uses; they close in reverse order on exit, whatever happens.
-
-    ``environ``: where the providers file's ``keys_env`` variables are read (None: none are, so
-    /v1/status lists no keys). ``budget``: the monthly cap (None: read from ``FORGELINE_BUDGET_*``).
-    """
+async def build_deps(settings: IngestSettings, infra: Infra) -> IngestDeps:
+    """Open every client the API uses, on the process's ``infra`` (which closes them)."""
     # Read before any client opens: a broken providers file fails the start with the file's problem.
     catalog = load_providers_file(settings.providers_file) if settings.providers_file is not None else None
-    budget = budget or BudgetSettings()
-    async with AsyncExitStack() as stack:
-        producer = await started_producer(stack, connections.kafka)
-        admin = await started_admin(stack, connections.kafka)
-        offsets = await started_consumer(stack, connections.kafka, group_id=None)
-        redis = redis_client(stack, connections.redis)
-        keys = KeySpace(connections.redis.key_prefix)
-        yield IngestDeps(
-            settings=settings,
-            connections=connections,
-            topics=Topics.from_settings(connections.topics),
-            groups=GroupIds.from_settings(connections.topics),
-            keys=keys,
-            producer=producer,
-            admin=admin,
-            offsets=offsets,
-            redis=redis,
-            jobs=RedisJobStore(redis, keys, ttl_s=settings.status_ttl_s),
-            cache=RedisResultCache(redis, keys, ttl_s=_CACHE_WRITE_TTL_S,
-                              local=LruTtlCache(settings.local_cache_size, settings.local_cache_ttl_s)),
-            budget=RedisBudgetLedger(redis, keys, cap_micros=usd(budget.cap_usd),
-                                reservation_ttl_s=budget.reservation_ttl_s),
-            providers=provider_handles(catalog, redis, keys, environ or {}),
-            blobs=S3BlobStore(connections.s3),
-        )
+    return IngestDeps(
+        settings=settings,
+        connections=infra.connections,
+        topics=infra.topics,
+        groups=infra.groups,
+        keys=infra.keys,
+        producer=await infra.producer(),
+        admin=await infra.admin(),
+        offsets=await infra.offsets(),
+        redis=infra.redis,
+        jobs=infra.jobs(ttl_s=settings.status_ttl_s),
+        cache=RedisResultCache(infra.redis, infra.keys, ttl_s=_CACHE_WRITE_TTL_S,
+                               local=LruTtlCache(settings.local_cache_size, settings.local_cache_ttl_s)),
+        budget=infra.budget,
+        providers=provider_handles(catalog, infra.redis, infra.keys, infra.environ),
+        blobs=infra.blobs,
+    )
 
 
-def create_app(deps: IngestDeps | DepsFactory) -> FastAPI:
-    """The API around ready ``deps`` (tests), or a factory its lifespan enters and exits (``serve``)."""
+async def build(settings: IngestSettings, infra: Infra) -> FastAPI:
+    """The API: routes and error handlers around its opened dependencies."""
+    return create_app(await build_deps(settings, infra))
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if isinstance(deps, IngestDeps):
-            yield
-            return
-        async with deps() as built:
-            app.state.deps = built
-            yield
 
+def create_app(deps: IngestDeps | None) -> FastAPI:
+    """The API around ready ``deps`` (None: only to read its OpenAPI document)."""
     app = FastAPI(
         title="Forgeline ingest API",
         version="1.0.0",
         summary="Image generation for game backends.",
         description=DESCRIPTION,
         openapi_tags=TAGS,
-        lifespan=lifespan,
     )
-    if isinstance(deps, IngestDeps):
-        app.state.deps = deps  # also without a lifespan run (httpx.ASGITransport runs none)
+    app.state.deps = deps
     app.include_router(router)
     _add_error_handlers(app)
     # Last added is outermost: the log sees the final status, including the limit's 413.
@@ -174,31 +139,13 @@ class _Server(uvicorn.Server):
         pass
 
 
-async def serve(settings: IngestSettings, connections: Connections, stop: asyncio.Event,
-                environ: Mapping[str, str] | None = None, budget: BudgetSettings | None = None) -> None:
-    """Run the API on ``settings.host:port`` until ``stop`` is set; then drain and close every client.
-
-    ``environ``: the provider keys' variables for /v1/status (pass ``dict(os.environ)``); ``budget``:
-    as in ``build_ingest``.
-    """
-    failures: list[BaseException] = []
-
-    @asynccontextmanager
-    async def deps() -> AsyncIterator[IngestDeps]:
-        async with AsyncExitStack() as stack:
-            try:
-                built = await stack.enter_async_context(
-                    build_ingest(settings, connections, environ=environ, budget=budget))
-            except Exception as exc:
-                failures.append(exc)  # uvicorn only logs a lifespan failure; we re-raise it below
-                raise
-            yield built
-
+async def serve(settings: IngestSettings, infra: Infra, stop: asyncio.Event) -> None:
+    """Run the API on ``settings.host:port`` until ``stop`` is set; then drain (``infra`` closes the clients)."""
     config = uvicorn.Config(
-        create_app(deps), host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+        await build(settings, infra), host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
         log_config=None,  # keep the process's logging setup
         access_log=False,  # RequestLog writes one line per request, without keys or bodies
-        lifespan="on",
+        lifespan="off",  # the clients are opened before the server starts, and closed by the bootstrap
         # Event streams stay open until their job ends: give them this long, then cut them
         # (clients reconnect with Last-Event-ID to another replica).
         timeout_graceful_shutdown=settings.shutdown_grace_s,
@@ -215,8 +162,6 @@ async def serve(settings: IngestSettings, connections: Connections, stop: asynci
         # SystemExit escaping a task would end the whole event loop, not just this service.
         await server.serve()
     except SystemExit:
-        if failures:
-            raise failures[0] from None
         raise RuntimeError(f"ingest could not listen on {settings.host}:{settings.port} (in use?); "
                            "see the log above") from None
     finally:

@@ -57,7 +57,7 @@ def provider_handles(catalog: ProvidersFile | None, redis: Redis, keys: KeySpace
 
 @dataclass(frozen=True)
 class IngestDeps:
-    """The ingest API's clients. Built by ``services.ingest.app.build_ingest``."""
+    """The ingest API's clients. Built by ``services.ingest.app.build_deps``."""
 
     settings: IngestSettings
     connections: Connections

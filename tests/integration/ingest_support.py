@@ -10,9 +10,10 @@ from dataclasses import dataclass
 import httpx
 from aiokafka import ConsumerRecord, TopicPartition
 
+from services.common.bootstrap import bootstrap
 from services.common.kafka import make_consumer
 from services.common.settings import Connections
-from services.ingest.app import build_ingest, create_app
+from services.ingest.app import build_deps, create_app
 from services.ingest.deps import IngestDeps
 from services.ingest.settings import IngestSettings
 
@@ -26,7 +27,8 @@ class Api:
 @asynccontextmanager
 async def api(connections: Connections, settings: IngestSettings | None = None) -> AsyncIterator[Api]:
     """The app in process, over httpx's ASGI transport (no sockets)."""
-    async with build_ingest(settings or IngestSettings(), connections) as deps:
+    async with bootstrap(connections) as infra:
+        deps = await build_deps(settings or IngestSettings(), infra)
         transport = httpx.ASGITransport(app=create_app(deps))
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as http:
             yield Api(http, deps)

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from services.common.bootstrap import bootstrap
 from services.common.contracts import (
     GenerationCompleted,
     GenerationRequested,
@@ -245,7 +246,12 @@ async def read_events(response: httpx.Response) -> AsyncIterator[tuple[str, str,
 async def served(connections: Connections, settings: IngestSettings) -> AsyncIterator[str]:
     """The API on a real socket (uvicorn via ``serve``): httpx's ASGI transport buffers whole responses."""
     stop = asyncio.Event()
-    task = asyncio.create_task(serve(settings, connections, stop))
+
+    async def run() -> None:
+        async with bootstrap(connections) as infra:
+            await serve(settings, infra, stop)
+
+    task = asyncio.create_task(run())
     base = f"http://127.0.0.1:{settings.port}"
     try:
         async with httpx.AsyncClient(timeout=2) as probe:

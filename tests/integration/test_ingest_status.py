@@ -10,12 +10,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.common.bootstrap import bootstrap
 from services.common.breaker import RedisCircuitBreaker
 from services.common.budget import RedisBudgetLedger, usd
 from services.common.keypool import ApiKey, RedisKeyPool
 from services.common.redis import KeySpace
 from services.common.settings import BudgetSettings, Connections
-from services.ingest.app import build_ingest, create_app
+from services.ingest.app import build_deps, create_app
 from services.ingest.settings import IngestSettings
 
 pytestmark = pytest.mark.integration
@@ -39,7 +40,8 @@ fallback:
 async def status_api(connections: Connections, settings: IngestSettings, *,
                      environ: Mapping[str, str] | None = None,
                      budget: BudgetSettings | None = None) -> AsyncIterator[httpx.AsyncClient]:
-    async with build_ingest(settings, connections, environ=environ, budget=budget) as deps:
+    async with bootstrap(connections, budget=budget, environ=environ) as infra:
+        deps = await build_deps(settings, infra)
         transport = httpx.ASGITransport(app=create_app(deps))
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as http:
             yield http

@@ -1,0 +1,37 @@
+"""The ``forgeline`` command line, one module per command group.
+
+    run.py      forgeline run <service>       one service in the foreground (what a Deployment runs)
+    dev.py      forgeline dev …, demo         the local stack, fake providers, the demo
+    topics.py   forgeline topics …            create, wait for and list the Kafka topics
+    keys.py     forgeline keys …              provider keys: state, re-enabling
+    schema.py   forgeline schema              JSON Schemas of every topic's messages
+
+Each command reads its settings from the environment once, in the command, and hands them down.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from services.cli import dev, keys, run, schema, topics
+from services.cli._console import console
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Forgeline: images on demand for game backends.")
+app.add_typer(dev.app, name="dev")
+app.add_typer(topics.app, name="topics")
+app.add_typer(keys.app, name="keys")
+app.command("run")(run.run)
+app.command("schema")(schema.schema)
+app.command("demo")(dev.demo)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
