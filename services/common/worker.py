@@ -13,12 +13,18 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
+from aiokafka import ConsumerRecord
 from prometheus_client import start_http_server
 
-from services.common.consumer import ConsumerLoop
+from services.common.bootstrap import Infra
+from services.common.consumer import ConsumerLoop, LoopSettings, Outcome
+from services.common.contracts import Event, decode
 
 log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=Event)
 
 
 def configure_logging(level: str, service: str) -> None:
@@ -77,3 +83,16 @@ async def run_until_stopped(loop: ConsumerLoop, stop: asyncio.Event, *companions
         for task in (stopper, *others):
             task.cancel()
         await asyncio.gather(stopper, *others, return_exceptions=True)
+
+
+async def consume(infra: Infra, stop: asyncio.Event, settings: LoopSettings, model: type[E],
+                  handle: Callable[[E], Awaitable[Outcome]], *companions: Awaitable[None]) -> None:
+    """Run ``handle`` over every record of ``settings.topics``, decoded as ``model``, until ``stop``.
+
+    A record that does not decode raises ``ContractError``, which the loop dead-letters.
+    """
+
+    async def on_record(record: ConsumerRecord) -> Outcome:
+        return await handle(decode(model, record.value))
+
+    await run_until_stopped(await infra.consumer_loop(on_record, settings), stop, *companions)

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import asyncio
 
-from aiokafka import ConsumerRecord
-
 from services.common.bootstrap import Infra
 from services.common.breaker import RedisCircuitBreaker
 from services.common.budget import usd
-from services.common.consumer import LoopSettings, Outcome
-from services.common.contracts import ComparisonRequested, decode
+from services.common.consumer import LoopSettings
+from services.common.contracts import ComparisonRequested
 from services.common.fetch import SafeFetcher
 from services.common.keypool import RedisKeyPool
-from services.common.worker import run_until_stopped
+from services.common.worker import consume
 from services.comparer.handlers import CompareHandler
 from services.comparer.perceptual import PerceptualComparer
 from services.comparer.resolve import ImageResolver
@@ -55,11 +53,6 @@ async def build(settings: ComparerSettings, infra: Infra) -> CompareHandler:
 
 async def serve(settings: ComparerSettings, infra: Infra, stop: asyncio.Event) -> None:
     handler = await build(settings, infra)
-
-    async def handle(record: ConsumerRecord) -> Outcome:
-        return await handler.handle(decode(ComparisonRequested, record.value))
-
-    loop = await infra.consumer_loop(handle, LoopSettings(
+    await consume(infra, stop, LoopSettings(
         group_id=infra.groups.comparer, topics=[infra.topics.name("comparison.requested")],
-        concurrency=settings.concurrency, shutdown_timeout_s=settings.shutdown_timeout_s))
-    await run_until_stopped(loop, stop)
+        concurrency=settings.concurrency, shutdown_timeout_s=settings.shutdown_timeout_s), ComparisonRequested, handler.handle)

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import asyncio
 
-from aiokafka import ConsumerRecord
-
 from services.common.bootstrap import Infra
-from services.common.consumer import LoopSettings, Outcome
-from services.common.contracts import GenerationRouted, decode
-from services.common.worker import run_until_stopped
+from services.common.consumer import LoopSettings
+from services.common.contracts import GenerationRouted
+from services.common.worker import consume
 from services.generator.handlers import GenerateHandler
 from services.generator.settings import GeneratorSettings
 from services.providers.catalog import build_candidates, load_providers_file
@@ -30,12 +28,7 @@ async def build(settings: GeneratorSettings, infra: Infra) -> GenerateHandler:
 
 async def serve(settings: GeneratorSettings, infra: Infra, stop: asyncio.Event) -> None:
     handler = await build(settings, infra)
-
-    async def handle(record: ConsumerRecord) -> Outcome:
-        return await handler.handle(decode(GenerationRouted, record.value))
-
-    loop = await infra.consumer_loop(handle, LoopSettings(
+    await consume(infra, stop, LoopSettings(
         group_id=infra.groups.generator(settings.path), topics=[infra.topics.name(f"generation.{settings.path}")],
         concurrency=settings.concurrency, commit_interval_s=settings.commit_interval_s,
-        shutdown_timeout_s=settings.shutdown_timeout_s))
-    await run_until_stopped(loop, stop)
+        shutdown_timeout_s=settings.shutdown_timeout_s), GenerationRouted, handler.handle)

@@ -13,7 +13,8 @@ from services.common.bootstrap import Infra
 from services.common.budget import usd
 from services.common.cache import LruTtlCache, RedisResultCache
 from services.common.consumer import LoopSettings
-from services.common.worker import run_until_stopped
+from services.common.contracts import GenerationRequested
+from services.common.worker import consume
 from services.router.budget_gate import BudgetGate
 from services.router.depth import DepthMonitor
 from services.router.handlers import RouterHandler
@@ -41,7 +42,6 @@ async def build(settings: RouterSettings, infra: Infra, *, paid: PaidCapacity | 
 
 async def serve(settings: RouterSettings, infra: Infra, stop: asyncio.Event) -> None:
     handler = await build(settings, infra)
-    loop = await infra.consumer_loop(handler, LoopSettings(
+    await consume(infra, stop, LoopSettings(
         group_id=infra.groups.router, topics=[infra.topics.name("generation.requested")],
-        concurrency=settings.concurrency))
-    await run_until_stopped(loop, stop, handler.depth.run())
+        concurrency=settings.concurrency), GenerationRequested, handler.handle, handler.depth.run())

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from aiokafka import ConsumerRecord
 from prometheus_client import Counter
 from redis.asyncio import Redis
 
@@ -19,7 +18,6 @@ from services.common.contracts import (
     GenerationRequested,
     GenerationRouted,
     RouteDecision,
-    decode,
 )
 from services.common.jobs import terminal_outcome
 from services.common.ports import JobStore, ResultCache, TerminalGuard
@@ -79,8 +77,7 @@ class RouterHandler:
     cache: ResultCache
     guard: TerminalGuard
 
-    async def __call__(self, record: ConsumerRecord) -> Outcome:
-        request = decode(GenerationRequested, record.value)
+    async def handle(self, request: GenerationRequested) -> Outcome:
         # Requests produced straight to Kafka never met ingest's cache check; no provider call
         # (and no paid call) for an image we already have. A comparison job must run, though.
         if request.reference_image is None and (cached := await self.cache.get(request.spec.cache_key())):

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import asyncio
 
-from aiokafka import ConsumerRecord
-
 from services.common.bootstrap import Infra
 from services.common.cache import LruTtlCache, RedisResultCache
-from services.common.consumer import LoopSettings, Outcome
-from services.common.contracts import GenerationGenerated, decode
-from services.common.worker import run_until_stopped
+from services.common.consumer import LoopSettings
+from services.common.contracts import GenerationGenerated
+from services.common.worker import consume
 from services.storage.handlers import StoreHandler
 from services.storage.settings import StorageSettings
 
@@ -29,11 +27,6 @@ async def build(settings: StorageSettings, infra: Infra) -> StoreHandler:
 
 async def serve(settings: StorageSettings, infra: Infra, stop: asyncio.Event) -> None:
     handler = await build(settings, infra)
-
-    async def handle(record: ConsumerRecord) -> Outcome:
-        return await handler.handle(decode(GenerationGenerated, record.value))
-
-    loop = await infra.consumer_loop(handle, LoopSettings(
+    await consume(infra, stop, LoopSettings(
         group_id=infra.groups.storage, topics=[infra.topics.name("generation.generated")],
-        concurrency=settings.concurrency))
-    await run_until_stopped(loop, stop)
+        concurrency=settings.concurrency), GenerationGenerated, handler.handle)
