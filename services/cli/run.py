@@ -21,6 +21,7 @@ import typer
 
 from services.cli._console import fail, read_settings
 from services.common.bootstrap import bootstrap
+from services.common.health import Readiness
 from services.common.settings import BudgetSettings, Connections
 from services.common.worker import run_service
 
@@ -75,10 +76,12 @@ def run(
         catalog_or_fail(service_settings.providers_file)
     serve = importlib.import_module(entry.module).serve
 
+    readiness = Readiness("kafka")  # ready once its consumer is connected (ingest answers /readyz itself)
+
     async def main(stop: asyncio.Event) -> None:
-        async with bootstrap(connections, budget=budget, environ=os.environ) as infra:
+        async with bootstrap(connections, budget=budget, environ=os.environ, readiness=readiness) as infra:
             await serve(service_settings, infra, stop)
 
     name = f"generator-{service_settings.path}" if service.value == "generator" else service.value
     run_service(name, main, log_level=service_settings.log_level,
-                metrics_port=getattr(service_settings, "metrics_port", None))
+                metrics_port=getattr(service_settings, "metrics_port", None), readiness=readiness)

@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 from services.common.blobstore import S3BlobStore
 from services.common.budget import RedisBudgetLedger, usd
 from services.common.consumer import ConsumerLoop, Handler, LoopSettings
+from services.common.health import Readiness
 from services.common.jobs import RedisJobStore, RedisTerminalGuard
 from services.common.kafka import make_admin, make_consumer, make_producer
 from services.common.redis import KeySpace, make_redis
@@ -50,6 +51,7 @@ class Infra:
     groups: GroupIds
     keys: KeySpace
     _stack: AsyncExitStack
+    readiness: Readiness = field(default_factory=Readiness)  # what /readyz reports (services.common.health)
     _made: dict[str, Any] = field(default_factory=dict)
 
     async def _once(self, name: str, make: Callable[[], Awaitable[T]]) -> T:
@@ -145,11 +147,13 @@ class Infra:
 
 @asynccontextmanager
 async def bootstrap(connections: Connections, *, budget: BudgetSettings | None = None,
-                    environ: Mapping[str, str] | None = None) -> AsyncIterator[Infra]:
+                    environ: Mapping[str, str] | None = None, readiness: Readiness | None = None,
+                    ) -> AsyncIterator[Infra]:
     """The process's :class:`Infra`; every client it made is closed on exit, in reverse order.
 
     ``budget``: the monthly cap (None: read from ``FORGELINE_BUDGET_*``). ``environ``: where provider
-    keys named by the providers file are read (None: nowhere, so no keys).
+    keys named by the providers file are read (None: nowhere, so no keys). ``readiness``: what the
+    process's ``/readyz`` reports (None: a fresh one nobody serves).
     """
     async with AsyncExitStack() as stack:
         yield Infra(
@@ -160,4 +164,5 @@ async def bootstrap(connections: Connections, *, budget: BudgetSettings | None =
             groups=GroupIds.from_settings(connections.topics),
             keys=KeySpace(connections.redis.key_prefix),
             _stack=stack,
+            readiness=readiness or Readiness(),
         )

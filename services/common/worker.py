@@ -2,8 +2,8 @@
 
 A service's ``serve(settings, infra, stop)`` builds its handler on the process's
 :class:`~services.common.bootstrap.Infra` and runs until ``stop`` is set. ``run_service`` is
-what ``forgeline run <service>`` calls: it sets up logging and the metrics endpoint, turns
-SIGTERM / SIGINT into ``stop``, and runs ``serve``.
+what ``forgeline run <service>`` calls: it sets up logging and the metrics and health endpoint,
+turns SIGTERM / SIGINT into ``stop``, and runs ``serve``.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from aiokafka import ConsumerRecord
-from prometheus_client import start_http_server
 
 from services.common.bootstrap import Infra
 from services.common.consumer import ConsumerLoop, LoopSettings, Outcome
 from services.common.contracts import Event, decode
+from services.common.health import Readiness, start_health_server
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,15 @@ def run_service(
     *,
     log_level: str = "INFO",
     metrics_port: int | None = None,
+    readiness: Readiness | None = None,
 ) -> None:
-    """Run one service until SIGTERM / SIGINT; the process's entrypoint."""
+    """Run one service until SIGTERM / SIGINT; the process's entrypoint.
+
+    ``metrics_port``: serve ``/metrics``, ``/healthz`` and ``/readyz`` (from ``readiness``) there.
+    """
     configure_logging(log_level, service)
     if metrics_port:
-        start_http_server(metrics_port)
-        log.info("metrics on :%d/metrics", metrics_port)
+        start_health_server(metrics_port, readiness or Readiness())
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -95,4 +98,6 @@ async def consume(infra: Infra, stop: asyncio.Event, settings: LoopSettings, mod
     async def on_record(record: ConsumerRecord) -> Outcome:
         return await handle(decode(model, record.value))
 
-    await run_until_stopped(await infra.consumer_loop(on_record, settings), stop, *companions)
+    loop = await infra.consumer_loop(on_record, settings)
+    infra.readiness.set("kafka", True)  # connected, about to join the group
+    await run_until_stopped(loop, stop, *companions)

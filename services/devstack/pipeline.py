@@ -12,13 +12,13 @@ import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
 
 from services.devstack.errors import DevStackError, Progress, silent
-from services.devstack.process import BackgroundProcess, log_tail
+from services.devstack.process import BackgroundProcess, free_ports, log_tail
 
 
 @dataclass(frozen=True)
@@ -26,14 +26,17 @@ class ServiceProcess:
     name: str
     args: tuple[str, ...]
     ready_url: str | None = None  # started processes with one are waited for until it answers 200
+    metrics_port_env: str | None = None  # a worker: its /readyz is served on a free port set here
 
 
 SERVICES: tuple[ServiceProcess, ...] = (
-    ServiceProcess("router", ("run", "router")),
-    ServiceProcess("generator-primary", ("run", "generator", "--path", "primary")),
-    ServiceProcess("generator-fallback", ("run", "generator", "--path", "fallback")),
-    ServiceProcess("storage", ("run", "storage")),
-    ServiceProcess("comparer", ("run", "comparer")),
+    ServiceProcess("router", ("run", "router"), metrics_port_env="FORGELINE_ROUTER_METRICS_PORT"),
+    ServiceProcess("generator-primary", ("run", "generator", "--path", "primary"),
+                   metrics_port_env="FORGELINE_GENERATOR_METRICS_PORT"),
+    ServiceProcess("generator-fallback", ("run", "generator", "--path", "fallback"),
+                   metrics_port_env="FORGELINE_GENERATOR_METRICS_PORT"),
+    ServiceProcess("storage", ("run", "storage"), metrics_port_env="FORGELINE_STORAGE_METRICS_PORT"),
+    ServiceProcess("comparer", ("run", "comparer"), metrics_port_env="FORGELINE_COMPARER_METRICS_PORT"),
     ServiceProcess("ingest", ("run", "ingest")),
 )
 SERVICE_NAMES = tuple(s.name for s in SERVICES)
@@ -58,6 +61,7 @@ class Pipeline:
         self._env = dict(env)
         self._per_service_env = per_service_env or {}
         self.ingest_url = ingest_url
+        self._ready_urls: dict[str, str] = {}  # the workers this object started: where their /readyz is
 
     def process(self, name: str) -> BackgroundProcess:
         names = [s.name for s in self._services]
@@ -71,39 +75,61 @@ class Pipeline:
             self.process(name)  # validates
         return [s for s in self._services if s.name in wanted]
 
-    def start(self, names: Sequence[str] | None = None, progress: Progress = silent) -> list[str]:
-        """Start the selected services that are not running; returns the names started."""
-        started: list[str] = []
+    def start(self, names: Sequence[str] | None = None, progress: Progress = silent,
+              timeout_s: float = 90.0) -> list[str]:
+        """Start the selected services that are not running, then wait until every one is ready.
+
+        Returns the names started. Raises ``DevStackError`` with the service's log tail when one
+        exits or is not ready within ``timeout_s``: a stack with a dead service is no stack.
+        """
+        started: list[ServiceProcess] = []
         for service in self._selected(names):
             process = self.process(service.name)
             if process.is_running():
                 progress(f"{service.name}: already running (pid {process.pid()})")
                 continue
             env = os.environ | self._env | dict(self._per_service_env.get(service.name, {}))
+            if service.metrics_port_env:
+                (port,) = free_ports(1)
+                env[service.metrics_port_env] = str(port)
+                service = replace(service, ready_url=f"http://127.0.0.1:{port}/readyz")
+                self._ready_urls[service.name] = service.ready_url
             argv = [sys.executable, "-m", "services.cli", *service.args]
             pid = process.start(argv, marker="services.cli", env=env)
             progress(f"{service.name}: started (pid {pid}), log {process.log_path}")
-            started.append(service.name)
-            if service.ready_url:
-                self._wait_ready(service, progress)
-        if self.ingest_url and "ingest" in started:
-            self.wait_ingest_ready(progress=progress)
-        return started
+            started.append(service)
+            if service.metrics_port_env is None and service.ready_url:
+                self._wait_ready(service, progress, timeout_s)  # what the services need (fake providers)
+        for service in started:
+            if service.name == "ingest" and self.ingest_url:
+                self.wait_ingest_ready(timeout_s, progress=progress)
+            elif service.metrics_port_env:
+                self._wait_ready(service, progress, timeout_s)
+        return [service.name for service in started]
+
+    def ready_urls(self) -> dict[str, str]:
+        """Each worker's ``/readyz`` (with its metrics), for the workers this object started."""
+        return dict(self._ready_urls)
 
     def _wait_ready(self, service: ServiceProcess, progress: Progress, timeout_s: float = 30.0) -> None:
+        assert service.ready_url is not None
         deadline = time.monotonic() + timeout_s
+        last = "no answer yet"
         while time.monotonic() < deadline:
             if not self.process(service.name).is_running():
                 raise DevStackError(f"{service.name} exited. Last lines of its log:\n"
                                     f"{log_tail(self.process(service.name).log_path)}")
             try:
-                if httpx.get(service.ready_url, timeout=2.0).status_code == 200:
+                response = httpx.get(service.ready_url, timeout=2.0)
+                if response.status_code == 200:
                     progress(f"{service.name}: ready")
                     return
-            except httpx.HTTPError:
-                pass
+                last = f"HTTP {response.status_code}: {response.text[:200]}"
+            except httpx.HTTPError as exc:
+                last = repr(exc)
             time.sleep(0.2)
-        raise DevStackError(f"{service.name} not ready after {timeout_s:.0f} s; log: {self.process(service.name).log_path}")
+        raise DevStackError(f"{service.name} not ready after {timeout_s:.0f} s ({last}). Last lines of its log:\n"
+                            f"{log_tail(self.process(service.name).log_path)}")
 
     def wait_ingest_ready(self, timeout_s: float = 60.0, progress: Progress = silent) -> None:
         """Wait until ingest's /readyz answers 200 (Kafka and Redis reachable from it)."""
@@ -121,8 +147,8 @@ class Pipeline:
             except httpx.HTTPError as exc:
                 last = repr(exc)
             time.sleep(0.25)
-        raise DevStackError(f"ingest not ready after {timeout_s:.0f} s ({last}). "
-                            f"Its log: {self.process('ingest').log_path}")
+        raise DevStackError(f"ingest not ready after {timeout_s:.0f} s ({last}). Last lines of its log:\n"
+                            f"{log_tail(self.process('ingest').log_path)}")
 
     def stop(self, names: Sequence[str] | None = None, progress: Progress = silent) -> list[str]:
         """Stop the selected services (ingest first, so no new work arrives); returns the names stopped."""

@@ -1,6 +1,8 @@
-"""The dev stack's Redis: Debian's redis-server, in memory only (no RDB, no AOF)."""
+"""The dev stack's Redis: Debian's redis-server with an append-only file, as production runs it."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import redis
 
@@ -22,20 +24,27 @@ class RedisComponent(Component):
         super().__init__(state_dir=settings.state_dir, host=settings.host, port=settings.redis_port)
         self.settings = settings
 
+    @property
+    def data_dir(self) -> Path:
+        """Where redis-server keeps its append-only file (``--dir``)."""
+        return self.process.dir / "appendonlydir"
+
     def ports(self) -> dict[int, str]:
         return {self.port: self.settings.env_name("redis_port")}
 
     def prepare(self, progress: Progress) -> list[str]:
         server = ensure_command("redis-server", REDIS_PACKAGE, progress)
         self.process.dir.mkdir(parents=True, exist_ok=True)
-        # Dev data is disposable: no snapshots or append-only file, so stop is instant and
-        # nothing stale survives into the next run.
+        # Job status, terminal-event guards, idempotency claims and the budget ledger must survive a
+        # restart: an append-only file synced every second (what the k8s manifests run too).
+        # ``forgeline dev reset`` deletes it with the rest of the state.
         return [
             server,
             "--bind", self.host,
             "--port", str(self.port),
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
             "--daemonize", "no",
             "--dir", str(self.process.dir),
         ]  # fmt: skip

@@ -165,10 +165,10 @@ _select = components
 
 
 def reset(settings: DevStackSettings, progress: Progress = silent) -> None:
-    """Stop everything and delete the broker's data (every topic and offset); S3 and Redis keep nothing anyway."""
+    """Stop everything and delete the broker's data (every topic and offset) and Redis's append-only file."""
     pipeline(settings).stop(progress=progress)
     down(settings, progress=progress)
-    data = KafkaComponent(settings).data_dir
-    if data.exists():
-        shutil.rmtree(data)
-        progress(f"deleted {data}")
+    for data in (KafkaComponent(settings).data_dir, RedisComponent(settings).data_dir):
+        if data.exists():
+            shutil.rmtree(data)
+            progress(f"deleted {data}")
