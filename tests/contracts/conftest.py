@@ -129,7 +129,8 @@ class RealBackend:
         return S3BlobStore(self._s3)
 
     def result_cache(self, *, local=None):
-        return RedisResultCache(self._redis, self._keys, ttl_s=3600, local=local or LruTtlCache(0, 0))
+        return RedisResultCache(self._redis, self._keys, ttl_s=3600,
+                                local=local if local is not None else LruTtlCache(0, 0))
 
     def route_stats(self):
         return RedisRouteStats(self._redis, self._keys)
