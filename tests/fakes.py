@@ -25,7 +25,7 @@ from services.common.blobstore import IMMUTABLE_CACHE_CONTROL
 from services.common.breaker import BreakerState
 from services.common.budget import BudgetSnapshot, Reservation, month_of
 from services.common.cache import LruTtlCache
-from services.common.contracts import GenerationCompleted, utcnow
+from services.common.contracts import GenerationCompleted, ImageSpec, utcnow
 from services.common.jobs import RANK, JobStatus, JobView, Terminal, encode_fields
 from services.common.keypool import (
     DEFAULT_COOLDOWN_S,
@@ -36,8 +36,11 @@ from services.common.keypool import (
     KeyStatus,
     NoKeyAvailable,
 )
+from services.providers.port import GeneratedImage
 
 __all__ = [
+    "FAKE_PNG",
+    "FakeImageProvider",
     "MemoryBlobStore",
     "MemoryBreaker",
     "MemoryBudgetLedger",
@@ -470,3 +473,38 @@ class MemoryRouteStats:
 
     async def counts(self) -> dict[str, int]:
         return dict(self._counts)
+
+
+# ------------------------------------------------------------------------------------ image providers
+
+#: The smallest bytes ``images.sniff_content_type`` takes for a PNG.
+FAKE_PNG = b"\x89PNG\r\n\x1a\n" + b"fake image"
+
+
+@dataclasses.dataclass
+class FakeImageProvider:
+    """An adapter for ``Failover``'s candidates that answers from what the test set up; ``calls`` logs the tokens.
+
+    Per call, in order: an error for the call's token (``rejects``, every time), the next error of
+    ``script`` (once each), ``always``; otherwise an image.
+    """
+
+    name: str
+    rejects: dict[str, Exception] = dataclasses.field(default_factory=dict)
+    script: list[Exception] = dataclasses.field(default_factory=list)
+    always: Exception | None = None
+    calls: list[str | None] = dataclasses.field(default_factory=list)
+    during_call: Callable[[], Any] | None = None  # awaited inside the call: what the world looks like then
+
+    async def generate(self, spec: ImageSpec, token: str | None) -> GeneratedImage:
+        self.calls.append(token)
+        if self.during_call is not None:
+            await self.during_call()
+        if token is not None and token in self.rejects:
+            raise self.rejects[token]
+        if self.script:
+            raise self.script.pop(0)
+        if self.always is not None:
+            raise self.always
+        return GeneratedImage(data=FAKE_PNG, content_type="image/png", provider=f"{self.name}-protocol",
+                              model="fake-model", deterministic=False)
