@@ -143,6 +143,7 @@ async def test_abandoned_reservations_are_released(impl, clock):
     assert not await ledger.refund(crashed[0])
     # ...and it did not disturb the job's current reservation.
     assert (await ledger.reserve("dead-1", COST)).reservation_id == replay.reservation_id
+    assert (await ledger.reserve("dead-1", COST)).state == "reserved"  # still held, not marked paid
     assert await ledger.refund(crashed[1]) and await _totals(ledger) == (COST, 2 * COST)
 
 
