@@ -31,7 +31,8 @@ from services.common.redis import KeySpace
 
 JobStatus = Literal["queued", "routed", "generating", "stored", "completed", "failed"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed"})
-_RANK: dict[str, int] = {"queued": 0, "routed": 1, "generating": 2, "stored": 3, "completed": 4, "failed": 4}
+#: Stage order; the update rule compares these (``tests/fakes.py``'s store uses the same table).
+RANK: dict[str, int] = {"queued": 0, "routed": 1, "generating": 2, "stored": 3, "completed": 4, "failed": 4}
 
 # KEYS: job hash, job event stream.  ARGV: status, rank, ttl seconds, fields (JSON object), now (ISO).
 # Returns 1 when the change was applied, 0 when it was stale: a lower rank only fills in missing fields,
@@ -97,13 +98,14 @@ class JobView(BaseModel):
 _JSON_FIELDS = {"error", "timings", "result", "primary_depth", "cached", "deterministic", "placeholder"}
 
 
-def _encode_fields(fields: dict[str, Any]) -> str:
+def encode_fields(fields: dict[str, Any]) -> dict[str, str]:
+    """``fields`` as the job hash stores them (``JobView.from_hash`` reads them back); None is left out."""
     encoded = {}
     for name, value in fields.items():
         if value is None:
             continue
         encoded[name] = json.dumps(value, default=str) if name in _JSON_FIELDS else str(value)
-    return json.dumps(encoded)
+    return encoded
 
 
 class RedisJobStore:
@@ -125,7 +127,7 @@ class RedisJobStore:
         """Move ``job_id`` to ``status`` with ``fields``; False when the change was stale."""
         applied = await self._update(
             keys=[self._hash(job_id), self._stream(job_id)],
-            args=[status, _RANK[status], self._ttl_s, _encode_fields(fields), utcnow().isoformat()],
+            args=[status, RANK[status], self._ttl_s, json.dumps(encode_fields(fields)), utcnow().isoformat()],
         )
         return bool(applied)
 

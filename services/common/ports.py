@@ -13,6 +13,7 @@ BudgetLedger   ``budget.RedisBudgetLedger``                ``MemoryBudgetLedger`
 Breaker        ``breaker.RedisCircuitBreaker``             ``MemoryBreaker``
 BlobStore      ``blobstore.S3BlobStore``                   ``MemoryBlobStore``
 ResultCache    ``cache.RedisResultCache``                  ``MemoryResultCache``
+RouteStats     ``route_stats.RedisRouteStats``             ``MemoryRouteStats``
 =============  ==========================================  ======================================
 
 The Redis adapters are shared by every replica at once (Lua scripts where several keys must
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from services.common.jobs import JobStatus, JobView, Terminal
     from services.common.keypool import ApiKey, KeyState
 
-__all__ = ["BlobStore", "Breaker", "BudgetLedger", "JobStore", "KeyPool", "ResultCache", "TerminalGuard"]
+__all__ = ["BlobStore", "Breaker", "BudgetLedger", "JobStore", "KeyPool", "ResultCache", "RouteStats", "TerminalGuard"]
 
 
 class KeyPool(Protocol):
@@ -132,3 +133,13 @@ class ResultCache(Protocol):
 
     async def stats(self) -> dict[str, int]:
         """Lookups by outcome: ``hit_local``, ``hit_redis``, ``miss``."""
+
+
+class RouteStats(Protocol):
+    """How many jobs each path was sent, across every router replica: ``/v1/status``'s route split."""
+
+    async def count(self, path: str) -> None:
+        """Count one job sent to ``path``."""
+
+    async def counts(self) -> dict[str, int]:
+        """Jobs sent, by path; a path nothing was sent to is absent."""

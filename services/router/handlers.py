@@ -7,10 +7,9 @@ status, metrics, route counts) and emits the routed request.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from prometheus_client import Counter
-from redis.asyncio import Redis
 
 from services.common.consumer import Outcome, Output
 from services.common.contracts import (
@@ -20,10 +19,8 @@ from services.common.contracts import (
     RouteDecision,
 )
 from services.common.jobs import terminal_outcome
-from services.common.ports import JobStore, ResultCache, TerminalGuard
-from services.common.redis import KeySpace
+from services.common.ports import JobStore, ResultCache, RouteStats, TerminalGuard
 from services.common.topics import Topics
-from services.router.depth import DepthMonitor
 from services.router.policy import HysteresisPolicy, PaidCapacity, route
 
 ROUTED = Counter("forgeline_routes_total", "Route decisions by path (or cache, for a request answered at once).",
@@ -37,6 +34,19 @@ DECISIONS = Counter(
     ["path", "reason"])
 
 ReasonCategory = Literal["cache", "placeholder", "budget", "deadline", "priority", "depth"]
+
+
+class PrimaryQueue(Protocol):
+    """What routing reads of the primary path: ``depth.DepthMonitor`` in production, a stub in unit tests."""
+
+    @property
+    def depth(self) -> int: ...
+
+    @property
+    def rate(self) -> float: ...
+
+    def routed_to_primary(self) -> None:
+        """Count a job sent to primary since the last measurement."""
 
 
 class _RefusalSeen:
@@ -68,12 +78,11 @@ def decision_category(decision: RouteDecision, *, paid_refused: bool) -> ReasonC
 @dataclass
 class RouterHandler:
     topics: Topics
-    depth: DepthMonitor
+    depth: PrimaryQueue
     policy: HysteresisPolicy
     paid: PaidCapacity
     jobs: JobStore
-    redis: Redis
-    keys: KeySpace
+    routes: RouteStats
     cache: ResultCache
     guard: TerminalGuard
 
@@ -104,7 +113,7 @@ class RouterHandler:
         async def acked() -> None:
             ROUTED.labels(decision.path).inc()
             DECISIONS.labels(decision.path, category).inc()
-            await self.redis.hincrby(self.keys.key("stats", "routes"), decision.path, 1)
+            await self.routes.count(decision.path)
 
         return Outcome([Output(self.topics.name(f"generation.{decision.path}"), routed)], on_acked=acked)
 

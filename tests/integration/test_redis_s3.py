@@ -1,4 +1,7 @@
-"""Redis and the S3 endpoint, for real."""
+"""Redis and the S3 endpoint, for real: what a browser or CDN sees.
+
+The ``BlobStore`` contract the S3 store shares with its fake is in ``tests/contracts/test_blobstore.py``.
+"""
 
 from __future__ import annotations
 
@@ -44,11 +47,6 @@ async def test_s3_upload_then_anonymous_http_get_returns_the_same_bytes(connecti
     assert response.headers["content-type"] == "image/png"
     assert response.headers["cache-control"] == IMMUTABLE_CACHE_CONTROL
     assert await store.get(key) == png
-
-
-async def test_s3_missing_key_is_a_key_error(connections, s3_key):
-    with pytest.raises(KeyError):
-        await S3BlobStore(connections.s3).get(s3_key("never-written.png"))
 
 
 async def test_ensure_bucket_is_idempotent(connections):
