@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from services.common.bootstrap import Infra
 from services.common.cache import LruTtlCache, RedisResultCache
+from services.common.route_stats import RedisRouteStats
 from services.ingest.deps import IngestDeps, provider_handles
 from services.ingest.errors import (
     InvalidRequest,
@@ -73,6 +74,7 @@ async def build_deps(settings: IngestSettings, infra: Infra) -> IngestDeps:
         cache=RedisResultCache(infra.redis, infra.keys, ttl_s=_CACHE_WRITE_TTL_S,
                                local=LruTtlCache(settings.local_cache_size, settings.local_cache_ttl_s)),
         budget=infra.budget,
+        routes=RedisRouteStats(infra.redis, infra.keys),
         providers=provider_handles(catalog, infra.redis, infra.keys, infra.environ),
         blobs=infra.blobs,
     )

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from services.common.breaker import RedisCircuitBreaker
 from services.common.contracts import Path
-from services.common.ports import BlobStore, Breaker, BudgetLedger, JobStore, KeyPool, ResultCache
+from services.common.ports import BlobStore, Breaker, BudgetLedger, JobStore, KeyPool, ResultCache, RouteStats
 from services.common.redis import KeySpace
 from services.common.settings import Connections
 from services.common.topics import GroupIds, Topics
@@ -71,6 +71,7 @@ class IngestDeps:
     jobs: JobStore
     cache: ResultCache
     budget: BudgetLedger  # read only: the paid path's monthly ledger the routers and generators share
+    routes: RouteStats  # read only: the routers' route split
     providers: tuple[ProviderHandle, ...] = ()  # empty without a providers file
     blobs: BlobStore | None = None  # where uploaded input images go (claim check); None: data: URLs stay inline
 

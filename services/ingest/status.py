@@ -15,7 +15,6 @@ from aiokafka.errors import KafkaError
 from services.common.budget import format_usd
 from services.common.contracts import Path, utcnow
 from services.common.lag import group_lag
-from services.common.route_stats import RedisRouteStats
 from services.common.topics import TopicKey
 from services.ingest.deps import IngestDeps, ProviderHandle
 from services.ingest.errors import Unavailable, describe
@@ -56,7 +55,7 @@ async def pipeline_status(deps: IngestDeps) -> dict[str, Any]:
         log.warning("queue depth unavailable: %s", describe(exc))
         raise Unavailable("kafka", "Kafka did not report queue depth "
                                    f"({describe(exc, detail=False)}); retry shortly") from exc
-    routes = await RedisRouteStats(deps.redis, deps.keys).counts()
+    routes = await deps.routes.counts()
     routed = routes.get("primary", 0) + routes.get("fallback", 0)
     cache = await deps.cache.stats()
     hits, lookups = cache.get("hit_local", 0) + cache.get("hit_redis", 0), sum(cache.values())

@@ -14,6 +14,7 @@ from services.common.budget import usd
 from services.common.cache import LruTtlCache, RedisResultCache
 from services.common.consumer import LoopSettings
 from services.common.contracts import GenerationRequested
+from services.common.route_stats import RedisRouteStats
 from services.common.worker import consume
 from services.router.budget_gate import BudgetGate
 from services.router.depth import DepthMonitor
@@ -34,7 +35,7 @@ async def build(settings: RouterSettings, infra: Infra, *, paid: PaidCapacity | 
     return RouterHandler(
         topics=infra.topics, depth=depth, policy=HysteresisPolicy(high=settings.depth_high, low=settings.depth_low),
         paid=paid or BudgetGate(infra.budget, cheapest_cost_micros=usd(settings.paid_cost_usd)),
-        jobs=infra.jobs(), redis=infra.redis, keys=infra.keys,
+        jobs=infra.jobs(), routes=RedisRouteStats(infra.redis, infra.keys),
         cache=RedisResultCache(infra.redis, infra.keys, ttl_s=settings.cache_ttl_s, local=LruTtlCache(0, 0)),
         guard=infra.terminal_guard(),
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 from prometheus_client import REGISTRY
 
@@ -42,10 +41,6 @@ def _request(**fields) -> c.GenerationRequested:
                                  **fields)
 
 
-def _record(request: c.GenerationRequested) -> SimpleNamespace:
-    return SimpleNamespace(value=request.to_json_bytes())  # all the handler reads of a ConsumerRecord
-
-
 def _decisions(path: str, reason: str) -> float:
     return REGISTRY.get_sample_value("forgeline_route_decisions_total", {"path": path, "reason": reason}) or 0.0
 
@@ -64,7 +59,7 @@ async def test_a_cache_hit_is_answered_at_once_with_one_terminal_event():
     earlier = await _cached(handler)
     request = _request(metadata={"slot": "3"})
 
-    outcome = await handler(_record(request))
+    outcome = await handler.handle(request)
 
     [output] = outcome.outputs
     assert output.topic == "t.generation.completed"
@@ -80,7 +75,7 @@ async def test_a_cache_hit_is_answered_at_once_with_one_terminal_event():
     assert await handler.routes.counts() == {}  # a cache answer is no route
     assert handler.depth.sent == 0
     # A replayed request finds the job answered: nothing more is published.
-    assert list((await handler(_record(request))).outputs) == []
+    assert list((await handler.handle(request)).outputs) == []
 
 
 async def test_a_request_with_a_reference_image_is_routed_even_when_cached():
@@ -88,7 +83,7 @@ async def test_a_request_with_a_reference_image_is_routed_even_when_cached():
     await _cached(handler)
     request = _request(reference_image="https://example.test/target.png")
 
-    [output] = (await handler(_record(request))).outputs
+    [output] = (await handler.handle(request)).outputs
 
     assert output.topic == "t.generation.primary"
     assert isinstance(output.event, c.GenerationRouted)
@@ -99,7 +94,7 @@ async def test_a_shallow_queue_routes_to_primary_and_records_the_decision():
     handler = _handler(depth=depth)
     request = _request()
 
-    outcome = await handler(_record(request))
+    outcome = await handler.handle(request)
 
     [output] = outcome.outputs
     assert output.topic == "t.generation.primary"
@@ -125,7 +120,7 @@ async def test_a_deep_queue_routes_to_the_paid_fallback_when_the_budget_allows()
     request = _request()
     before = _decisions("fallback", "depth")
 
-    outcome = await handler(_record(request))
+    outcome = await handler.handle(request)
     await outcome.on_acked()
 
     [output] = outcome.outputs
@@ -144,7 +139,7 @@ async def test_a_budget_refusal_keeps_the_job_on_primary():
     request = _request()
     before = _decisions("primary", "budget")
 
-    outcome = await handler(_record(request))
+    outcome = await handler.handle(request)
     await outcome.on_acked()
 
     [output] = outcome.outputs
@@ -162,7 +157,7 @@ async def test_a_refused_job_that_would_miss_its_deadline_gets_a_free_placeholde
     handler = _handler(depth=_Depth(depth=100, rate=0.5), budget_usd="0")
     request = _request(deadline_s=30, allow_placeholder=True)
 
-    [output] = (await handler(_record(request))).outputs
+    [output] = (await handler.handle(request)).outputs
 
     assert output.topic == "t.generation.fallback"
     decision = output.event.decision
