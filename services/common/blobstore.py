@@ -13,13 +13,14 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from services.common.errors import Retryable
 from services.common.settings import S3Settings
 
 #: Objects are content-addressed, so a URL's bytes never change: let CDNs and browsers keep them.
 IMMUTABLE_CACHE_CONTROL = "public, max-age=31536000, immutable"
 
 
-class BlobStoreError(Exception):
+class BlobStoreError(Retryable):
     """The object store refused or failed a request. Retryable: stores recover."""
 
 

@@ -39,6 +39,7 @@ from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, SecretStr
 from redis.asyncio import Redis
 
+from services.common.errors import Retryable
 from services.common.redis import KeySpace
 
 log = logging.getLogger(__name__)
@@ -153,8 +154,9 @@ def retry_after_seconds(header: str | None, now: float | None = None) -> float |
 # ------------------------------------------------------------------------------------ pool
 
 
-class NoKeyAvailable(Exception):
-    """No key of ``provider`` may be used now; ``retry_after_s`` is None when waiting will not help."""
+class NoKeyAvailable(Retryable):
+    """No key of ``provider`` may be used now; ``retry_after_s`` is None when waiting will not help
+    (until an operator re-enables a key, or another provider takes the job: hence retryable)."""
 
     def __init__(self, provider: str, retry_after_s: float | None, message: str | None = None) -> None:
         self.provider = provider

@@ -5,8 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from services.common.blobstore import BlobStoreError
-from services.common.consumer import Outcome, Output, RetryableError
+from services.common.consumer import Outcome, Output
 from services.common.contracts import (
     ComparisonRequested,
     DataUrlImage,
@@ -56,11 +55,9 @@ class StoreHandler:
                                     f"not the {generated.content_type} it announced")
         digest = hashlib.sha256(generated.image).hexdigest()
         key = object_key(self.key_prefix, digest, generated.content_type)
-        try:
-            if not await self.store.exists(key):  # a replay or a popular image: the bytes are there already
-                await self.store.put(key, generated.image, content_type=generated.content_type)
-        except BlobStoreError as exc:
-            raise RetryableError(str(exc)) from exc
+        # A BlobStoreError is Retryable: the consumer loop tries the record again.
+        if not await self.store.exists(key):  # a replay or a popular image: the bytes are there already
+            await self.store.put(key, generated.image, content_type=generated.content_type)
         url = self.store.public_url(key)
         timings = generated.timings.with_stage("stored")
         await self.jobs.update(generated.job_id, "stored", tenant=generated.tenant, url=url,

@@ -15,8 +15,8 @@ from services.common.consumer import (
     LoopSettings,
     Outcome,
     Output,
-    RetryableError,
 )
+from services.common.errors import Permanent, Retryable
 from services.common.kafka import (
     H_DLQ_OFFSET,
     H_DLQ_REASON,
@@ -180,7 +180,7 @@ async def test_retryable_errors_are_retried_then_dead_lettered(connections, topi
         job = c.decode(c.GenerationRequested, record.value).job_id
         calls[job] = calls.get(job, 0) + 1
         if job == doomed.job_id or calls[job] < 3:
-            raise RetryableError("redis is having a moment")
+            raise Retryable("redis is having a moment")
         return Outcome()
 
     await _send_all_to_partition_0(producer, source, [flaky, doomed])
@@ -196,6 +196,33 @@ async def test_retryable_errors_are_retried_then_dead_lettered(connections, topi
     assert calls[doomed.job_id] == 4
     assert letter.key == doomed.job_id.encode()
     assert "after 4 attempts" in headers_of(letter)[H_DLQ_REASON]
+
+
+async def test_permanent_errors_are_dead_lettered_at_once(connections, topics, producer, unique):
+    names = Topics.from_settings(connections.topics)
+    source, dlq = names.name(SOURCE_KEY), names.dlq(SOURCE_KEY)
+    doomed = _request("doomed")
+    calls: list[str] = []
+
+    class Refused(Permanent):
+        pass
+
+    async def handler(record) -> Outcome:
+        calls.append(c.decode(c.GenerationRequested, record.value).job_id)
+        raise Refused("this record can never be processed")
+
+    await _send_all_to_partition_0(producer, source, [doomed])
+    reader = make_consumer(connections.kafka, dlq, group_id=None)
+    await reader.start()
+    try:
+        async with _Running(connections, f"g-{unique}", source, handler, max_attempts=4, backoff_base_s=0.01):
+            letter = await asyncio.wait_for(reader.getone(), 30)
+    finally:
+        await reader.stop()
+
+    assert calls == [doomed.job_id]
+    assert letter.key == doomed.job_id.encode()
+    assert headers_of(letter)[H_DLQ_REASON] == "this record can never be processed"
 
 
 async def test_stop_lets_in_flight_records_finish_and_commits_them(connections, topics, producer, unique):
