@@ -24,7 +24,6 @@ known by ``key_id``, ``"<provider>:<sha256[:8]>"``, and shown to humans as ``mas
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import logging
 import math
@@ -131,24 +130,6 @@ def keys_from_file(path: str | Path, provider: str) -> list[ApiKey]:
     """Keys from a secret file (e.g. a mounted Kubernetes secret): one per line, ``#`` starts a comment line."""
     lines = (line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines())
     return _unique(provider, (line for line in lines if line and not line.startswith("#")))
-
-
-def retry_after_seconds(header: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP-date); None when absent or unusable."""
-    if header is None:
-        return None
-    text = header.strip()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        seconds = float(text)
-        return seconds if math.isfinite(seconds) else None
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # "-0000" parses naive; HTTP-dates are always GMT
-        when = when.replace(tzinfo=UTC)
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
 
 
 # ------------------------------------------------------------------------------------ pool
