@@ -1,27 +1,27 @@
 """Forgeline's one error story: every error we raise on purpose is either *retryable* or *permanent*.
 
-The hierarchy, everywhere in ``services/``::
+The hierarchy, everywhere in ``services/`` (the module that defines each class on the right)::
 
-    ForgelineError                          base of the errors Forgeline raises on purpose
-    ├── Retryable                           the same work may succeed if tried again
-    │   ├── BlobStoreError                  the object store refused or failed a request   (common.blobstore)
-    │   ├── ImageFetchUnavailable           an image input could not be fetched *now*:     (common.images)
-    │   │                                   timeout, 5xx, DNS, the image store down
-    │   ├── NoKeyAvailable                  every key of a provider cools down or is off   (common.keypool)
-    │   ├── RetryableProviderError          5xx, timeouts, connection errors, bad bodies    (providers.port)
-    │   │   ├── RateLimitedError            429 / no capacity: cool the key
-    │   │   ├── KeyRejectedError            401 / 403 / no quota: disable the key
-    │   │   └── NoProviderAvailable         no provider can take the job now               (providers.failover)
-    │   └── Unavailable                     ingest: a dependency did not answer (503)       (ingest.errors)
-    └── Permanent                           the same work will fail again
-        ├── ContractError                   a message does not match its contract          (common.contracts)
-        ├── ImageRejected                   an image input that can never be used          (common.images)
-        ├── PermanentProviderError          400, content policy, a failed prediction        (providers.port)
-        │   └── VerdictError                the VLM answered, but not with a verdict       (providers.verdict)
-        ├── InvalidRequest                  ingest: the request breaks the contract (422)   (ingest.errors)
-        │   └── IdempotencyKeyReused
-        ├── PayloadTooLarge                 ingest: an image over the size limit (413)      (ingest.errors)
-        └── JobNotFound                     ingest: no such job for this caller (404)       (ingest.errors)
+    PipelineError                   base of the errors Forgeline's services raise on purpose
+    ├── Retryable                   the same work may succeed if tried again
+    │   ├── BlobStoreError          the object store refused or failed a request      common.blobstore
+    │   ├── ImageFetchUnavailable   an image input cannot be fetched *now* (timeout,  common.images
+    │   │                           5xx, DNS, the image store down)
+    │   ├── NoKeyAvailable          every key of a provider is cooling or disabled    common.keypool
+    │   ├── RetryableProviderError  5xx, timeouts, connection errors, bad bodies      providers.port
+    │   │   ├── RateLimitedError    429 / no capacity: cool the key                   providers.port
+    │   │   ├── KeyRejectedError    401 / 403 / no quota: disable the key             providers.port
+    │   │   └── NoProviderAvailable no provider can take the job now                  providers.failover
+    │   └── Unavailable             ingest: a dependency did not answer (503)         ingest.errors
+    └── Permanent                   the same work will fail again
+        ├── ContractError           a message does not match its contract             common.contracts
+        ├── ImageRejected           an image input that can never be used             common.images
+        ├── PermanentProviderError  400, content policy, a failed prediction          providers.port
+        │   └── VerdictError        the VLM answered, but not with a verdict          providers.verdict
+        ├── InvalidRequest          ingest: the request breaks the contract (422)     ingest.errors
+        │   └── IdempotencyKeyReused                                                  ingest.errors
+        ├── PayloadTooLarge         ingest: an image over the size limit (413)        ingest.errors
+        └── JobNotFound             ingest: no such job for this caller (404)         ingest.errors
 
 Two families also have a base of their own that is neither, so callers can catch the family:
 ``ProviderError`` (``.provider``, ``.code``; ``RetryableProviderError`` and
@@ -36,7 +36,8 @@ What does what with them:
 - The consumer loop (:mod:`services.common.consumer`) dead-letters a :class:`Permanent` at once and
   retries anything else (a :class:`Retryable`, or an exception nobody classified: a bug or a
   surprise) with backoff, dead-lettering it after the last attempt.
-- The provider failover loop retries a ``RetryableProviderError`` on the next candidate and fails
+- The provider failover loop (:mod:`services.providers.failover`) retries a
+  ``RetryableProviderError`` within the job's attempts, another key or provider first, and fails
   the job at once on a ``PermanentProviderError``.
 
 Third-party errors (redis, botocore, httpx) are translated where an adapter catches them, keeping
@@ -46,17 +47,18 @@ reaches the consumer loop unclassified, and is retried.
 
 from __future__ import annotations
 
-__all__ = ["ForgelineError", "Permanent", "Retryable"]
+__all__ = ["Permanent", "PipelineError", "Retryable"]
 
 
-class ForgelineError(Exception):
-    """Base of the errors Forgeline raises on purpose; each one raised is also :class:`Retryable` or
-    :class:`Permanent`."""
+class PipelineError(Exception):
+    """Base of the errors Forgeline's services raise on purpose; each one raised is also
+    :class:`Retryable` or :class:`Permanent`. (``services.client.ForgelineError`` is the client's,
+    for game backends: not part of this hierarchy.)"""
 
 
-class Retryable(ForgelineError):
+class Retryable(PipelineError):
     """The same work may succeed if tried again: a dependency failed, a limit will lift."""
 
 
-class Permanent(ForgelineError):
+class Permanent(PipelineError):
     """The same work will fail again: the input is wrong, or refused for good."""

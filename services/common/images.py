@@ -29,7 +29,7 @@ from functools import cached_property
 
 from PIL import Image
 
-from services.common.errors import ForgelineError, Permanent, Retryable
+from services.common.errors import Permanent, PipelineError, Retryable
 
 __all__ = [
     "MAX_IMAGE_BYTES",
@@ -67,7 +67,7 @@ MAX_SIDE = 4096
 MAX_PIXELS = MAX_SIDE * MAX_SIDE  # over all frames: bounds the memory a full decode can take
 
 
-class ImageInputError(ForgelineError, ValueError):
+class ImageInputError(PipelineError, ValueError):
     """An image input that cannot be used; ``str()`` is safe to show the caller. Catch this one;
     raise :class:`ImageRejected` or :class:`ImageFetchUnavailable`."""
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
 from services.common.contracts import ImageSpec
-from services.common.errors import ForgelineError, Permanent, Retryable
+from services.common.errors import Permanent, PipelineError, Retryable
 
 __all__ = [
     "GeneratedImage",
@@ -60,7 +60,7 @@ class GeneratedImage:
                 f"placeholder={self.placeholder})")
 
 
-class ProviderError(ForgelineError):
+class ProviderError(PipelineError):
     """A provider could not produce an image. Base of the provider errors; catch this one, raise
     a :class:`RetryableProviderError` or :class:`PermanentProviderError`."""
 

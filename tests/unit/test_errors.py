@@ -6,7 +6,7 @@ import pytest
 
 from services.common.blobstore import BlobStoreError
 from services.common.contracts import ContractError
-from services.common.errors import ForgelineError, Permanent, Retryable
+from services.common.errors import Permanent, PipelineError, Retryable
 from services.common.images import ImageFetchUnavailable, ImageInputError, ImageRejected
 from services.common.keypool import NoKeyAvailable
 from services.ingest.errors import IdempotencyKeyReused, InvalidRequest, JobNotFound, PayloadTooLarge, Unavailable
@@ -41,7 +41,7 @@ def test_permanent_errors(cls: type[Exception]) -> None:
     (ImageInputError, (ImageFetchUnavailable, ImageRejected)),
 ], ids=["provider", "image_input"])
 def test_family_bases_are_split_by_their_subclasses(family: type[Exception], kinds: tuple[type, ...]) -> None:
-    assert issubclass(family, ForgelineError)
+    assert issubclass(family, PipelineError)
     assert not issubclass(family, Retryable | Permanent)
     assert all(issubclass(kind, family) for kind in kinds)
 
