@@ -1,5 +1,6 @@
 """Publishing images to an S3-compatible store (AWS S3, Cloudflare R2, MinIO, moto).
 
+Objects are content-addressed (:func:`content_key`): the same bytes always land at the same key.
 boto3 is synchronous; the async ``S3BlobStore`` runs its calls in worker threads so the
 event loop never blocks on an upload.
 """
@@ -13,13 +14,21 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from services.common.errors import Retryable
+from services.common.images import EXTENSIONS
 from services.common.settings import S3Settings
 
 #: Objects are content-addressed, so a URL's bytes never change: let CDNs and browsers keep them.
 IMMUTABLE_CACHE_CONTROL = "public, max-age=31536000, immutable"
 
 
-class BlobStoreError(Exception):
+def content_key(prefix: str, digest: str, content_type: str) -> str:
+    """The key of an object by its content: ``<prefix><sha[:2]>/<sha>.<ext>``, so the same bytes always
+    land at the same key (and URL) and a resend costs no second upload."""
+    return f"{prefix}{digest[:2]}/{digest}.{EXTENSIONS[content_type]}"
+
+
+class BlobStoreError(Retryable):
     """The object store refused or failed a request. Retryable: stores recover."""
 
 

@@ -3,8 +3,8 @@
 How a record travels::
 
     fetch ──▶ handler(record) ──▶ Outcome(outputs) ──▶ produce + wait for acks ──▶ on_acked() ──▶ done
-                 │ ContractError / PermanentError ──▶ <topic>.dlq (reason in headers) ──▶ done
-                 │ RetryableError / unexpected    ──▶ retry with backoff ... then .dlq ──▶ done
+                 │ Permanent               ──▶ <topic>.dlq (reason in headers) ──▶ done
+                 │ Retryable / unexpected  ──▶ retry with backoff ... then .dlq ──▶ done
 
 - Up to ``concurrency`` records are in flight at once, across partitions.
 - The offset committed for a partition is the lowest offset still in flight there (or one past
@@ -13,19 +13,18 @@ How a record travels::
 - A bad record never blocks its partition: after its retries it goes to the dead-letter topic
   with the reason, and the loop moves on.
 
-Errors a handler raises, and what the loop does:
+Errors a handler raises, and what the loop does (the classes are in :mod:`services.common.errors`;
+the loop looks at the two bases only):
 
-    ContractError       the message does not match its contract → dead-letter at once
-    PermanentError      processing can never succeed            → dead-letter at once
-    RetryableError      a dependency failed (Redis, S3, …)     → retry with backoff, then dead-letter
-    any other Exception a bug or surprise                      → retry with backoff, then dead-letter
+    Permanent           can never succeed (a ContractError, …)      → dead-letter at once
+    Retryable           a dependency failed (S3, no key free, …)    → retry with backoff, then dead-letter
+    any other Exception a bug, a surprise, an untranslated error    → retry with backoff, then dead-letter
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -39,7 +38,9 @@ from aiokafka import (
 from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.common.contracts import ContractError, Event
+from services.common.backoff import Backoff
+from services.common.contracts import Event
+from services.common.errors import Permanent
 from services.common.kafka import DeadLetter, event_headers, send_to_dlq
 from services.common.topics import DLQ_SUFFIX
 
@@ -50,14 +51,6 @@ RECORDS = Counter("forgeline_records_total", "Records processed, by consumer gro
 HANDLE_SECONDS = Histogram("forgeline_record_seconds", "Time from fetch to done per record.", ["group"],
                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
 IN_FLIGHT = Gauge("forgeline_records_in_flight", "Records being processed.", ["group"])
-
-
-class RetryableError(Exception):
-    """A dependency failed; the same record may succeed if tried again."""
-
-
-class PermanentError(Exception):
-    """The record can never be processed; it goes to the dead-letter topic."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +123,7 @@ class ConsumerLoop:
         self._commit_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._group = settings.group_id
+        self._backoff = Backoff(base_s=settings.backoff_base_s, max_s=settings.backoff_max_s)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -217,7 +211,7 @@ class ConsumerLoop:
                 break
             except asyncio.CancelledError:
                 raise
-            except (ContractError, PermanentError) as exc:
+            except Permanent as exc:
                 await self._dead_letter(record, exc)
                 break
             except Exception as exc:  # noqa: BLE001 — retryable or unknown: retry, then dead-letter
@@ -226,8 +220,7 @@ class ConsumerLoop:
                         raise asyncio.CancelledError from exc  # leave it uncommitted; replayed later
                     await self._dead_letter(record, exc, attempts=attempt)
                     break
-                delay = min(self._settings.backoff_max_s, self._settings.backoff_base_s * 2 ** (attempt - 1))
-                delay *= random.uniform(0.5, 1.0)  # jitter, so replicas do not retry in lockstep
+                delay = self._backoff.delay(attempt)
                 log.warning("%s: %s[%d]@%d failed (attempt %d/%d), retrying in %.2fs: %r", self._group,
                             record.topic, record.partition, record.offset, attempt, self._settings.max_attempts,
                             delay, exc)

@@ -34,6 +34,8 @@ from pydantic import (
     model_validator,
 )
 
+from services.common.errors import Permanent
+
 SCHEMA_VERSION = 1
 
 JobId = Annotated[
@@ -63,8 +65,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class ContractError(ValueError):
-    """A message does not match its contract. ``problems`` maps each bad field to the reason."""
+class ContractError(Permanent, ValueError):
+    """A message does not match its contract (permanent: it never will). ``problems`` maps each bad
+    field to the reason."""
 
     def __init__(self, model: str, problems: dict[str, str]) -> None:
         self.model = model

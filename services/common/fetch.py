@@ -20,8 +20,9 @@ environment variables: a proxy would resolve the name again. A client passed in 
 proxy for the same reason.
 
 What the fetcher returns went through :func:`~services.common.images.validate_image_bytes`;
-its errors are :class:`~services.common.images.ImageInputError` (``retryable`` for transient
-failures). Messages name at most ``scheme://host/path`` of a URL: query strings are often signed.
+its errors are :class:`~services.common.images.ImageInputError`: ``ImageFetchUnavailable`` for
+transient failures, ``ImageRejected`` otherwise. Messages name at most ``scheme://host/path`` of a
+URL: query strings are often signed.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ import httpx
 
 from services.common.images import (
     MAX_IMAGE_BYTES,
-    ImageInputError,
+    ImageFetchUnavailable,
+    ImageRejected,
     ValidImage,
     validate_image_bytes,
 )
@@ -132,27 +134,27 @@ def _static_check(url: httpx.URL, field: str, where: str, *,
 
     Returns (host, port, the host as an address or None for a name).
     """
-    def refuse(reason: str) -> ImageInputError:
-        return ImageInputError(field, f"{where} refused: {reason}", code="url_refused")
+    def refuse(reason: str) -> ImageRejected:
+        return ImageRejected(field, f"{where} refused: {reason}", code="url_refused")
 
     if url.scheme not in ("https", "http"):
         raise refuse(f"scheme {url.scheme[:10]!r} is not allowed; use https")
     if url.scheme == "http" and not allow_loopback:
         raise refuse("plain http is not allowed; use https")
     if not url.host:
-        raise ImageInputError(field, f"{where} has no host", code="bad_url")
+        raise ImageRejected(field, f"{where} has no host", code="bad_url")
     if url.userinfo:
         raise refuse("URLs with credentials (user:password@) are not allowed")
     port = url.port or (443 if url.scheme == "https" else 80)
     if not 0 < port < 65536:
-        raise ImageInputError(field, f"{where} has an invalid port", code="bad_url")
+        raise ImageRejected(field, f"{where} has an invalid port", code="bad_url")
     host = url.raw_host.decode("ascii").lower()
     try:
         literal = _ip_literal(host)
     except ValueError:
-        raise ImageInputError(field, f"{where} has an invalid numeric host", code="bad_url") from None
+        raise ImageRejected(field, f"{where} has an invalid numeric host", code="bad_url") from None
     if literal is None and not _HOSTNAME.fullmatch(host):
-        raise ImageInputError(field, f"{where} has an invalid host name", code="bad_url")
+        raise ImageRejected(field, f"{where} has an invalid host name", code="bad_url")
     if literal is not None and (problem := _refusal(literal, allow_loopback=allow_loopback)) is not None:
         raise refuse(problem)
     return host, port, literal
@@ -222,8 +224,8 @@ class SafeFetcher:
             async with asyncio.timeout(self._timeout_s):
                 data = await self._fetch(first, field)
         except TimeoutError:
-            raise ImageInputError(field, f"{_display(first)} did not answer within {self._timeout_s:g}s",
-                                  code="fetch_timeout", retryable=True) from None
+            raise ImageFetchUnavailable(field, f"{_display(first)} did not answer within {self._timeout_s:g}s",
+                                        code="fetch_timeout") from None
         return await asyncio.to_thread(validate_image_bytes, data, field=field, max_bytes=self._max_bytes)
 
     async def _fetch(self, first: httpx.URL, field: str) -> bytes:
@@ -236,35 +238,35 @@ class SafeFetcher:
                 if response.status_code in _REDIRECTS:
                     location = response.headers.get("location")
                     if not location:
-                        raise ImageInputError(field, f"{where} answered HTTP {response.status_code} without a "
-                                              "Location", code="fetch_failed")
+                        raise ImageRejected(field, f"{where} answered HTTP {response.status_code} without a "
+                                            "Location", code="fetch_failed")
                     try:
                         current = self._parse(current.join(location), field)
                     except httpx.InvalidURL:
-                        raise ImageInputError(field, f"{where} redirects to an invalid URL", code="bad_url") from None
+                        raise ImageRejected(field, f"{where} redirects to an invalid URL", code="bad_url") from None
                     continue
                 return await self._body(response, field, where)
             finally:
                 await response.aclose()
-        raise ImageInputError(field, f"{_display(first)} redirected more than "
-                              f"{self._max_redirects} times", code="url_refused")
+        raise ImageRejected(field, f"{_display(first)} redirected more than "
+                            f"{self._max_redirects} times", code="url_refused")
 
     @staticmethod
     def _parse(url: str | httpx.URL, field: str) -> httpx.URL:
         if isinstance(url, str) and (any(c.isspace() or ord(c) < 0x20 for c in url) or "\\" in url):
-            raise ImageInputError(field, "is not a valid URL", code="bad_url")
+            raise ImageRejected(field, "is not a valid URL", code="bad_url")
         try:
             parsed = httpx.URL(url)
         except httpx.InvalidURL:
-            raise ImageInputError(field, "is not a valid URL", code="bad_url") from None
+            raise ImageRejected(field, "is not a valid URL", code="bad_url") from None
         if not parsed.scheme:
-            raise ImageInputError(field, "is not an absolute URL", code="bad_url")
+            raise ImageRejected(field, "is not an absolute URL", code="bad_url")
         return parsed
 
     async def _check(self, url: httpx.URL, field: str, where: str) -> _Target:
         """Apply the scheme, userinfo and address rules to ``url``; resolve its host once."""
-        def refuse(reason: str) -> ImageInputError:
-            return ImageInputError(field, f"{where} refused: {reason}", code="url_refused")
+        def refuse(reason: str) -> ImageRejected:
+            return ImageRejected(field, f"{where} refused: {reason}", code="url_refused")
 
         host, port, literal = _static_check(url, field, where, allow_loopback=self._allow_loopback)
         if literal is not None:
@@ -291,21 +293,20 @@ class SafeFetcher:
             found = await self._resolve(host, port)
         except socket.gaierror as exc:
             transient = exc.errno in (socket.EAI_AGAIN, getattr(socket, "EAI_SYSTEM", None))
-            raise ImageInputError(field, f"{where}: host {host} could not be resolved", code="fetch_failed",
-                                  retryable=transient) from None
+            error = ImageFetchUnavailable if transient else ImageRejected
+            raise error(field, f"{where}: host {host} could not be resolved", code="fetch_failed") from None
         except OSError:
-            raise ImageInputError(field, f"{where}: host {host} could not be resolved", code="fetch_failed",
-                                  retryable=True) from None
+            raise ImageFetchUnavailable(field, f"{where}: host {host} could not be resolved",
+                                        code="fetch_failed") from None
         addresses = []
         for text in found:
             try:
                 addresses.append(ipaddress.ip_address(text.split("%", 1)[0]))
             except ValueError:
-                raise ImageInputError(field, f"{where}: host {host} resolved to something that is not an "
-                                      "address", code="fetch_failed") from None
+                raise ImageRejected(field, f"{where}: host {host} resolved to something that is not an "
+                                    "address", code="fetch_failed") from None
         if not addresses:
-            raise ImageInputError(field, f"{where}: host {host} has no addresses", code="fetch_failed",
-                                  retryable=True)
+            raise ImageFetchUnavailable(field, f"{where}: host {host} has no addresses", code="fetch_failed")
         return tuple(dict.fromkeys(addresses))
 
     async def _open(self, target: _Target, field: str, where: str) -> httpx.Response:
@@ -323,31 +324,30 @@ class SafeFetcher:
             except httpx.ConnectError as exc:
                 failure = exc  # the next address may answer, as Happy Eyeballs would find
             except httpx.TimeoutException:
-                raise ImageInputError(field, f"{where} did not answer in time", code="fetch_timeout",
-                                      retryable=True) from None
+                raise ImageFetchUnavailable(field, f"{where} did not answer in time", code="fetch_timeout") from None
             except httpx.HTTPError as exc:
                 raise self._transport_error(exc, field, where) from None
         assert failure is not None
         raise self._transport_error(failure, field, where) from None
 
     @staticmethod
-    def _transport_error(exc: httpx.HTTPError, field: str, where: str) -> ImageInputError:
+    def _transport_error(exc: httpx.HTTPError, field: str, where: str) -> ImageFetchUnavailable:
         # The exception's text may quote the (signed) URL: only its type goes into the message.
-        return ImageInputError(field, f"{where} could not be fetched ({type(exc).__name__})",
-                               code="fetch_failed", retryable=True)
+        return ImageFetchUnavailable(field, f"{where} could not be fetched ({type(exc).__name__})",
+                                     code="fetch_failed")
 
     async def _body(self, response: httpx.Response, field: str, where: str) -> bytes:
         status = response.status_code
         if status >= 300:
             transient = status >= 500 or status in (408, 429)
-            raise ImageInputError(field, f"{where} answered HTTP {status}", code="fetch_failed",
-                                  retryable=transient)
+            error = ImageFetchUnavailable if transient else ImageRejected
+            raise error(field, f"{where} answered HTTP {status}", code="fetch_failed")
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
-            raise ImageInputError(field, f"{where} answered with Content-Encoding {encoding[:20]}; only "
-                                  "uncompressed bodies are accepted", code="fetch_failed")
-        too_large = ImageInputError(field, f"{where} is larger than {self._max_bytes} bytes", code="too_large",
-                                    status=413)
+            raise ImageRejected(field, f"{where} answered with Content-Encoding {encoding[:20]}; only "
+                                "uncompressed bodies are accepted", code="fetch_failed")
+        too_large = ImageRejected(field, f"{where} is larger than {self._max_bytes} bytes", code="too_large",
+                                  status=413)
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self._max_bytes:
             raise too_large
@@ -360,8 +360,7 @@ class SafeFetcher:
                     raise too_large
                 chunks.append(chunk)
         except httpx.TimeoutException:
-            raise ImageInputError(field, f"{where} did not answer in time", code="fetch_timeout",
-                                  retryable=True) from None
+            raise ImageFetchUnavailable(field, f"{where} did not answer in time", code="fetch_timeout") from None
         except httpx.HTTPError as exc:
             raise self._transport_error(exc, field, where) from None
         return b"".join(chunks)

@@ -9,7 +9,9 @@ Dimensions are read from the header before any pixel is decoded, so a small file
 huge canvas (a decompression bomb) is refused without allocating it.
 
 Errors are all :class:`ImageInputError`, with the request ``field``, an HTTP ``status`` (413 when
-too large, 422 otherwise), a machine ``code`` and ``retryable`` for transient fetch failures.
+too large, 422 otherwise) and a machine ``code``. Which kind says whether to try again
+(:mod:`services.common.errors`): :class:`ImageRejected` (permanent: this input can never be used)
+or :class:`ImageFetchUnavailable` (retryable: a transient fetch failure, such as a timeout or a 5xx).
 Messages name at most ``scheme://host/path`` of a URL (query strings are often signed) and never
 a data URL's payload.
 """
@@ -27,10 +29,14 @@ from functools import cached_property
 
 from PIL import Image
 
+from services.common.errors import Permanent, PipelineError, Retryable
+
 __all__ = [
     "MAX_IMAGE_BYTES",
     "MAX_SIDE",
+    "ImageFetchUnavailable",
     "ImageInputError",
+    "ImageRejected",
     "ValidImage",
     "EXTENSIONS",
     "decode_data_url",
@@ -61,20 +67,28 @@ MAX_SIDE = 4096
 MAX_PIXELS = MAX_SIDE * MAX_SIDE  # over all frames: bounds the memory a full decode can take
 
 
-class ImageInputError(ValueError):
-    """An image input that cannot be used; ``str()`` is safe to show the caller."""
+class ImageInputError(PipelineError, ValueError):
+    """An image input that cannot be used; ``str()`` is safe to show the caller. Catch this one;
+    raise :class:`ImageRejected` or :class:`ImageFetchUnavailable`."""
 
-    def __init__(self, field: str, reason: str, *, code: str, status: int = 422, retryable: bool = False) -> None:
+    def __init__(self, field: str, reason: str, *, code: str, status: int = 422) -> None:
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
         self.code = code
         self.status = status
-        self.retryable = retryable
 
     def __repr__(self) -> str:
-        return (f"ImageInputError(field={self.field!r}, code={self.code!r}, status={self.status}, "
-                f"retryable={self.retryable}, reason={self.reason!r})")
+        return (f"{type(self).__name__}(field={self.field!r}, code={self.code!r}, status={self.status}, "
+                f"reason={self.reason!r})")
+
+
+class ImageRejected(ImageInputError, Permanent):
+    """This input can never be used: not an image, too large, a refused or invalid URL, a 4xx."""
+
+
+class ImageFetchUnavailable(ImageInputError, Retryable):
+    """The image could not be fetched now (timeout, 5xx, DNS, the image store down); later it may."""
 
 
 @dataclass(frozen=True)
@@ -127,35 +141,35 @@ def _describe(data: bytes) -> str:
 def validate_image_bytes(data: bytes, *, field: str, max_bytes: int = MAX_IMAGE_BYTES) -> ValidImage:
     """``data`` as a ``ValidImage``, or the ``ImageInputError`` that says why it cannot be one."""
     if len(data) > max_bytes:
-        raise ImageInputError(field, f"is {len(data)} bytes; at most {max_bytes} are accepted",
-                              code="too_large", status=413)
+        raise ImageRejected(field, f"is {len(data)} bytes; at most {max_bytes} are accepted",
+                            code="too_large", status=413)
     content_type = sniff_content_type(data)
     if content_type is None:
-        raise ImageInputError(field, f"{_describe(data)}; only PNG, JPEG and WebP are accepted",
-                              code="unsupported_type")
+        raise ImageRejected(field, f"{_describe(data)}; only PNG, JPEG and WebP are accepted",
+                            code="unsupported_type")
     try:
         # Image.open reads the header only; Pillow's own bomb check runs here on the declared size.
         with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[content_type]]) as image:
             width, height = image.size
             frames = getattr(image, "n_frames", 1)
             if width > MAX_SIDE or height > MAX_SIDE:
-                raise ImageInputError(field, f"is {width}x{height} pixels; at most {MAX_SIDE}x{MAX_SIDE} "
-                                      "are accepted", code="too_many_pixels")
+                raise ImageRejected(field, f"is {width}x{height} pixels; at most {MAX_SIDE}x{MAX_SIDE} "
+                                    "are accepted", code="too_many_pixels")
             if width < 1 or height < 1:
-                raise ImageInputError(field, f"declares {width}x{height} pixels", code="undecodable")
+                raise ImageRejected(field, f"declares {width}x{height} pixels", code="undecodable")
             if frames * width * height > MAX_PIXELS:
-                raise ImageInputError(field, f"has {frames} frames of {width}x{height} pixels; at most "
-                                      f"{MAX_PIXELS} pixels in all are accepted", code="decompression_bomb")
+                raise ImageRejected(field, f"has {frames} frames of {width}x{height} pixels; at most "
+                                    f"{MAX_PIXELS} pixels in all are accepted", code="decompression_bomb")
             image.load()  # within MAX_PIXELS now: bounded memory; finds truncated and corrupt data
     except Image.DecompressionBombError:
-        raise ImageInputError(field, "declares more pixels than can be decoded safely (decompression bomb)",
-                              code="decompression_bomb") from None
+        raise ImageRejected(field, "declares more pixels than can be decoded safely (decompression bomb)",
+                            code="decompression_bomb") from None
     except ImageInputError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
         # Pillow reports truncated/corrupt data with all of these depending on the plugin.
-        raise ImageInputError(field, f"is a {content_type} that cannot be decoded ({type(exc).__name__})",
-                              code="undecodable") from None
+        raise ImageRejected(field, f"is a {content_type} that cannot be decoded ({type(exc).__name__})",
+                            code="undecodable") from None
     return ValidImage(data=data, content_type=content_type, width=width, height=height)
 
 
@@ -170,25 +184,25 @@ def decode_data_url(url: str, *, field: str, max_bytes: int = MAX_IMAGE_BYTES) -
     """A ``data:image/<png|jpeg|webp>;base64,...`` URL as a ``ValidImage``."""
     match = _DATA_URL.match(url)
     if match is None:
-        raise ImageInputError(field, "is not a data URL (data:image/png;base64,...)", code="bad_url")
+        raise ImageRejected(field, "is not a data URL (data:image/png;base64,...)", code="bad_url")
     declared_raw = match["type"].strip().lower()
     declared = _DECLARED.get(declared_raw)
     if declared is None:
         shown = declared_raw[:40] or "no type"
-        raise ImageInputError(field, f"declares {shown}; only image/png, image/jpeg and image/webp are accepted",
-                              code="unsupported_type")
+        raise ImageRejected(field, f"declares {shown}; only image/png, image/jpeg and image/webp are accepted",
+                            code="unsupported_type")
     if "base64" not in [p.strip().lower() for p in match["params"].split(";")]:
-        raise ImageInputError(field, "is not a base64 data URL (data:<type>;base64,...)", code="not_base64")
+        raise ImageRejected(field, "is not a base64 data URL (data:<type>;base64,...)", code="not_base64")
     payload = url[match.end():]
     # base64 is 4/3 of the bytes: refuse before decoding what would be too large anyway.
     if len(payload) * 3 // 4 > max_bytes + 2:
-        raise ImageInputError(field, f"encodes about {len(payload) * 3 // 4} bytes; at most {max_bytes} are "
-                              "accepted", code="too_large", status=413)
+        raise ImageRejected(field, f"encodes about {len(payload) * 3 // 4} bytes; at most {max_bytes} are "
+                            "accepted", code="too_large", status=413)
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise ImageInputError(field, "payload is not valid base64", code="not_base64") from None
+        raise ImageRejected(field, "payload is not valid base64", code="not_base64") from None
     actual = sniff_content_type(data)
     if actual is not None and actual != declared:
-        raise ImageInputError(field, f"declares {declared} but the bytes are {actual}", code="unsupported_type")
+        raise ImageRejected(field, f"declares {declared} but the bytes are {actual}", code="unsupported_type")
     return validate_image_bytes(data, field=field, max_bytes=max_bytes)

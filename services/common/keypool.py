@@ -24,7 +24,6 @@ known by ``key_id``, ``"<provider>:<sha256[:8]>"``, and shown to humans as ``mas
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import logging
 import math
@@ -39,6 +38,7 @@ from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, SecretStr
 from redis.asyncio import Redis
 
+from services.common.errors import Retryable
 from services.common.redis import KeySpace
 
 log = logging.getLogger(__name__)
@@ -132,29 +132,12 @@ def keys_from_file(path: str | Path, provider: str) -> list[ApiKey]:
     return _unique(provider, (line for line in lines if line and not line.startswith("#")))
 
 
-def retry_after_seconds(header: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP-date); None when absent or unusable."""
-    if header is None:
-        return None
-    text = header.strip()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        seconds = float(text)
-        return seconds if math.isfinite(seconds) else None
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # "-0000" parses naive; HTTP-dates are always GMT
-        when = when.replace(tzinfo=UTC)
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
-
-
 # ------------------------------------------------------------------------------------ pool
 
 
-class NoKeyAvailable(Exception):
-    """No key of ``provider`` may be used now; ``retry_after_s`` is None when waiting will not help."""
+class NoKeyAvailable(Retryable):
+    """No key of ``provider`` may be used now; ``retry_after_s`` is None when waiting will not help
+    (until an operator re-enables a key, or another provider takes the job: hence retryable)."""
 
     def __init__(self, provider: str, retry_after_s: float | None, message: str | None = None) -> None:
         self.provider = provider

@@ -19,6 +19,7 @@ from services.common.contracts import (
     ErrorInfo,
     utcnow,
 )
+from services.common.errors import Retryable
 from services.common.images import ImageInputError
 from services.common.jobs import (
     merge_outcomes,
@@ -47,7 +48,8 @@ class CompareHandler:
                                                     tenant=request.tenant)
         except ImageInputError as exc:
             log.info("comparison %s refused: %s", request.job_id, exc)
-            error = ErrorInfo(code=exc.code, message=str(exc), stage="comparer", retryable=exc.retryable)
+            error = ErrorInfo(code=exc.code, message=str(exc), stage="comparer",
+                              retryable=isinstance(exc, Retryable))
             return await self._finish(request, ComparisonFailed(
                 job_id=request.job_id, tenant=request.tenant, trace=request.trace.child(), error=error,
                 generation_job_id=request.generation_job_id))

@@ -26,7 +26,8 @@ from services.common.contracts import (
 )
 from services.common.fetch import SafeFetcher
 from services.common.images import (
-    ImageInputError,
+    ImageFetchUnavailable,
+    ImageRejected,
     ValidImage,
     decode_data_url,
     validate_image_bytes,
@@ -50,26 +51,26 @@ class ImageResolver:
             return await self._stored(ref.object_key, ref.sha256, field=field)
         if isinstance(ref, JobImage):
             return await self._job(ref.job_id, field=field, tenant=tenant)
-        raise ImageInputError(field, f"unknown image reference {type(ref).__name__}", code="bad_url")
+        raise ImageRejected(field, f"unknown image reference {type(ref).__name__}", code="bad_url")
 
     async def _job(self, job_id: str, *, field: str, tenant: str) -> ValidImage:
         view = await self.jobs.get(job_id)
         # Another tenant's job reads as missing: its existence is not ours to reveal.
         if view is None or view.kind != "generation" or (view.tenant and view.tenant != tenant):
-            raise ImageInputError(field, f"no generation job {job_id}", code="job_not_found")
+            raise ImageRejected(field, f"no generation job {job_id}", code="job_not_found")
         if view.status != "completed" or not view.result:
-            raise ImageInputError(field, f"generation job {job_id} is {view.status}, not completed: "
-                                         "compare once it has an image", code="job_not_completed")
+            raise ImageRejected(field, f"generation job {job_id} is {view.status}, not completed: "
+                                       "compare once it has an image", code="job_not_completed")
         return await self._stored(view.result["object_key"], view.result["sha256"], field=field)
 
     async def _stored(self, object_key: str, sha256: str, *, field: str) -> ValidImage:
         try:
             data = await self.blobs.get(object_key)
         except KeyError:
-            raise ImageInputError(field, f"stored image {object_key} is gone (expired?)", code="fetch_failed") from None
+            raise ImageRejected(field, f"stored image {object_key} is gone (expired?)", code="fetch_failed") from None
         except BlobStoreError as exc:
-            raise ImageInputError(field, f"the image store did not answer: {exc}", code="fetch_failed",
-                                  retryable=True) from None
+            raise ImageFetchUnavailable(field, f"the image store did not answer: {exc}",
+                                        code="fetch_failed") from None
         if hashlib.sha256(data).hexdigest() != sha256:
-            raise ImageInputError(field, f"stored image {object_key} does not match its SHA-256", code="fetch_failed")
+            raise ImageRejected(field, f"stored image {object_key} does not match its SHA-256", code="fetch_failed")
         return validate_image_bytes(data, field=field)

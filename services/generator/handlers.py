@@ -12,6 +12,7 @@ from services.common.contracts import (
     GenerationGenerated,
     GenerationRouted,
 )
+from services.common.errors import Retryable
 from services.common.jobs import terminal_outcome
 from services.common.ports import JobStore, TerminalGuard
 from services.common.topics import Topics
@@ -49,8 +50,8 @@ class GenerateHandler:
             failed = GenerationFailed(
                 job_id=routed.job_id, tenant=routed.tenant, trace=routed.trace.child(), metadata=routed.metadata,
                 timings=routed.timings,
-                error=ErrorInfo(code=exc.code, message=str(exc), stage="generator", retryable=exc.retryable,
-                                provider=exc.provider),
+                error=ErrorInfo(code=exc.code, message=str(exc), stage="generator",
+                                retryable=isinstance(exc, Retryable), provider=exc.provider),
             )
             return await terminal_outcome(failed, topic=self.topics.name("generation.failed"), guard=self.guard,
                                           jobs=self.jobs)

@@ -1,11 +1,17 @@
-"""What the ingest handlers raise; ``services.ingest.app`` maps each to an HTTP status."""
+"""What the ingest handlers raise; ``services.ingest.app`` maps each to an HTTP status.
+
+Each is :class:`~services.common.errors.Permanent` (the same request fails again: 4xx) or
+:class:`~services.common.errors.Retryable` (a dependency did not answer: 503).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from services.common.errors import Permanent, Retryable
 
-class InvalidRequest(Exception):
+
+class InvalidRequest(Permanent):
     """The request breaks the contract (422); ``errors`` are in FastAPI's 422 shape."""
 
     def __init__(self, errors: list[dict[str, Any]]) -> None:
@@ -25,11 +31,11 @@ class IdempotencyKeyReused(InvalidRequest):
         }])
 
 
-class PayloadTooLarge(Exception):
+class PayloadTooLarge(Permanent):
     """One image in the request is over the size limit (413); the message names the field and the limit."""
 
 
-class JobNotFound(LookupError):
+class JobNotFound(Permanent, LookupError):
     """No such job for this caller (404)."""
 
     def __init__(self, job_id: str) -> None:
@@ -37,7 +43,7 @@ class JobNotFound(LookupError):
         self.job_id = job_id
 
 
-class Unavailable(Exception):
+class Unavailable(Retryable):
     """A dependency did not answer (503); the same request may succeed later."""
 
     def __init__(self, dependency: str, message: str) -> None:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import logging
 
-from services.common.blobstore import BlobStoreError
+from services.common.blobstore import BlobStoreError, content_key
 from services.common.contracts import HttpsImage, StoredImage
 from services.common.fetch import check_url
-from services.common.images import EXTENSIONS, ImageInputError, decode_data_url
+from services.common.images import ImageInputError, decode_data_url
 from services.ingest.deps import IngestDeps
 from services.ingest.errors import InvalidRequest, PayloadTooLarge, Unavailable
 
@@ -43,7 +43,7 @@ async def checked_image(value: str, *, field: str, deps: IngestDeps) -> StoredIm
         raise _refused(exc) from None
     if deps.blobs is None:
         raise Unavailable("s3", "no image store is configured for uploaded images; give an https URL instead")
-    key = f"{INPUTS_PREFIX}{image.sha256[:2]}/{image.sha256}.{EXTENSIONS[image.content_type]}"
+    key = content_key(INPUTS_PREFIX, image.sha256, image.content_type)
     try:
         if not await deps.blobs.exists(key):
             await deps.blobs.put(key, image.data, content_type=image.content_type)

@@ -3,6 +3,7 @@
     port.py          ImageProvider, GeneratedImage and the provider error hierarchy
     failover.py      the one retry loop: keys, breakers, budget, backoff (generic over what it calls)
     http.py          the HTTP base every adapter stands on (timeouts, Retry-After, error mapping, downloads)
+    openai_errors.py one error mapping for OpenAI-compatible APIs, with a dialect per API
     gradio.py, replicate.py, siliconflow.py, cloudflare.py, openai_images.py   image adapters
     procedural.py    the local procedural provider (no network), also the placeholder renderer
     vlm.py           the VLM adapter (OpenAI-compatible chat completions); verdict.py reads its answer

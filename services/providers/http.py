@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.utils
 import json
 import re
 import time
@@ -40,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.contracts import ImageSpec
 from services.common.images import sniff_content_type
+from services.common.retry_after import retry_after_seconds
 from services.providers.port import (
     ContentType,
     GeneratedImage,
@@ -63,7 +63,6 @@ __all__ = [
     "http_message",
     "json_body",
     "json_or_none",
-    "parse_retry_after",
     "prompt_with_style",
     "provider_message",
     "redact",
@@ -163,25 +162,9 @@ def http_message(response: httpx.Response, reason: str, secrets: Iterable[str | 
     return redact(f"HTTP {response.status_code}: {reason}", secrets)
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """A Retry-After header: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 def retry_after(response: httpx.Response) -> float | None:
     """The response's Retry-After header in seconds (None when absent or unreadable)."""
-    return parse_retry_after(response.headers.get("retry-after"))
+    return retry_after_seconds(response.headers.get("retry-after"))
 
 
 _IN_SECONDS = re.compile(

@@ -4,14 +4,14 @@ A provider turns an :class:`~services.common.contracts.ImageSpec` into image byt
 generator service only talks to :class:`ImageProvider`; which provider sits behind it
 (procedural, a hosted model, ...) is configuration.
 
-Error hierarchy::
+Error hierarchy (the provider branch of :mod:`services.common.errors`)::
 
-    ProviderError                   base; .provider, .retryable, .code
-    ├── RetryableProviderError      may succeed later: HTTP 5xx, timeouts, connection errors
+    ProviderError                   base; .provider, .code — catch this one, raise a subclass
+    ├── RetryableProviderError      (Retryable) may succeed later: HTTP 5xx, timeouts, connection errors
     │   ├── RateLimitedError        HTTP 429 / capacity: cool the key until .retry_after_s
     │   └── KeyRejectedError        401 / 403 / insufficient_quota / daily quota: disable the key;
     │                               the job itself may still succeed with another key
-    └── PermanentProviderError      will fail again: HTTP 400, content policy, failed predictions
+    └── PermanentProviderError      (Permanent) will fail again: HTTP 400, content policy, failed predictions
 
 The generator retries a :class:`RetryableProviderError` (with backoff, within the job's
 deadline) and fails the job at once on a :class:`PermanentProviderError`. ``code`` is a short
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
 from services.common.contracts import ImageSpec
+from services.common.errors import Permanent, PipelineError, Retryable
 
 __all__ = [
     "GeneratedImage",
@@ -59,35 +60,30 @@ class GeneratedImage:
                 f"placeholder={self.placeholder})")
 
 
-class ProviderError(Exception):
-    """A provider could not produce an image. Base of the provider errors; catch this one."""
+class ProviderError(PipelineError):
+    """A provider could not produce an image. Base of the provider errors; catch this one, raise
+    a :class:`RetryableProviderError` or :class:`PermanentProviderError`."""
 
-    retryable: bool = False
-
-    def __init__(self, message: str, *, provider: str, code: str, retryable: bool | None = None) -> None:
+    def __init__(self, message: str, *, provider: str, code: str) -> None:
         super().__init__(message)
         self.message = message
         self.provider = provider
         self.code = code
-        if retryable is not None:
-            self.retryable = retryable
 
     def __str__(self) -> str:
         return f"{self.provider}: {self.message} ({self.code})"
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(message={self.message!r}, provider={self.provider!r}, "
-                f"code={self.code!r}, retryable={self.retryable})")
+                f"code={self.code!r})")
 
 
-class RetryableProviderError(ProviderError):
+class RetryableProviderError(ProviderError, Retryable):
     """The same request may succeed later: rate limits (429), server errors (5xx), timeouts,
     connection errors."""
 
-    retryable = True
-
     def __init__(self, message: str, *, provider: str, code: str = "unavailable") -> None:
-        super().__init__(message, provider=provider, code=code, retryable=True)
+        super().__init__(message, provider=provider, code=code)
 
 
 class RateLimitedError(RetryableProviderError):
@@ -106,13 +102,11 @@ class KeyRejectedError(RetryableProviderError):
         super().__init__(message, provider=provider, code=code)
 
 
-class PermanentProviderError(ProviderError):
+class PermanentProviderError(ProviderError, Permanent):
     """The same request will fail again: bad request (400), content policy, failed prediction."""
 
-    retryable = False
-
     def __init__(self, message: str, *, provider: str, code: str = "rejected") -> None:
-        super().__init__(message, provider=provider, code=code, retryable=False)
+        super().__init__(message, provider=provider, code=code)
 
 
 @runtime_checkable

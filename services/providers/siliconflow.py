@@ -12,8 +12,11 @@ Errors (body ``{"code": <int>, "message": ...}``; 401 may be plain text):
 403                   ``KeyRejectedError("forbidden")``; ``"insufficient_quota"`` for a balance refusal
 429                   ``RateLimitedError`` (RPM/RPD/IPM/IPD... limits), ``retry_after_s`` from Retry-After
 503 / 504             ``RetryableProviderError("overloaded")``
-anything else         as ``_http.error_for_status``
+anything else         as ``http.error_for_status``
 ====================  ==========================================================================
+
+The mapping is :data:`~services.providers.openai_errors.SILICONFLOW_IMAGES`'s, in
+:mod:`services.providers.openai_errors`.
 """
 
 from __future__ import annotations
@@ -29,27 +32,17 @@ from services.providers.http import (
     HttpProvider,
     HttpProviderConfig,
     first_item,
-    http_message,
     json_body,
-    json_or_none,
     prompt_with_style,
-    provider_message,
-    retry_after,
-    status_error,
 )
+from services.providers.openai_errors import SILICONFLOW_IMAGES, openai_compatible_error
 from services.providers.port import (
     GeneratedImage,
-    KeyRejectedError,
-    PermanentProviderError,
     ProviderError,
-    RateLimitedError,
     RetryableProviderError,
 )
 
-__all__ = ["BALANCE_CODES", "SiliconFlowConfig", "SiliconFlowImageProvider", "siliconflow_code"]
-
-#: SiliconFlow's code for "your account balance is insufficient" (a 403, not a 429).
-BALANCE_CODES = {30001}
+__all__ = ["SiliconFlowConfig", "SiliconFlowImageProvider"]
 
 
 class SiliconFlowConfig(HttpProviderConfig):
@@ -83,31 +76,9 @@ class SiliconFlowImageProvider(HttpProvider[SiliconFlowConfig]):
         return body
 
     def error_for(self, response: httpx.Response, token: str | None) -> ProviderError:
-        status = response.status_code
-        code = siliconflow_code(response)
-        reason = provider_message(response, code)
-        message = http_message(response, reason, (token,))
-        if status == 400:
-            return PermanentProviderError(message, provider=self.name, code="bad_request")
-        if status == 401:
-            return KeyRejectedError(message, provider=self.name, code="unauthorized")
-        if status == 403:
-            no_balance = code in BALANCE_CODES or "balance" in reason.lower() or "quota" in reason.lower()
-            return KeyRejectedError(message, provider=self.name,
-                                    code="insufficient_quota" if no_balance else "forbidden")
-        if status == 429:
-            # SiliconFlow's limits (RPM/RPD/TPM/TPD/IPM/IPD) are per account, not per key: many keys
-            # of one account add no capacity, so cooling this key alone may not be enough.
-            return RateLimitedError(message, provider=self.name, retry_after_s=retry_after(response))
-        if status in (503, 504):
-            return RetryableProviderError(message, provider=self.name, code="overloaded")
-        return status_error(response, provider=self.name, secrets=(token,))
-
-
-def siliconflow_code(response: httpx.Response) -> int | None:
-    body = json_or_none(response)
-    code = body.get("code") if isinstance(body, dict) else None
-    return code if isinstance(code, int) else None
+        # SiliconFlow's limits (RPM/RPD/TPM/TPD/IPM/IPD) are per account, not per key: many keys
+        # of one account add no capacity, so cooling a rate-limited key alone may not be enough.
+        return openai_compatible_error(response, provider=self.name, token=token, dialect=SILICONFLOW_IMAGES)
 
 
 def _first_url(payload: Any, provider: str) -> str:

@@ -26,7 +26,9 @@ an answer that is no verdict             ``VerdictError("unparseable_verdict")``
                                          images and prompt get the same answer)
 =======================================  ===========================================================
 
-No retries here: the comparer's caller owns the only retry and failover loop.
+The status mapping is :data:`~services.providers.openai_errors.CHAT_COMPLETIONS`'s, in
+:mod:`services.providers.openai_errors`. No retries here: the comparer's caller owns the only retry
+and failover loop.
 """
 
 from __future__ import annotations
@@ -41,26 +43,14 @@ from services.providers.http import (
     HttpProvider,
     HttpProviderConfig,
     first_item,
-    http_message,
     json_body,
-    provider_message,
-    retry_after,
-    status_error,
 )
-from services.providers.openai_images import (
-    QUOTA_CODES,
-    openai_error,
-    parse_reset_duration,
-    scrub_key_fragments,
-)
+from services.providers.openai_errors import CHAT_COMPLETIONS, openai_compatible_error
 from services.providers.port import (
-    KeyRejectedError,
     PermanentProviderError,
     ProviderError,
-    RateLimitedError,
     RetryableProviderError,
 )
-from services.providers.siliconflow import BALANCE_CODES, siliconflow_code
 from services.providers.verdict import PROVIDER, Verdict, VerdictError, build_messages, parse_verdict
 
 __all__ = ["VlmComparer", "VlmConfig"]
@@ -117,41 +107,7 @@ class VlmComparer(HttpProvider[VlmConfig]):
             raise
 
     def error_for(self, response: httpx.Response, token: str | None) -> ProviderError:
-        status = response.status_code
-        sf_code = siliconflow_code(response)
-        if sf_code is not None:  # SiliconFlow's {"code": <int>, "message"} body
-            reason, type_, code = provider_message(response, sf_code), None, None
-        else:
-            reason, type_, code = openai_error(response)
-            reason += f" ({code or type_})" if (code or type_) else ""
-        message = scrub_key_fragments(http_message(response, reason, (token,)))
-        lowered = reason.lower()
-        if status == 401:
-            return KeyRejectedError(message, provider=self.name, code="unauthorized")
-        if status == 403:
-            no_balance = (sf_code in BALANCE_CODES or code in QUOTA_CODES or type_ in QUOTA_CODES
-                          or "balance" in lowered or "quota" in lowered)
-            return KeyRejectedError(message, provider=self.name,
-                                    code="insufficient_quota" if no_balance else "forbidden")
-        if status in (400, 422):
-            policy = code == "content_policy_violation" or "safety system" in lowered or "content policy" in lowered
-            return PermanentProviderError(message, provider=self.name,
-                                          code="content_policy" if policy else "bad_request")
-        if status == 429:
-            if code in QUOTA_CODES or type_ in QUOTA_CODES or sf_code in BALANCE_CODES:
-                return KeyRejectedError(message, provider=self.name, code="insufficient_quota")
-            seconds = retry_after(response)
-            for header in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
-                if seconds is None:
-                    seconds = parse_reset_duration(response.headers.get(header))
-            return RateLimitedError(message, provider=self.name, retry_after_s=seconds)
-        if status in (500, 502):
-            return RetryableProviderError(message, provider=self.name, code="unavailable")
-        if status in (503, 504):
-            return RetryableProviderError(message, provider=self.name, code="overloaded")
-        error = status_error(response, provider=self.name, secrets=(token,))
-        error.message = scrub_key_fragments(error.message)
-        return error
+        return openai_compatible_error(response, provider=self.name, token=token, dialect=CHAT_COMPLETIONS)
 
 
 def _content_text(content: Any) -> str:

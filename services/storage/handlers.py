@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from services.common.blobstore import BlobStoreError
-from services.common.consumer import Outcome, Output, RetryableError
+from services.common.blobstore import content_key
+from services.common.consumer import Outcome, Output
 from services.common.contracts import (
     ComparisonRequested,
     DataUrlImage,
@@ -17,7 +17,7 @@ from services.common.contracts import (
     HttpsImage,
     StoredImage,
 )
-from services.common.images import EXTENSIONS, sniff_content_type
+from services.common.images import sniff_content_type
 from services.common.jobs import terminal_outcome
 from services.common.ports import BlobStore, JobStore, ResultCache, TerminalGuard
 from services.common.topics import Topics
@@ -32,11 +32,6 @@ def _as_ref(reference: str | StoredImage) -> DataUrlImage | HttpsImage | StoredI
     if isinstance(reference, StoredImage):
         return reference
     return DataUrlImage(data_url=reference) if reference.startswith("data:") else HttpsImage(url=reference)
-
-
-def object_key(prefix: str, digest: str, content_type: str) -> str:
-    """Content-addressed: the same bytes always land at the same key (and URL)."""
-    return f"{prefix}{digest[:2]}/{digest}.{EXTENSIONS[content_type]}"
 
 
 @dataclass
@@ -55,12 +50,10 @@ class StoreHandler:
                                     f"provider {generated.provider} sent {actual_type or 'unrecognised bytes'}, "
                                     f"not the {generated.content_type} it announced")
         digest = hashlib.sha256(generated.image).hexdigest()
-        key = object_key(self.key_prefix, digest, generated.content_type)
-        try:
-            if not await self.store.exists(key):  # a replay or a popular image: the bytes are there already
-                await self.store.put(key, generated.image, content_type=generated.content_type)
-        except BlobStoreError as exc:
-            raise RetryableError(str(exc)) from exc
+        key = content_key(self.key_prefix, digest, generated.content_type)
+        # A BlobStoreError is Retryable: the consumer loop tries the record again.
+        if not await self.store.exists(key):  # a replay or a popular image: the bytes are there already
+            await self.store.put(key, generated.image, content_type=generated.content_type)
         url = self.store.public_url(key)
         timings = generated.timings.with_stage("stored")
         await self.jobs.update(generated.job_id, "stored", tenant=generated.tenant, url=url,

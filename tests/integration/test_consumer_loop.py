@@ -15,8 +15,8 @@ from services.common.consumer import (
     LoopSettings,
     Outcome,
     Output,
-    RetryableError,
 )
+from services.common.errors import Permanent, Retryable
 from services.common.kafka import (
     H_DLQ_OFFSET,
     H_DLQ_REASON,
@@ -170,9 +170,21 @@ async def test_garbage_goes_to_the_dlq_and_the_partition_keeps_moving(connection
     assert headers[H_DLQ_OFFSET] == "0"
 
 
-async def test_retryable_errors_are_retried_then_dead_lettered(connections, topics, producer, unique):
+async def _first_dead_letter(connections, producer, unique, events: list[c.GenerationRequested], handler):
+    """Send ``events``, run ``handler`` over them (4 attempts, quick backoff), return the first dead letter."""
     names = Topics.from_settings(connections.topics)
     source, dlq = names.name(SOURCE_KEY), names.dlq(SOURCE_KEY)
+    await _send_all_to_partition_0(producer, source, events)
+    reader = make_consumer(connections.kafka, dlq, group_id=None)
+    await reader.start()
+    try:
+        async with _Running(connections, f"g-{unique}", source, handler, max_attempts=4, backoff_base_s=0.01):
+            return await asyncio.wait_for(reader.getone(), 30)
+    finally:
+        await reader.stop()
+
+
+async def test_retryable_errors_are_retried_then_dead_lettered(connections, topics, producer, unique):
     flaky, doomed = _request("flaky"), _request("doomed")
     calls: dict[str, int] = {}
 
@@ -180,22 +192,33 @@ async def test_retryable_errors_are_retried_then_dead_lettered(connections, topi
         job = c.decode(c.GenerationRequested, record.value).job_id
         calls[job] = calls.get(job, 0) + 1
         if job == doomed.job_id or calls[job] < 3:
-            raise RetryableError("redis is having a moment")
+            raise Retryable("redis is having a moment")
         return Outcome()
 
-    await _send_all_to_partition_0(producer, source, [flaky, doomed])
-    reader = make_consumer(connections.kafka, dlq, group_id=None)
-    await reader.start()
-    try:
-        async with _Running(connections, f"g-{unique}", source, handler, max_attempts=4, backoff_base_s=0.01):
-            letter = await asyncio.wait_for(reader.getone(), 30)
-    finally:
-        await reader.stop()
+    letter = await _first_dead_letter(connections, producer, unique, [flaky, doomed], handler)
 
     assert calls[flaky.job_id] == 3
     assert calls[doomed.job_id] == 4
     assert letter.key == doomed.job_id.encode()
     assert "after 4 attempts" in headers_of(letter)[H_DLQ_REASON]
+
+
+async def test_permanent_errors_are_dead_lettered_at_once(connections, topics, producer, unique):
+    doomed = _request("doomed")
+    calls: list[str] = []
+
+    class Refused(Permanent):
+        pass
+
+    async def handler(record) -> Outcome:
+        calls.append(c.decode(c.GenerationRequested, record.value).job_id)
+        raise Refused("this record can never be processed")
+
+    letter = await _first_dead_letter(connections, producer, unique, [doomed], handler)
+
+    assert calls == [doomed.job_id]
+    assert letter.key == doomed.job_id.encode()
+    assert headers_of(letter)[H_DLQ_REASON] == "this record can never be processed"
 
 
 async def test_stop_lets_in_flight_records_finish_and_commits_them(connections, topics, producer, unique):

@@ -10,10 +10,10 @@ import pytest
 from services.common.contracts import ImageSpec
 from services.fakeproviders.base import FakeProvider
 from services.fakeproviders.openai_images import create_app
+from services.providers.openai_errors import parse_reset_duration
 from services.providers.openai_images import (
     OpenAIImagesConfig,
     OpenAIImagesProvider,
-    parse_reset_duration,
 )
 from services.providers.port import (
     KeyRejectedError,

@@ -18,6 +18,7 @@ from fastapi import FastAPI, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from PIL import Image, ImageFile
 
+from services.common.errors import Retryable
 from services.common.fetch import SafeFetcher
 from services.common.images import (
     MAX_IMAGE_BYTES,
@@ -293,7 +294,7 @@ async def test_unsafe_urls_are_refused_before_connecting(url: str, words: str) -
             await fetcher.fetch(url, field="target_image")
     error = refused(excinfo, "url_refused")
     assert words in error.reason
-    assert "s3cr3t" not in str(error) and "s3cr3t" not in repr(error) and not error.retryable
+    assert "s3cr3t" not in str(error) and "s3cr3t" not in repr(error) and not isinstance(error, Retryable)
     assert seen == []
     if httpx.URL(url).host not in RESOLVER_TABLE:
         assert resolver.lookups == []  # IP literals, numeric forms included, are never looked up
@@ -580,7 +581,7 @@ async def test_a_stalled_server_times_out_as_retryable(server: str) -> None:
         with pytest.raises(ImageInputError) as excinfo:
             await fetcher.fetch(f"{server}/stall{SECRET_QUERY}", field="target_image")
     error = refused(excinfo, "fetch_timeout")
-    assert error.retryable and time.perf_counter() - started < 3
+    assert isinstance(error, Retryable) and time.perf_counter() - started < 3
     assert "secretvalue" not in str(error) and "secretvalue" not in repr(error)
 
 
@@ -589,7 +590,7 @@ async def test_404_is_permanent_and_hides_the_query(server: str) -> None:
         with pytest.raises(ImageInputError) as excinfo:
             await fetcher.fetch(f"{server}/missing.png{SECRET_QUERY}", field="target_image")
     error = refused(excinfo, "fetch_failed")
-    assert not error.retryable
+    assert not isinstance(error, Retryable)
     assert error.reason == f"{server}/missing.png answered HTTP 404"
     for text in (str(error), repr(error)):
         assert "secretvalue" not in text and "X-Amz" not in text
@@ -600,7 +601,7 @@ async def test_503_is_retryable(server: str) -> None:
         with pytest.raises(ImageInputError) as excinfo:
             await fetcher.fetch(f"{server}/busy", field="target_image")
     error = refused(excinfo, "fetch_failed")
-    assert error.retryable and "HTTP 503" in error.reason
+    assert isinstance(error, Retryable) and "HTTP 503" in error.reason
 
 
 async def test_connection_refused_is_retryable() -> None:
@@ -608,7 +609,7 @@ async def test_connection_refused_is_retryable() -> None:
         with pytest.raises(ImageInputError) as excinfo:
             await fetcher.fetch("http://127.0.0.1:1/x.png", field="target_image")
     error = refused(excinfo, "fetch_failed")
-    assert error.retryable and "ConnectError" in error.reason
+    assert isinstance(error, Retryable) and "ConnectError" in error.reason
 
 
 async def test_html_body_is_unsupported_whatever_its_content_type(server: str) -> None:

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from PIL import Image, ImageDraw
 
+from services.common.errors import Retryable
 from services.comparer.perceptual import compare
 from services.fakeproviders.base import FakeProvider, Knobs, fingerprint
 from services.fakeproviders.openai_chat import create_app
@@ -188,7 +189,7 @@ def test_answers_that_are_no_verdict(text, message):
     error = caught.value
     assert message in error.message
     assert isinstance(error, PermanentProviderError) and error.code == "unparseable_verdict"
-    assert not error.retryable
+    assert not isinstance(error, Retryable)
 
 
 def test_an_unparseable_answer_is_quoted_short():

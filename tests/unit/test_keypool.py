@@ -16,9 +16,9 @@ from services.common.keypool import (
     RedisKeyPool,
     keys_from_env,
     keys_from_file,
-    retry_after_seconds,
 )
 from services.common.redis import KeySpace
+from services.common.retry_after import retry_after_seconds
 
 SECRET = "hf_fake-AbCdEfGhIjKlMnOpQrStUvWxYz-0123456789a1b2"
 

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image, ImageStat
 
 from services.common.contracts import ImageSpec
+from services.common.errors import Retryable
 from services.providers.port import (
     GeneratedImage,
     ImageProvider,
@@ -236,7 +237,8 @@ async def test_a_render_failure_is_a_permanent_provider_error(monkeypatch: pytes
     monkeypatch.setattr(procedural, "render_icon", broken)
     with pytest.raises(PermanentProviderError) as info:
         await ProceduralProvider().generate(SPEC)
-    assert (info.value.provider, info.value.code, info.value.retryable) == ("procedural", "render_failed", False)
+    assert (info.value.provider, info.value.code, isinstance(info.value, Retryable)) == (
+        "procedural", "render_failed", False)
 
 
 def test_negative_latency_is_refused() -> None:
@@ -248,8 +250,8 @@ def test_provider_errors() -> None:
     retry = RetryableProviderError("rate limited (429)", provider="replicate", code="rate_limited")
     never = PermanentProviderError("content policy", provider="replicate", code="content_policy")
     assert isinstance(retry, ProviderError) and isinstance(never, ProviderError)
-    assert (retry.retryable, retry.code, retry.provider) == (True, "rate_limited", "replicate")
-    assert (never.retryable, never.code) == (False, "content_policy")
+    assert (isinstance(retry, Retryable), retry.code, retry.provider) == (True, "rate_limited", "replicate")
+    assert (isinstance(never, Retryable), never.code) == (False, "content_policy")
     assert str(retry) == "replicate: rate limited (429) (rate_limited)"
     assert RetryableProviderError("timeout", provider="x").code == "unavailable"
-    assert ProviderError("odd", provider="x", code="odd").retryable is False
+    assert isinstance(ProviderError("odd", provider="x", code="odd"), Retryable) is False
