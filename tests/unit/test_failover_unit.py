@@ -10,6 +10,7 @@ import pytest
 from services.common.backoff import Backoff
 from services.common.budget import usd
 from services.common.contracts import ImageSpec, new_job_id
+from services.common.errors import Retryable
 from services.common.keypool import ApiKey
 from services.providers.failover import Candidate, Failover, NoProviderAvailable
 from services.providers.port import (
@@ -233,7 +234,7 @@ async def test_no_provider_available_says_when_the_first_key_comes_back(clock, s
     assert caught.value.retry_after_s == pytest.approx(20)
     assert "back in 20 s" in str(caught.value)
     assert "every space-a key is cooling down" in str(caught.value)
-    assert caught.value.retryable and caught.value.code == "no_provider_available"
+    assert isinstance(caught.value, Retryable) and caught.value.code == "no_provider_available"
     assert (a.calls, b.calls) == ([], [])
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from services.common import contracts as c
 from services.common.blobstore import IMMUTABLE_CACHE_CONTROL, BlobStoreError
-from services.common.consumer import RetryableError
+from services.common.errors import Retryable
 from services.common.topics import Topics
 from services.storage.handlers import StoreHandler, comparison_id_for
 from tests.fakes import FAKE_PNG, MemoryBlobStore, MemoryJobStore, MemoryResultCache, MemoryTerminalGuard
@@ -118,7 +118,7 @@ async def test_bytes_that_are_not_the_announced_type_fail_the_job_without_an_upl
 async def test_an_object_store_failure_is_retryable():
     handler = _handler(_DownStore())
 
-    with pytest.raises(RetryableError, match="answered 503"):
+    with pytest.raises(Retryable, match="answered 503"):
         await handler.handle(_generated())
     assert await handler.cache.stats() == {}
 
