@@ -213,6 +213,14 @@ def _region_difference(windows: list[tuple[int, int, float]]) -> str | None:
     return None
 
 
+# (measure, floor, ratio, when lower: difference and tip, when higher: difference and tip)
+_RATIO_RULES = (
+    ("std", 1.0, CONTRAST_RATIO, "has less contrast", "add 'high contrast'",
+     "has more contrast", "add 'soft, even lighting'"),
+    ("edges", 0.01, SHARPNESS_RATIO, "is blurrier, with less fine detail", "add 'sharp focus, fine detail'",
+     "is busier, with more fine detail", "add 'clean, simple shapes'"),
+)
+
 _REGION_WORDS = {"upper": "top", "lower": "bottom", "left": "left side", "right": "right side"}
 
 
@@ -245,19 +253,14 @@ def _differences(t: _Image, g: _Image, region: str | None, prompt: str) -> tuple
         diffs.append("the generated image is more saturated")
         tips.append("add 'muted colours'")
 
-    if t.std > CONTRAST_RATIO * max(g.std, 1.0):
-        diffs.append("the generated image has less contrast")
-        tips.append("add 'high contrast'")
-    elif g.std > CONTRAST_RATIO * max(t.std, 1.0):
-        diffs.append("the generated image has more contrast")
-        tips.append("add 'soft, even lighting'")
-
-    if t.edges > SHARPNESS_RATIO * max(g.edges, 0.01):
-        diffs.append("the generated image is blurrier, with less fine detail")
-        tips.append("add 'sharp focus, fine detail'")
-    elif g.edges > SHARPNESS_RATIO * max(t.edges, 0.01):
-        diffs.append("the generated image is busier, with more fine detail")
-        tips.append("add 'clean, simple shapes'")
+    for attr, floor, ratio, less, less_tip, more, more_tip in _RATIO_RULES:
+        target, ours = getattr(t, attr), getattr(g, attr)
+        if target > ratio * max(ours, floor):
+            diffs.append(f"the generated image {less}")
+            tips.append(less_tip)
+        elif ours > ratio * max(target, floor):
+            diffs.append(f"the generated image {more}")
+            tips.append(more_tip)
 
     if region:
         diffs.append(f"the {region} half differs most")

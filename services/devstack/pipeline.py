@@ -133,22 +133,9 @@ class Pipeline:
 
     def wait_ingest_ready(self, timeout_s: float = 60.0, progress: Progress = silent) -> None:
         """Wait until ingest's /readyz answers 200 (Kafka and Redis reachable from it)."""
-        deadline = time.monotonic() + timeout_s
-        last = "no answer yet"
-        while time.monotonic() < deadline:
-            if not self.process("ingest").is_running():
-                raise DevStackError(f"ingest exited. Last lines of its log:\n{log_tail(self.process('ingest').log_path)}")
-            try:
-                response = httpx.get(f"{self.ingest_url}/readyz", timeout=2.0)
-                if response.status_code == 200:
-                    progress(f"ingest: ready at {self.ingest_url}")
-                    return
-                last = f"HTTP {response.status_code}: {response.text[:200]}"
-            except httpx.HTTPError as exc:
-                last = repr(exc)
-            time.sleep(0.25)
-        raise DevStackError(f"ingest not ready after {timeout_s:.0f} s ({last}). Last lines of its log:\n"
-                            f"{log_tail(self.process('ingest').log_path)}")
+        assert self.ingest_url is not None, "no ingest_url given to this Pipeline"
+        ingest = next(s for s in self._services if s.name == "ingest")
+        self._wait_ready(replace(ingest, ready_url=f"{self.ingest_url}/readyz"), progress, timeout_s)
 
     def stop(self, names: Sequence[str] | None = None, progress: Progress = silent) -> list[str]:
         """Stop the selected services (ingest first, so no new work arrives); returns the names stopped."""
