@@ -35,6 +35,7 @@ from services.common.keypool import (
     KeyState,
     KeyStatus,
     NoKeyAvailable,
+    resolve_key,
 )
 from services.providers.port import GeneratedImage
 
@@ -77,7 +78,6 @@ class MemoryKeyPool:
             raise ValueError(f"keys of another provider given to the {provider} pool: {', '.join(wrong)}")
         self._provider = provider
         self._keys = tuple({key.key_id: key for key in api_keys}.values())
-        self._by_id = {key.key_id: key for key in self._keys}
         self._clock = clock
         self._cursor = 0
         self._deadlines: dict[str, float] = {}
@@ -93,18 +93,7 @@ class MemoryKeyPool:
         return self._keys
 
     def _resolve(self, key: ApiKey | str) -> ApiKey:
-        if isinstance(key, ApiKey):
-            found = self._by_id.get(key.key_id)
-        else:
-            found = self._by_id.get(key)
-            if found is None:
-                matches = [k for k in self._keys if k.masked == key]
-                found = matches[0] if len(matches) == 1 else None
-        if found is None:
-            known = ", ".join(k.key_id for k in self._keys) or "none"
-            shown = key.key_id if isinstance(key, ApiKey) else key
-            raise KeyError(f"{shown!r} is not a {self._provider} key of this pool (known: {known})")
-        return found
+        return resolve_key(self._provider, self._keys, key)
 
     async def pick(self) -> ApiKey:
         if not self._keys:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import pytest
 from pydantic_settings import BaseSettings
@@ -65,3 +66,16 @@ async def records_for(connections, topic: str, key: str, settle_s: float = 2.0) 
     finally:
         await consumer.stop()
     return found
+
+
+T = TypeVar("T")
+
+
+class ManualClock(Generic[T]):
+    """A clock the test moves by setting ``now``; pass it where the code under test takes ``clock=``."""
+
+    def __init__(self, now: T) -> None:
+        self.now = now
+
+    def __call__(self) -> T:
+        return self.now

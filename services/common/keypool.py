@@ -209,6 +209,23 @@ return {0, redis.call('HGET', KEYS[1], ARGV[1])}
 """
 
 
+def resolve_key(provider: str, keys: Sequence[ApiKey], key: ApiKey | str) -> ApiKey:
+    """The pool's key for an ``ApiKey``, a key id or a masked form (the operator's CLI gets either)."""
+    by_id = {k.key_id: k for k in keys}
+    if isinstance(key, ApiKey):
+        found = by_id.get(key.key_id)
+    else:
+        found = by_id.get(key)
+        if found is None:
+            matches = [k for k in keys if k.masked == key]
+            found = matches[0] if len(matches) == 1 else None
+    if found is None:
+        known = ", ".join(k.key_id for k in keys) or "none"
+        shown = key.key_id if isinstance(key, ApiKey) else key
+        raise KeyError(f"{shown!r} is not a {provider} key of this pool (known: {known})")
+    return found
+
+
 class RedisKeyPool:
     """Round-robin over one provider's healthy keys, with cooldowns and disables every replica shares at once."""
 
@@ -220,7 +237,6 @@ class RedisKeyPool:
         self._redis = redis
         self._provider = provider
         self._keys = tuple(_unique_keys(api_keys))
-        self._by_id = {key.key_id: key for key in self._keys}
         self._clock = clock
         self._cursor = keys.key("keypool", provider, "cursor")
         self._cooldown_hash = keys.key("keypool", provider, "cooldown")
@@ -241,19 +257,7 @@ class RedisKeyPool:
         return self._space.key("keypool", self._provider, "key", key_id)
 
     def _resolve(self, key: ApiKey | str) -> ApiKey:
-        """The pool's key for an ``ApiKey``, a key id or a masked form (the operator's CLI gets either)."""
-        if isinstance(key, ApiKey):
-            found = self._by_id.get(key.key_id)
-        else:
-            found = self._by_id.get(key)
-            if found is None:
-                matches = [k for k in self._keys if k.masked == key]
-                found = matches[0] if len(matches) == 1 else None
-        if found is None:
-            known = ", ".join(k.key_id for k in self._keys) or "none"
-            shown = key.key_id if isinstance(key, ApiKey) else key
-            raise KeyError(f"{shown!r} is not a {self._provider} key of this pool (known: {known})")
-        return found
+        return resolve_key(self._provider, self._keys, key)
 
     async def pick(self) -> ApiKey:
         """The next healthy key, round-robin across every replica; ``NoKeyAvailable`` when there is none."""

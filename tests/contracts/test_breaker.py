@@ -4,17 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import ManualClock
 
 
 async def test_opens_after_threshold_failures_and_closes_after_a_successful_trial(impl):
-    clock = _Clock()
+    clock = ManualClock(1_000_000.0)
     breaker = impl.breaker("hf-space-a", threshold=3, cooldown_s=300, clock=clock)
 
     assert [await breaker.failure() for _ in range(2)] == [None, None]
@@ -31,7 +25,7 @@ async def test_opens_after_threshold_failures_and_closes_after_a_successful_tria
 
 
 async def test_a_failed_trial_opens_it_again_at_once(impl):
-    clock = _Clock()
+    clock = ManualClock(1_000_000.0)
     breaker = impl.breaker("hf-space-a", threshold=2, cooldown_s=60, clock=clock)
     await breaker.failure()
     await breaker.failure()
@@ -42,7 +36,7 @@ async def test_a_failed_trial_opens_it_again_at_once(impl):
 
 
 async def test_a_success_resets_the_count_of_failures_in_a_row(impl):
-    clock = _Clock()
+    clock = ManualClock(1_000_000.0)
     breaker = impl.breaker("hf-space-a", threshold=3, cooldown_s=60, clock=clock)
     await breaker.failure()
     await breaker.failure()
@@ -54,7 +48,7 @@ async def test_a_success_resets_the_count_of_failures_in_a_row(impl):
 
 
 async def test_state_reports_failures_and_when_it_comes_back(impl):
-    clock = _Clock()
+    clock = ManualClock(1_000_000.0)
     breaker = impl.breaker("hf-space-a", threshold=2, cooldown_s=30, clock=clock)
 
     closed = await breaker.state()

@@ -10,22 +10,15 @@ from services.common import contracts as c
 from services.common.budget import usd
 from services.common.ports import BudgetLedger
 from services.router.budget_gate import BudgetGate
+from tests.helpers import ManualClock
 
 COST = usd("0.0023")
 CAP = usd("0.10")
 
 
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock(datetime(2025, 3, 14, 12, 0, tzinfo=UTC))
+def clock() -> ManualClock:
+    return ManualClock(datetime(2025, 3, 14, 12, 0, tzinfo=UTC))
 
 
 async def _totals(ledger: BudgetLedger, month: str | None = None) -> tuple[int, int]:

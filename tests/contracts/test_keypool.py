@@ -9,18 +9,9 @@ import pytest
 
 from services.common.keypool import DEFAULT_COOLDOWN_S, ApiKey, NoKeyAvailable
 from services.common.ports import KeyPool
+from tests.helpers import ManualClock
 
 T0 = 1_700_000_000.0
-
-
-class _Clock:
-    """A clock the test moves; the pool takes ``now`` from it (the Redis one passes it to its Lua)."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -29,8 +20,8 @@ def api_keys() -> list[ApiKey]:
 
 
 @pytest.fixture
-def clock() -> _Clock:
-    return _Clock()
+def clock() -> ManualClock:
+    return ManualClock(T0)
 
 
 @pytest.fixture

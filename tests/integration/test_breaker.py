@@ -9,16 +9,9 @@ import pytest
 
 from services.common.breaker import RedisCircuitBreaker
 from services.common.redis import KeySpace
+from tests.helpers import ManualClock
 
 pytestmark = pytest.mark.integration
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _breaker(redis, connections, clock, **kwargs) -> RedisCircuitBreaker:
@@ -26,7 +19,7 @@ def _breaker(redis, connections, clock, **kwargs) -> RedisCircuitBreaker:
 
 
 async def test_state_is_shared_between_replicas(redis, connections):
-    clock = _Clock()
+    clock = ManualClock(1_000_000.0)
     replica_a = _breaker(redis, connections, clock, threshold=1)
     replica_b = _breaker(redis, connections, clock, threshold=1)
 

@@ -17,6 +17,7 @@ import pytest
 from services.common.budget import RedisBudgetLedger, usd
 from services.common.redis import KeySpace, make_redis
 from services.common.settings import RedisSettings
+from tests.helpers import ManualClock
 
 pytestmark = pytest.mark.integration
 
@@ -25,22 +26,14 @@ CAP = usd("0.10")
 FITS = CAP // COST  # 43 images fit under $0.10
 
 
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
 def keys(connections) -> KeySpace:
     return KeySpace(connections.redis.key_prefix)
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock(datetime(2025, 3, 14, 12, 0, tzinfo=UTC))
+def clock() -> ManualClock:
+    return ManualClock(datetime(2025, 3, 14, 12, 0, tzinfo=UTC))
 
 
 async def _totals(ledger: RedisBudgetLedger, month: str | None = None) -> tuple[int, int]:
@@ -167,7 +160,7 @@ def _process_replica(url: str, prefix: str, now: datetime, name: str, refund_rat
             async with asyncio.timeout(60):  # start together, not as each spawns; never hang the pool
                 while not await redis.exists(keys.key("race", "go")):
                     await asyncio.sleep(0.002)
-            ledger = RedisBudgetLedger(redis, keys, cap_micros=CAP, clock=Clock(now))
+            ledger = RedisBudgetLedger(redis, keys, cap_micros=CAP, clock=ManualClock(now))
             return await _race(ledger, name, 100, refund_ratio, seed)
         finally:
             await redis.aclose()

@@ -23,18 +23,11 @@ from services.providers.openai_images import (
     OpenAIImagesProvider,
 )
 from services.providers.port import PermanentProviderError
+from tests.helpers import ManualClock
 
 pytestmark = pytest.mark.integration
 
 SPEC = ImageSpec(prompt="frost crystal longbow", width=64, height=64, seed=1)
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 2_000_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def _no_sleep(_seconds: float) -> None:
@@ -57,7 +50,7 @@ class Provider:
 async def providers(redis, connections) -> AsyncIterator:
     """``async with providers(name, keys=[...], **knobs) as p:`` — a fake server plus its candidate."""
     space = KeySpace(connections.redis.key_prefix)
-    clock = _Clock()
+    clock = ManualClock(2_000_000_000.0)
     async with AsyncExitStack() as stack:
         http = await stack.enter_async_context(httpx.AsyncClient())
 

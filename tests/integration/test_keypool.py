@@ -13,20 +13,11 @@ import pytest
 
 from services.common.keypool import ApiKey, NoKeyAvailable, RedisKeyPool
 from services.common.redis import KeySpace, make_redis
+from tests.helpers import ManualClock
 
 pytestmark = pytest.mark.integration
 
 T0 = 1_700_000_000.0
-
-
-class _Clock:
-    """A clock the test moves; the pool's Lua takes ``now`` from it, not from Redis TIME."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -40,8 +31,8 @@ def api_keys() -> list[ApiKey]:
 
 
 @pytest.fixture
-def clock() -> _Clock:
-    return _Clock()
+def clock() -> ManualClock:
+    return ManualClock(T0)
 
 
 @pytest.fixture

@@ -8,16 +8,9 @@ from aiokafka import TopicPartition
 from services.common.kafka import make_admin, make_consumer
 from services.common.topics import GroupIds, Topics
 from services.router.depth import DepthMonitor
+from tests.helpers import ManualClock
 
 pytestmark = pytest.mark.integration
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_rate_is_committed_offsets_per_second_over_the_window(connections, topics, producer):
@@ -33,7 +26,7 @@ async def test_rate_is_committed_offsets_per_second_over_the_window(connections,
     await committer.start()
     tp = TopicPartition(topic, 0)
     committer.assign([tp])
-    clock = _Clock()
+    clock = ManualClock(1000.0)
     monitor = DepthMonitor(admin, offsets, topic=topic, group_id=group, refresh_s=0.1, rate_window_s=5.0,
                            clock=clock)
     try:

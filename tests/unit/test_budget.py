@@ -19,6 +19,7 @@ from services.common.budget import (
 )
 from services.common.redis import KeySpace
 from services.router.budget_gate import BudgetGate
+from tests.helpers import ManualClock
 
 
 @pytest.mark.parametrize(("text", "micros"), [
@@ -69,16 +70,8 @@ def test_month_of_refuses_naive_datetimes():
         month_of(datetime(2025, 1, 31, 23, 0))
 
 
-class _Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 def test_ledger_month_key_rolls_over_at_the_utc_boundary():
-    clock = _Clock(datetime(2025, 1, 31, 23, 59, 59, 999_000, tzinfo=UTC))
+    clock = ManualClock(datetime(2025, 1, 31, 23, 59, 59, 999_000, tzinfo=UTC))
     # Redis() does not connect until used; register_script only hashes the source.
     ledger = RedisBudgetLedger(Redis(), KeySpace("p:"), cap_micros=usd("$10"), clock=clock)
     assert ledger.month_key() == "p:budget:2025-01"

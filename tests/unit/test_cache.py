@@ -2,18 +2,11 @@ from __future__ import annotations
 
 from services.common.cache import LruTtlCache
 from services.common.images import sniff_content_type
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import ManualClock
 
 
 def test_lru_evicts_the_least_recently_used():
-    cache: LruTtlCache[int] = LruTtlCache(maxsize=2, ttl_s=60, clock=_Clock())
+    cache: LruTtlCache[int] = LruTtlCache(maxsize=2, ttl_s=60, clock=ManualClock(0.0))
     cache.set("a", 1)
     cache.set("b", 2)
     cache.get("a")  # a is now more recent than b
@@ -23,7 +16,7 @@ def test_lru_evicts_the_least_recently_used():
 
 
 def test_entries_expire_after_their_ttl():
-    clock = _Clock()
+    clock = ManualClock(0.0)
     cache: LruTtlCache[str] = LruTtlCache(maxsize=10, ttl_s=5, clock=clock)
     cache.set("k", "v")
 

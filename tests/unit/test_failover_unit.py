@@ -20,17 +20,10 @@ from services.providers.port import (
     RetryableProviderError,
 )
 from tests.fakes import FAKE_PNG, FakeImageProvider, MemoryBreaker, MemoryBudgetLedger, MemoryKeyPool
+from tests.helpers import ManualClock
 
 SPEC = ImageSpec(prompt="frost crystal longbow", width=64, height=64, seed=1)
 T0 = 2_000_000_000.0
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class _Sleeps:
@@ -44,8 +37,8 @@ class _Sleeps:
 
 
 @pytest.fixture
-def clock() -> _Clock:
-    return _Clock()
+def clock() -> ManualClock:
+    return ManualClock(T0)
 
 
 @pytest.fixture
@@ -57,7 +50,7 @@ def _keys(provider: str, *names: str) -> list[ApiKey]:
     return [ApiKey(provider, f"sk-{name}-" + name[0] * 24) for name in names]
 
 
-def _candidate(adapter: FakeImageProvider, clock: _Clock, *, keys: list[ApiKey] | None = None, threshold: int = 5,
+def _candidate(adapter: FakeImageProvider, clock: ManualClock, *, keys: list[ApiKey] | None = None, threshold: int = 5,
                cost: str = "0") -> Candidate:
     return Candidate(
         name=adapter.name, adapter=adapter,
