@@ -18,6 +18,7 @@ import math
 import time
 import uuid
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -187,6 +188,17 @@ def throttle_headers(seconds: float | None) -> dict[str, str]:
 def truncated_json(text: str, status_code: int = 200) -> Response:
     """The ``"malformed"`` failure: a body that promises JSON and is not (cut off, or a proxy's page)."""
     return Response(text, status_code=status_code, media_type="application/json")
+
+
+async def admitted_json(fake: FakeProvider, request: Request, failure: Callable[[Injected, Request], Response],
+                        not_json: Callable[[], Response]) -> dict[str, Any] | Response:
+    """The Bearer-keyed request's JSON object body, or the response that refuses it: an injected
+    failure (``failure``) or a body that is no JSON object (``not_json``)."""
+    injected = await fake.admit(request, bearer_key(request))
+    if injected is not None:
+        return failure(injected, request)
+    body = await json_object(request)
+    return not_json() if body is None else body
 
 
 async def json_object(request: Request) -> dict[str, Any] | None:

@@ -41,10 +41,9 @@ from services.fakeproviders import openai_images, siliconflow
 from services.fakeproviders.base import (
     FakeProvider,
     Injected,
-    bearer_key,
+    admitted_json,
     echo_auth,
     int_or,
-    json_object,
     new_app,
     throttle_headers,
     truncated_json,
@@ -128,13 +127,10 @@ def create_app(fake: FakeProvider | None = None, *, answer: AnswerStyle = "stric
 
     @app.post("/v1/chat/completions")
     async def completions(request: Request) -> Response:
-        injected = await fake.admit(request, bearer_key(request))
-        if injected is not None:
-            return failure(injected, request)
-        body = await json_object(request)
-        if body is None:
-            return error(400, "We could not parse the JSON body of your request. (HINT: This likely means you "
-                              "aren't using your HTTP library correctly.)", request)
+        body = await admitted_json(fake, request, failure, lambda: error(400, "We could not parse the JSON body of your request. (HINT: This likely means you "
+                                  "aren't using your HTTP library correctly.)", request))
+        if isinstance(body, Response):
+            return body
         try:
             model, max_tokens, images, detail, text = _read(body)
             target, generated = (_decode(url, index) for index, url in enumerate(images))

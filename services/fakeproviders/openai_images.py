@@ -25,9 +25,8 @@ from fastapi.responses import JSONResponse
 from services.fakeproviders.base import (
     FakeProvider,
     Injected,
-    bearer_key,
+    admitted_json,
     echo_auth,
-    json_object,
     new_app,
     parse_size,
     throttle_headers,
@@ -77,13 +76,10 @@ def create_app(fake: FakeProvider | None = None, *, echo_auth_in_errors: bool = 
 
     @app.post("/v1/images/generations")
     async def generations(request: Request) -> Response:
-        injected = await fake.admit(request, bearer_key(request))
-        if injected is not None:
-            return failure(injected, request)
-        body = await json_object(request)
-        if body is None:
-            return error(400, "We could not parse the JSON body of your request.", "invalid_request_error", None,
-                         request)
+        body = await admitted_json(fake, request, failure, lambda: error(
+            400, "We could not parse the JSON body of your request.", "invalid_request_error", None, request))
+        if isinstance(body, Response):
+            return body
         prompt, size = body.get("prompt"), body.get("size", "1024x1024")
         response_format, n = body.get("response_format", "url"), body.get("n", 1)
         if not isinstance(prompt, str) or not prompt:

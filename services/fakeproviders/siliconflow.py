@@ -21,10 +21,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from services.fakeproviders.base import (
     FakeProvider,
     Injected,
-    bearer_key,
+    admitted_json,
     echo_auth,
     int_or,
-    json_object,
     new_app,
     parse_size,
     throttle_headers,
@@ -68,12 +67,10 @@ def create_app(fake: FakeProvider | None = None, *, echo_auth_in_errors: bool = 
 
     @app.post("/v1/images/generations")
     async def generations(request: Request) -> Response:
-        injected = await fake.admit(request, bearer_key(request))
-        if injected is not None:
-            return failure(injected, request)
-        body = await json_object(request)
-        if body is None:
-            return error(400, 20015, "The parameter is invalid: body is not JSON.", request)
+        body = await admitted_json(fake, request, failure,
+                                   lambda: error(400, 20015, "The parameter is invalid: body is not JSON.", request))
+        if isinstance(body, Response):
+            return body
         prompt, size = body.get("prompt"), body.get("image_size", "1024x1024")
         if not isinstance(prompt, str) or not prompt or not isinstance(body.get("model"), str):
             return error(400, 20015, "The parameter is invalid: model and prompt are required.", request)
