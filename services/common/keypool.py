@@ -15,10 +15,11 @@ used until an operator looks at it. ``RedisKeyPool`` keeps that state in Redis a
   back, so the caller can answer with ``Retry-After`` or reschedule instead of spinning
   (LiteLLM #27823, #3646); it is None when every key is disabled, which needs an operator.
 
-Redis layout (under the service's ``KeySpace`` prefix), per provider:
-``keypool:<p>:cursor`` (INCR counter), ``keypool:<p>:cooldown`` (hash key id → deadline, epoch
-seconds), ``keypool:<p>:disabled`` (set of key ids) and ``keypool:<p>:key:<id>`` (hash of
-counters and reasons). Secrets never reach Redis, logs, metrics or exception text: keys are
+Redis layout (under the service's ``KeySpace`` prefix), per provider, all in the hash slot
+``{<p>}`` so the scripts and transactions run on Redis Cluster: ``keypool:{<p>}:cursor`` (INCR
+counter), ``keypool:{<p>}:cooldown`` (hash key id → deadline, epoch seconds),
+``keypool:{<p>}:disabled`` (set of key ids) and ``keypool:{<p>}:key:<id>`` (hash of counters and
+reasons). Secrets never reach Redis, logs, metrics or exception text: keys are
 known by ``key_id``, ``"<provider>:<sha256[:8]>"``, and shown to humans as ``masked``.
 """
 
@@ -39,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 from redis.asyncio import Redis
 
 from services.common.errors import Retryable
-from services.common.redis import KeySpace
+from services.common.redis import KeySpace, hashtag
 
 log = logging.getLogger(__name__)
 
@@ -222,9 +223,11 @@ class RedisKeyPool:
         self._keys = tuple(_unique_keys(api_keys))
         self._by_id = {key.key_id: key for key in self._keys}
         self._clock = clock
-        self._cursor = keys.key("keypool", provider, "cursor")
-        self._cooldown_hash = keys.key("keypool", provider, "cooldown")
-        self._disabled_set = keys.key("keypool", provider, "disabled")
+        # One hash tag per provider: the pick script and the transactions touch several of these keys.
+        self._tag = hashtag(provider)
+        self._cursor = keys.key("keypool", self._tag, "cursor")
+        self._cooldown_hash = keys.key("keypool", self._tag, "cooldown")
+        self._disabled_set = keys.key("keypool", self._tag, "disabled")
         self._space = keys
         self._pick = redis.register_script(_PICK)
         self._cool = redis.register_script(_COOLDOWN)
@@ -238,7 +241,7 @@ class RedisKeyPool:
         return self._keys
 
     def _info(self, key_id: str) -> str:
-        return self._space.key("keypool", self._provider, "key", key_id)
+        return self._space.key("keypool", self._tag, "key", key_id)
 
     def _resolve(self, key: ApiKey | str) -> ApiKey:
         """The pool's key for an ``ApiKey``, a key id or a masked form (the operator's CLI gets either)."""
