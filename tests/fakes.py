@@ -38,11 +38,12 @@ from services.common.keypool import (
 )
 from services.common.provider_calls import PaidCall
 from services.common.spend_journal import EntryState, SpendEntry, SpendJournalUnavailable
-from services.providers.port import GeneratedImage
+from services.providers.port import GeneratedImage, JobAlreadyFinished, ResumableCall
 
 __all__ = [
     "FAKE_PNG",
     "FakeImageProvider",
+    "FakeResumableProvider",
     "MemoryBlobStore",
     "MemoryBreaker",
     "MemoryBudgetLedger",
@@ -621,5 +622,43 @@ class FakeImageProvider:
             raise self.script.pop(0)
         if self.always is not None:
             raise self.always
+        return GeneratedImage(data=FAKE_PNG, content_type="image/png", provider=f"{self.name}-protocol",
+                              model="fake-model", deterministic=False)
+
+
+@dataclasses.dataclass
+class FakeResumableProvider:
+    """A paid provider whose calls can be resumed, like Replicate's predictions: ``log`` shows every
+    ``create:<id>``, ``resume:<id>`` and ``cancel:<id>``. While ``hold`` is set a call waits on it
+    (the test kills it there); ``generate`` without a call record is a plain, unresumable call."""
+
+    name: str
+    hold: asyncio.Event | None = None
+    log: list[str] = dataclasses.field(default_factory=list)
+    _ids: itertools.count = dataclasses.field(default_factory=lambda: itertools.count(1))
+
+    async def generate(self, spec: ImageSpec, token: str | None) -> GeneratedImage:
+        self.log.append(f"create:unrecorded-{next(self._ids)}")
+        return self._image()
+
+    async def generate_resumable(self, spec: ImageSpec, token: str | None, call: ResumableCall) -> GeneratedImage:
+        call_id = call.call_id
+        if call_id is not None:
+            self.log.append(f"resume:{call_id}")
+        if await call.finished():
+            if call_id is not None:
+                self.log.append(f"cancel:{call_id}")
+            raise JobAlreadyFinished("finished elsewhere", provider=self.name)
+        if call_id is None:
+            if not await call.calls.claim(call.job_id, call.provider, call.seq, ttl_s=60):
+                raise AssertionError("a concurrent create in a unit test")
+            call_id = f"p{next(self._ids)}"
+            self.log.append(f"create:{call_id}")
+            await call.calls.record(call.job_id, call.provider, call.seq, call_id)
+        if self.hold is not None:
+            await self.hold.wait()
+        return self._image()
+
+    def _image(self) -> GeneratedImage:
         return GeneratedImage(data=FAKE_PNG, content_type="image/png", provider=f"{self.name}-protocol",
                               model="fake-model", deterministic=False)
