@@ -325,18 +325,20 @@ class RedisKeyPool:
         await self._redis.hincrby(self._info(key.key_id), "successes" if ok else "failures", 1)
 
     async def states(self) -> list[KeyState]:
-        """Every key's state, read in one transaction; also refreshes the ``forgeline_keypool_keys`` gauge."""
+        """Every key's state, read in one round trip; also refreshes the ``forgeline_keypool_keys`` gauge."""
         now = self._clock()
         ids = [key.key_id for key in self._keys]
-        async with self._redis.pipeline(transaction=True) as pipe:
+        # A plain pipeline, not a transaction: this is a report, and redis-py 8.1's cluster transactions
+        # break on replies it post-processes (SMEMBERS, HGETALL: "unexpected keyword argument 'keys'").
+        async with self._redis.pipeline(transaction=False) as pipe:
             pipe.smembers(self._disabled_set)
-            if ids:
-                pipe.hmget(self._cooldown_hash, ids)
+            pipe.hgetall(self._cooldown_hash)
             for key_id in ids:
                 pipe.hgetall(self._info(key_id))
             replies = await pipe.execute()
         disabled = {member.decode() for member in replies[0]}
-        deadlines = replies[1] if ids else []
+        cooling = {name.decode(): value for name, value in replies[1].items()}
+        deadlines = [cooling.get(key_id) for key_id in ids]
         infos = replies[2:]
 
         result: list[KeyState] = []
