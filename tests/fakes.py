@@ -37,18 +37,23 @@ from services.common.keypool import (
     NoKeyAvailable,
     resolve_key,
 )
-from services.providers.port import GeneratedImage
+from services.common.provider_calls import PaidCall
+from services.common.spend_journal import EntryState, SpendEntry, SpendJournalUnavailable
+from services.providers.port import GeneratedImage, JobAlreadyFinished, ResumableCall
 
 __all__ = [
     "FAKE_PNG",
     "FakeImageProvider",
+    "FakeResumableProvider",
     "MemoryBlobStore",
     "MemoryBreaker",
     "MemoryBudgetLedger",
     "MemoryJobStore",
     "MemoryKeyPool",
+    "MemoryProviderCalls",
     "MemoryResultCache",
     "MemoryRouteStats",
+    "MemorySpendJournal",
     "MemoryTerminalGuard",
 ]
 
@@ -244,6 +249,9 @@ class MemoryTerminalGuard:
     async def mark_published(self, job_id: str) -> None:
         self._published.add(job_id)
 
+    async def finished(self, job_id: str) -> bool:
+        return job_id in self._claimed
+
 
 # ------------------------------------------------------------------------------------ budget
 
@@ -255,6 +263,7 @@ class _Month:
     held: dict[str, int] = dataclasses.field(default_factory=dict)  # reservation id → cost
     expiry_ms: dict[str, int] = dataclasses.field(default_factory=dict)  # reservation id → when given back
     closed: set[str] = dataclasses.field(default_factory=set)
+    journaled: bool = False
 
 
 @dataclasses.dataclass
@@ -270,10 +279,11 @@ class MemoryBudgetLedger:
     """``BudgetLedger`` in dicts, with ``RedisBudgetLedger``'s scripts' rules: cap, replay, expiry, close once."""
 
     def __init__(self, *, cap_micros: int, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 reservation_ttl_s: float = 15 * 60) -> None:
+                 reservation_ttl_s: float = 15 * 60, journal: MemorySpendJournal | None = None) -> None:
         if cap_micros < 0:
             raise ValueError("cap_micros must be >= 0")
         self.cap_micros = cap_micros
+        self._journal = journal
         self._clock = clock
         self._ttl_ms = int(reservation_ttl_s * 1000)
         self._months: dict[str, _Month] = {}
@@ -293,11 +303,53 @@ class MemoryBudgetLedger:
             del totals.expiry_ms[rid]
         return totals
 
+    def forget(self) -> None:
+        """Lose every total and record, as a Redis restarting without its data would."""
+        self._months.clear()
+        self._jobs.clear()
+
+    async def _rebuilt(self, month: str) -> bool:
+        """The close script's rebuild: settled entries spent, held ones held, closed ones skipped."""
+        totals = self._months.setdefault(month, _Month())
+        if self._journal is None or totals.journaled:
+            return True
+        try:
+            entries = await self._journal.month(month)
+        except SpendJournalUnavailable:
+            return False
+        for entry in entries:
+            rid = entry.reservation_id
+            if rid in totals.closed or rid in totals.held:
+                continue
+            if entry.state == "settled":
+                totals.spent += entry.cost_micros
+                totals.closed.add(rid)
+            elif entry.state == "refunded":
+                totals.closed.add(rid)
+            else:
+                totals.reserved += entry.cost_micros
+                totals.held[rid] = entry.cost_micros
+                totals.expiry_ms[rid] = entry.expires_ms
+        totals.journaled = True
+        return True
+
+    async def _write(self, reservation: Reservation, state: EntryState, cost: int) -> bool:
+        if self._journal is None:
+            return True
+        try:
+            await self._journal.write(SpendEntry(reservation.reservation_id, reservation.job_id, reservation.month,
+                                                 cost, state, int(reservation.expires_at.timestamp() * 1000)))
+        except SpendJournalUnavailable:
+            return False
+        return True
+
     async def reserve(self, job_id: str, cost_micros: int) -> Reservation | None:
         if cost_micros <= 0:
             raise ValueError("cost_micros must be > 0")
         now_ms = self._now_ms()
         month = self.current_month()
+        if not await self._rebuilt(month):
+            return None
         totals = self._swept(month, now_ms)
         job = self._jobs.get(job_id)
         if job is not None and (job.state == "settled" or (job.state == "reserved" and job.expires_ms > now_ms)):
@@ -309,7 +361,11 @@ class MemoryBudgetLedger:
         totals.held[rid] = cost_micros
         totals.expiry_ms[rid] = now_ms + self._ttl_ms
         job = self._jobs[job_id] = _JobRecord(rid, cost_micros, month, now_ms + self._ttl_ms, "reserved")
-        return self._reservation(job_id, job, replayed=False)
+        reservation = self._reservation(job_id, job, replayed=False)
+        if not await self._write(reservation, "held", cost_micros):
+            self._finish(reservation, "refunded", 0)
+            return None
+        return reservation
 
     @staticmethod
     def _reservation(job_id: str, job: _JobRecord, *, replayed: bool) -> Reservation:
@@ -321,10 +377,16 @@ class MemoryBudgetLedger:
         actual = reservation.cost_micros if actual_cost_micros is None else actual_cost_micros
         if actual < 0:
             raise ValueError("actual_cost_micros must be >= 0")
-        return self._finish(reservation, "settled", actual)
+        closed = self._finish(reservation, "settled", actual)
+        if closed:
+            await self._write(reservation, "settled", actual)
+        return closed
 
     async def refund(self, reservation: Reservation) -> bool:
-        return self._finish(reservation, "refunded", 0)
+        closed = self._finish(reservation, "refunded", 0)
+        if closed:
+            await self._write(reservation, "refunded", 0)
+        return closed
 
     def _finish(self, reservation: Reservation, mode: str, actual: int) -> bool:
         # Like the close script, no sweep: a hold swept already is "expired", and a settle still counts.
@@ -345,9 +407,63 @@ class MemoryBudgetLedger:
 
     async def snapshot(self, month: str | None = None) -> BudgetSnapshot:
         month = month or self.current_month()
+        if not await self._rebuilt(month):
+            totals = self._swept(month, self._now_ms())
+            return BudgetSnapshot(month=month, cap_micros=self.cap_micros, spent_micros=totals.spent,
+                                  reserved_micros=max(totals.reserved, self.cap_micros - totals.spent))
         totals = self._swept(month, self._now_ms())
         return BudgetSnapshot(month=month, cap_micros=self.cap_micros, spent_micros=totals.spent,
                               reserved_micros=totals.reserved)
+
+
+class MemorySpendJournal:
+    """``SpendJournal`` in a dict; ``broken = True`` makes it fail as an unreachable bucket would."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, SpendEntry] = {}
+        self.broken = False
+
+    async def write(self, entry: SpendEntry) -> None:
+        if self.broken:
+            raise SpendJournalUnavailable("the fake journal is broken")
+        self.entries[entry.reservation_id] = entry
+
+    async def month(self, month: str) -> list[SpendEntry]:
+        if self.broken:
+            raise SpendJournalUnavailable("the fake journal is broken")
+        return [entry for entry in self.entries.values() if entry.month == month]
+
+
+# ------------------------------------------------------------------------------------ provider calls
+
+
+class MemoryProviderCalls:
+    """``ProviderCalls`` in dicts, with ``RedisProviderCalls``' rules; claims expire on the injected clock."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._calls: dict[tuple[str, str], PaidCall] = {}
+        self._claims: dict[tuple[str, str, int], float] = {}
+
+    async def current(self, job_id: str, provider: str) -> PaidCall:
+        return self._calls.get((job_id, provider), PaidCall(1))
+
+    async def claim(self, job_id: str, provider: str, seq: int, ttl_s: float) -> bool:
+        now = self._clock()
+        if self._claims.get((job_id, provider, seq), -math.inf) > now:
+            return False
+        self._claims[(job_id, provider, seq)] = now + ttl_s
+        return True
+
+    async def record(self, job_id: str, provider: str, seq: int, call_id: str) -> bool:
+        if (await self.current(job_id, provider)).seq != seq:
+            return False
+        self._calls[(job_id, provider)] = PaidCall(seq, call_id)
+        return True
+
+    async def close(self, job_id: str, provider: str, seq: int) -> None:
+        if (await self.current(job_id, provider)).seq == seq:
+            self._calls[(job_id, provider)] = PaidCall(seq + 1)
 
 
 # ------------------------------------------------------------------------------------ breaker
@@ -495,5 +611,43 @@ class FakeImageProvider:
             raise self.script.pop(0)
         if self.always is not None:
             raise self.always
+        return GeneratedImage(data=FAKE_PNG, content_type="image/png", provider=f"{self.name}-protocol",
+                              model="fake-model", deterministic=False)
+
+
+@dataclasses.dataclass
+class FakeResumableProvider:
+    """A paid provider whose calls can be resumed, like Replicate's predictions: ``log`` shows every
+    ``create:<id>``, ``resume:<id>`` and ``cancel:<id>``. While ``hold`` is set a call waits on it
+    (the test kills it there); ``generate`` without a call record is a plain, unresumable call."""
+
+    name: str
+    hold: asyncio.Event | None = None
+    log: list[str] = dataclasses.field(default_factory=list)
+    _ids: itertools.count = dataclasses.field(default_factory=lambda: itertools.count(1))
+
+    async def generate(self, spec: ImageSpec, token: str | None) -> GeneratedImage:
+        self.log.append(f"create:unrecorded-{next(self._ids)}")
+        return self._image()
+
+    async def generate_resumable(self, spec: ImageSpec, token: str | None, call: ResumableCall) -> GeneratedImage:
+        call_id = call.call_id
+        if call_id is not None:
+            self.log.append(f"resume:{call_id}")
+        if await call.finished():
+            if call_id is not None:
+                self.log.append(f"cancel:{call_id}")
+            raise JobAlreadyFinished("finished elsewhere", provider=self.name)
+        if call_id is None:
+            if not await call.calls.claim(call.job_id, call.provider, call.seq, ttl_s=60):
+                raise AssertionError("a concurrent create in a unit test")
+            call_id = f"p{next(self._ids)}"
+            self.log.append(f"create:{call_id}")
+            await call.calls.record(call.job_id, call.provider, call.seq, call_id)
+        if self.hold is not None:
+            await self.hold.wait()
+        return self._image()
+
+    def _image(self) -> GeneratedImage:
         return GeneratedImage(data=FAKE_PNG, content_type="image/png", provider=f"{self.name}-protocol",
                               model="fake-model", deterministic=False)

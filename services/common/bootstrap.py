@@ -33,6 +33,7 @@ from services.common.jobs import RedisJobStore, RedisTerminalGuard
 from services.common.kafka import make_admin, make_consumer, make_producer
 from services.common.redis import KeySpace, make_redis
 from services.common.settings import BudgetSettings, Connections
+from services.common.spend_journal import S3SpendJournal, journal_namespace
 from services.common.topics import GroupIds, Topics
 
 __all__ = ["Infra", "bootstrap"]
@@ -120,9 +121,14 @@ class Infra:
     def budget(self) -> RedisBudgetLedger:
         """The paid path's monthly ledger, shared by routers, generators, the comparer and ingest."""
         if "budget" not in self._made:
+            settings = self.budget_settings
+            journal = S3SpendJournal(
+                self.connections.s3, bucket=settings.journal_bucket,
+                prefix=f"{settings.journal_prefix.strip('/')}/{journal_namespace(self.keys.prefix)}",
+            ) if settings.journal else None
             self._made["budget"] = RedisBudgetLedger(
-                self.redis, self.keys, cap_micros=usd(self.budget_settings.cap_usd),
-                reservation_ttl_s=self.budget_settings.reservation_ttl_s)
+                self.redis, self.keys, cap_micros=usd(settings.cap_usd),
+                reservation_ttl_s=settings.reservation_ttl_s, journal=journal)
         return self._made["budget"]
 
     def jobs(self, *, ttl_s: int | None = None) -> RedisJobStore:

@@ -8,16 +8,25 @@ Per UTC calendar month ``budget:<YYYY-MM>`` holds ``spent`` and ``reserved``. A 
 ``spent + reserved + cost <= cap`` and takes the reservation, so any number of replicas racing
 for the last dollars cannot overshoot — then ``settle``s it (moved to ``spent``) or ``refund``s it.
 
-Keys, under the service's ``KeySpace`` prefix:
+Keys, under the service's ``KeySpace`` prefix, all in the hash slot ``{budget}``:
 
-* ``budget:<month>`` hash ``spent``, ``reserved`` — the totals;
-* ``budget:<month>:held`` hash reservation id → cost, and ``budget:<month>:pending`` sorted set
+* ``{budget}:<month>`` hash ``spent``, ``reserved`` — the totals (and ``journaled`` once they
+  were rebuilt from the spend journal);
+* ``{budget}:<month>:held`` hash reservation id → cost, and ``{budget}:<month>:pending`` sorted set
   reservation id → expiry (ms): what is held, and when a crashed holder's hold is given back;
-* ``budget:<month>:closed`` set of settled/refunded reservation ids: settle and refund happen once;
-* ``budget:reservation:<job_id>`` hash — the job's current reservation (the replay guard: a
-  redelivered Kafka record gets the same reservation back instead of reserving twice).
+* ``{budget}:<month>:closed`` set of settled/refunded reservation ids: settle and refund happen once;
+* ``{budget}:reservation:<call>`` hash — the paid call's current reservation (the replay guard: a
+  redelivered Kafka record resuming the same call gets the same reservation back instead of
+  reserving twice). ``Failover`` names calls ``<job>:<provider>:<seq>``.
 
-Every key a script touches is passed in ``KEYS``, so the scripts stay valid on a Redis Cluster.
+Every key a script touches is passed in ``KEYS`` and shares the one hash tag, so the scripts run
+on a Redis Cluster (one slot for the whole ledger: it is one counter anyway).
+
+With a ``SpendJournal`` (``services/common/spend_journal.py``) every grant is also written
+outside Redis before the paid call, and every settle or refund after it. When the month's totals
+are missing their ``journaled`` mark (a new month, or a Redis that lost its data), no reservation
+is granted until they were rebuilt from the journal; a journal that cannot be read refuses paid
+reservations, so a lost ledger never lets the month overspend.
 """
 
 from __future__ import annotations
@@ -33,7 +42,10 @@ from typing import Literal
 from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
 
-from services.common.redis import KeySpace
+from services.common import budget_lua as lua
+from services.common.ports import SpendJournal
+from services.common.redis import KeySpace, hashtag
+from services.common.spend_journal import EntryState, SpendEntry, SpendJournalUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +56,8 @@ BUDGET_RESERVED = Gauge("forgeline_budget_reserved_micros", "Paid spend reserved
 BUDGET_CAP = Gauge("forgeline_budget_cap_micros", "Monthly cap on paid spend, in micro-dollars.")
 RESERVATIONS = Counter(
     "forgeline_budget_reservations_total",
-    "Budget operations by outcome: granted, replayed, refused, settled, settled_late, refunded, duplicate, expired.",
+    "Budget operations by outcome: granted, replayed, refused, refused_unjournaled, settled, settled_late, refunded, "
+    "duplicate, expired, rebuilt.",
     ["outcome"],
 )
 
@@ -92,93 +105,6 @@ def month_of(moment: datetime) -> str:
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-# ------------------------------------------------------------------------------------ scripts
-
-# Gives back holds whose expiry passed (a replica crashed between reserve and settle). Bounded per
-# call so one script never blocks Redis for long; the next call carries on.
-# KEYS[1] month totals, KEYS[2] pending, KEYS[3] held.
-_SWEEP = """
-local function sweep(now)
-  local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 512)
-  for _, rid in ipairs(stale) do
-    local held = redis.call('HGET', KEYS[3], rid)
-    if held then
-      redis.call('HINCRBY', KEYS[1], 'reserved', '-' .. held)
-      redis.call('HDEL', KEYS[3], rid)
-    end
-    redis.call('ZREM', KEYS[2], rid)
-  end
-  return #stale
-end
-local function totals()
-  local t = redis.call('HMGET', KEYS[1], 'spent', 'reserved')
-  return tonumber(t[1] or '0'), tonumber(t[2] or '0')
-end
-local function keep(ttl)
-  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
-end
-"""
-
-# KEYS: month, pending, held, job record.
-# ARGV: now ms, new reservation id, cost, cap, expiry ms, record ttl s, month ttl s, month.
-# Returns {outcome, rid, cost, month, expiry ms, state, spent, reserved, released}.
-_RESERVE = _SWEEP + """
-local released = sweep(ARGV[1])
-local spent, reserved = totals()
-local job = redis.call('HMGET', KEYS[4], 'rid', 'cost', 'month', 'expires', 'state')
--- A replay: a held (unexpired) or settled reservation is the job's; a refunded or expired one
--- is not, and the job may try again against the cap.
-if job[1] and (job[5] == 'settled' or (job[5] == 'reserved' and tonumber(job[4]) > tonumber(ARGV[1]))) then
-  return {'existing', job[1], tonumber(job[2]), job[3], tonumber(job[4]), job[5], spent, reserved, released}
-end
-local cost = tonumber(ARGV[3])
-if spent + reserved + cost > tonumber(ARGV[4]) then
-  return {'refused', '', cost, ARGV[8], 0, '', spent, reserved, released}
-end
-redis.call('HINCRBY', KEYS[1], 'reserved', ARGV[3])
-redis.call('HSETNX', KEYS[1], 'spent', '0')
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[5], ARGV[2])
-redis.call('DEL', KEYS[4])
-redis.call('HSET', KEYS[4], 'rid', ARGV[2], 'cost', ARGV[3], 'month', ARGV[8], 'expires', ARGV[5], 'state', 'reserved')
-redis.call('EXPIRE', KEYS[4], ARGV[6])
-keep(ARGV[7])
-return {'granted', ARGV[2], cost, ARGV[8], tonumber(ARGV[5]), 'reserved', spent, reserved + cost, released}
-"""
-
-# KEYS: month, pending, held, closed, job record.  ARGV: rid, 'settled' | 'refunded', actual cost, month ttl s.
-# Returns {outcome, spent, reserved}: 'duplicate' (already closed), 'held' or 'expired' (the hold
-# had already been swept; a settle still counts, because the money was spent).
-_CLOSE = _SWEEP + """
-local rid = ARGV[1]
-if redis.call('SADD', KEYS[4], rid) == 0 then
-  local spent, reserved = totals()
-  return {'duplicate', spent, reserved}
-end
-local held = redis.call('HGET', KEYS[3], rid)
-if held then
-  redis.call('HINCRBY', KEYS[1], 'reserved', '-' .. held)
-  redis.call('HDEL', KEYS[3], rid)
-  redis.call('ZREM', KEYS[2], rid)
-end
-if ARGV[2] == 'settled' then redis.call('HINCRBY', KEYS[1], 'spent', ARGV[3]) end
--- Only the job's current reservation moves its state; a superseded one leaves the record alone.
-if redis.call('HGET', KEYS[5], 'rid') == rid then redis.call('HSET', KEYS[5], 'state', ARGV[2]) end
-keep(ARGV[4])
-redis.call('EXPIRE', KEYS[4], ARGV[4])
-local spent, reserved = totals()
-return {held and 'held' or 'expired', spent, reserved}
-"""
-
-# KEYS: month, pending, held.  ARGV: now ms.  Sweeps too: if the only holds left are a dead
-# replica's, nobody may reserve, and a gate reading unswept totals would refuse forever.
-_SNAPSHOT = _SWEEP + """
-local released = sweep(ARGV[1])
-local spent, reserved = totals()
-return {spent, reserved, released}
-"""
 
 
 # ------------------------------------------------------------------------------------ ledger
@@ -240,6 +166,7 @@ class RedisBudgetLedger:
         reservation_ttl_s: float = 15 * 60,
         record_ttl_s: int = 2 * 24 * 3600,
         month_retention_s: int = 100 * 24 * 3600,
+        journal: SpendJournal | None = None,
     ) -> None:
         if cap_micros < 0:
             raise ValueError("cap_micros must be >= 0")
@@ -250,9 +177,11 @@ class RedisBudgetLedger:
         self._reservation_ttl_ms = int(reservation_ttl_s * 1000)
         self._record_ttl_s = record_ttl_s
         self._month_retention_s = month_retention_s
-        self._reserve = redis.register_script(_RESERVE)
-        self._close = redis.register_script(_CLOSE)
-        self._snapshot = redis.register_script(_SNAPSHOT)
+        self._reserve = redis.register_script(lua.RESERVE)
+        self._close = redis.register_script(lua.CLOSE)
+        self._snapshot = redis.register_script(lua.SNAPSHOT)
+        self._seed = redis.register_script(lua.SEED)
+        self._journal = journal
         BUDGET_CAP.set(cap_micros)
 
     @property
@@ -264,14 +193,14 @@ class RedisBudgetLedger:
         return month_of(self._clock())
 
     def month_key(self, month: str | None = None) -> str:
-        return self._keys.key("budget", month or self.current_month())
+        return self._keys.key(hashtag("budget"), month or self.current_month())
 
     def _month_keys(self, month: str) -> list[str]:
         base = self.month_key(month)
         return [base, base + ":pending", base + ":held"]
 
     def _record_key(self, job_id: str) -> str:
-        return self._keys.key("budget", "reservation", job_id)
+        return self._keys.key(hashtag("budget"), "reservation", job_id)
 
     def _now_ms(self) -> int:
         return int(self._clock().timestamp() * 1000)
@@ -295,23 +224,65 @@ class RedisBudgetLedger:
         now = self._clock()
         now_ms = int(now.timestamp() * 1000)
         month = month_of(now)
-        reply = await self._reserve(
-            keys=[*self._month_keys(month), self._record_key(job_id)],
-            args=[now_ms, f"{job_id}:{uuid.uuid4().hex[:12]}", cost_micros, self.cap_micros,
-                  now_ms + self._reservation_ttl_ms, self._record_ttl_s, self._month_retention_s, month],
-        )
-        outcome, rid, cost, res_month, expires_ms, state, spent, reserved, released = (
-            v.decode() if isinstance(v, bytes) else v for v in reply)
+        for _ in range(2):  # a second round only after rebuilding the month from the journal
+            reply = await self._reserve(
+                keys=[*self._month_keys(month), self._record_key(job_id)],
+                args=[now_ms, f"{job_id}:{uuid.uuid4().hex[:12]}", cost_micros, self.cap_micros,
+                      now_ms + self._reservation_ttl_ms, self._record_ttl_s, self._month_retention_s, month,
+                      1 if self._journal is not None else 0],
+            )
+            outcome, rid, cost, res_month, expires_ms, state, spent, reserved, released = (
+                v.decode() if isinstance(v, bytes) else v for v in reply)
+            if outcome != "unseeded" or not await self._rebuild(month):
+                break
+        if outcome == "unseeded":
+            RESERVATIONS.labels("refused_unjournaled").inc()
+            return None
         self._observe(month, int(spent), int(reserved), int(released))
         if outcome == "refused":
             RESERVATIONS.labels("refused").inc()
             return None
-        RESERVATIONS.labels("granted" if outcome == "granted" else "replayed").inc()
-        return Reservation(
+        reservation = Reservation(
             job_id=job_id, reservation_id=rid, cost_micros=int(cost), month=res_month,
             expires_at=datetime.fromtimestamp(int(expires_ms) / 1000, UTC),
             state="settled" if state == "settled" else "reserved", replayed=outcome == "existing",
         )
+        if outcome == "granted" and not await self._write(reservation, "held", reservation.cost_micros):
+            # Not on record outside Redis: a lost ledger would forget it, so the call is not made.
+            await self._finish(reservation, "refunded", 0, journal=False)
+            RESERVATIONS.labels("refused_unjournaled").inc()
+            return None
+        RESERVATIONS.labels("granted" if outcome == "granted" else "replayed").inc()
+        return reservation
+
+    async def _write(self, reservation: Reservation, state: EntryState, cost: int) -> bool:
+        if self._journal is None:
+            return True
+        try:
+            await self._journal.write(SpendEntry(
+                reservation_id=reservation.reservation_id, call=reservation.job_id, month=reservation.month,
+                cost_micros=cost, state=state, expires_ms=int(reservation.expires_at.timestamp() * 1000)))
+        except SpendJournalUnavailable as exc:
+            log.warning("budget %s: %s", reservation.month, exc)
+            return False
+        return True
+
+    async def _rebuild(self, month: str) -> bool:
+        """Seed the month's totals from the journal; False (refuse paid calls) when it cannot be read."""
+        assert self._journal is not None
+        try:
+            entries = await self._journal.month(month)
+        except SpendJournalUnavailable as exc:
+            log.error("budget %s: the spend record cannot be read, so paid calls are refused: %s", month, exc)
+            return False
+        args: list[str | int] = [self._month_retention_s]
+        for entry in entries:
+            args += [entry.reservation_id, entry.state, entry.cost_micros, entry.expires_ms]
+        base = self._month_keys(month)
+        if await self._seed(keys=[*base, base[0] + ":closed"], args=args):
+            RESERVATIONS.labels("rebuilt").inc()
+            log.warning("budget %s: totals rebuilt from %d journal entries", month, len(entries))
+        return True
 
     async def settle(self, reservation: Reservation, actual_cost_micros: int | None = None) -> bool:
         """Move the hold to ``spent`` at ``actual_cost_micros`` (default: the reserved cost).
@@ -328,7 +299,7 @@ class RedisBudgetLedger:
         """Give the hold back (the provider failed). False when already settled or refunded."""
         return await self._finish(reservation, "refunded", 0)
 
-    async def _finish(self, reservation: Reservation, mode: str, actual: int) -> bool:
+    async def _finish(self, reservation: Reservation, mode: EntryState, actual: int, *, journal: bool = True) -> bool:
         base = self._month_keys(reservation.month)
         reply = await self._close(
             keys=[*base, base[0] + ":closed", self._record_key(reservation.job_id)],
@@ -339,6 +310,10 @@ class RedisBudgetLedger:
         if outcome == "duplicate":
             RESERVATIONS.labels("duplicate").inc()
             return False
+        if journal and not await self._write(reservation, mode, actual):
+            # The journal keeps it "held" at its reserved cost: a rebuild counts it as spent, never less.
+            log.warning("budget %s: %s of %s not on record; a rebuild counts it as held",
+                        reservation.month, mode, reservation.reservation_id)
         late = mode == "settled" and outcome == "expired"
         RESERVATIONS.labels("settled_late" if late else mode).inc()
         if late:
@@ -349,7 +324,14 @@ class RedisBudgetLedger:
     async def snapshot(self, month: str | None = None) -> BudgetSnapshot:
         """The month's totals (default: the current UTC month), after giving back abandoned holds."""
         month = month or self.current_month()
-        spent, reserved, released = await self._snapshot(keys=self._month_keys(month), args=[self._now_ms()])
+        spent, reserved, released, journaled = await self._snapshot(keys=self._month_keys(month),
+                                                                    args=[self._now_ms()])
+        if self._journal is not None and not int(journaled):
+            if not await self._rebuild(month):
+                # Unknown spend: show the rest of the month as held, so no gate sends work to the paid path.
+                return BudgetSnapshot(month=month, cap_micros=self.cap_micros, spent_micros=int(spent),
+                                      reserved_micros=max(int(reserved), self.cap_micros - int(spent)))
+            spent, reserved, released, _ = await self._snapshot(keys=self._month_keys(month), args=[self._now_ms()])
         self._observe(month, int(spent), int(reserved), int(released))
         return BudgetSnapshot(month=month, cap_micros=self.cap_micros, spent_micros=int(spent),
                               reserved_micros=int(reserved))

@@ -27,7 +27,7 @@ from services.common.contracts import (
     utcnow,
 )
 from services.common.ports import JobStore, TerminalGuard
-from services.common.redis import KeySpace
+from services.common.redis import KeySpace, hashtag
 
 JobStatus = Literal["queued", "routed", "generating", "stored", "completed", "failed"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed"})
@@ -108,6 +108,11 @@ def encode_fields(fields: dict[str, Any]) -> dict[str, str]:
     return encoded
 
 
+def job_key(keys: KeySpace, job_id: str) -> str:
+    """The job's status hash, ``job:{<id>}``; its change stream is ``job:{<id>}:events``, in the same slot."""
+    return keys.key("job", hashtag(job_id))
+
+
 class RedisJobStore:
     """Reads and writes job status; safe for any number of replicas at once."""
 
@@ -118,10 +123,10 @@ class RedisJobStore:
         self._update = redis.register_script(_UPDATE)
 
     def _hash(self, job_id: str) -> str:
-        return self._keys.key("job", job_id)
+        return job_key(self._keys, job_id)
 
     def _stream(self, job_id: str) -> str:
-        return self._keys.key("job", job_id, "events")
+        return job_key(self._keys, job_id) + ":events"
 
     async def update(self, job_id: str, status: JobStatus, **fields: Any) -> bool:
         """Move ``job_id`` to ``status`` with ``fields``; False when the change was stale."""
@@ -173,7 +178,7 @@ class RedisTerminalGuard:
 
     async def claim(self, event: Terminal) -> Terminal | None:
         """The terminal event to publish for ``event.job_id``, or None if one was published already."""
-        key = self._keys.key("terminal", event.job_id)
+        key = self._key(event.job_id)
         stored = json.dumps({"type": type(event).__name__, "event": event.model_dump(mode="json")})
         if await self._redis.set(key, stored, nx=True, ex=self._ttl_s):
             return event
@@ -188,8 +193,15 @@ class RedisTerminalGuard:
             raise ContractError("RedisTerminalGuard", {"type": f"unknown terminal event {envelope['type']!r}"})
         return model.model_validate(envelope["event"])  # type: ignore[return-value]
 
+    def _key(self, job_id: str) -> str:
+        return self._keys.key("terminal", hashtag(job_id))
+
     async def mark_published(self, job_id: str) -> None:
-        await self._redis.set(self._keys.key("terminal", job_id, "published"), b"1", ex=self._ttl_s)
+        await self._redis.set(self._key(job_id) + ":published", b"1", ex=self._ttl_s)
+
+    async def finished(self, job_id: str) -> bool:
+        """True once a terminal event was claimed for the job (published or about to be)."""
+        return bool(await self._redis.exists(self._key(job_id)))
 
 
 async def terminal_outcome(event: Terminal, *, topic: str, guard: TerminalGuard, jobs: JobStore) -> Outcome:

@@ -15,10 +15,11 @@ used until an operator looks at it. ``RedisKeyPool`` keeps that state in Redis a
   back, so the caller can answer with ``Retry-After`` or reschedule instead of spinning
   (LiteLLM #27823, #3646); it is None when every key is disabled, which needs an operator.
 
-Redis layout (under the service's ``KeySpace`` prefix), per provider:
-``keypool:<p>:cursor`` (INCR counter), ``keypool:<p>:cooldown`` (hash key id → deadline, epoch
-seconds), ``keypool:<p>:disabled`` (set of key ids) and ``keypool:<p>:key:<id>`` (hash of
-counters and reasons). Secrets never reach Redis, logs, metrics or exception text: keys are
+Redis layout (under the service's ``KeySpace`` prefix), per provider, all in the hash slot
+``{<p>}`` so the scripts and transactions run on Redis Cluster: ``keypool:{<p>}:cursor`` (INCR
+counter), ``keypool:{<p>}:cooldown`` (hash key id → deadline, epoch seconds),
+``keypool:{<p>}:disabled`` (set of key ids) and ``keypool:{<p>}:key:<id>`` (hash of counters and
+reasons). Secrets never reach Redis, logs, metrics or exception text: keys are
 known by ``key_id``, ``"<provider>:<sha256[:8]>"``, and shown to humans as ``masked``.
 """
 
@@ -39,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 from redis.asyncio import Redis
 
 from services.common.errors import Retryable
-from services.common.redis import KeySpace
+from services.common.redis import KeySpace, hashtag
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +239,11 @@ class RedisKeyPool:
         self._provider = provider
         self._keys = tuple(_unique_keys(api_keys))
         self._clock = clock
-        self._cursor = keys.key("keypool", provider, "cursor")
-        self._cooldown_hash = keys.key("keypool", provider, "cooldown")
-        self._disabled_set = keys.key("keypool", provider, "disabled")
+        # One hash tag per provider: the pick script and the transactions touch several of these keys.
+        self._tag = hashtag(provider)
+        self._cursor = keys.key("keypool", self._tag, "cursor")
+        self._cooldown_hash = keys.key("keypool", self._tag, "cooldown")
+        self._disabled_set = keys.key("keypool", self._tag, "disabled")
         self._space = keys
         self._pick = redis.register_script(_PICK)
         self._cool = redis.register_script(_COOLDOWN)
@@ -254,7 +257,7 @@ class RedisKeyPool:
         return self._keys
 
     def _info(self, key_id: str) -> str:
-        return self._space.key("keypool", self._provider, "key", key_id)
+        return self._space.key("keypool", self._tag, "key", key_id)
 
     def _resolve(self, key: ApiKey | str) -> ApiKey:
         return resolve_key(self._provider, self._keys, key)
@@ -326,18 +329,20 @@ class RedisKeyPool:
         await self._redis.hincrby(self._info(key.key_id), "successes" if ok else "failures", 1)
 
     async def states(self) -> list[KeyState]:
-        """Every key's state, read in one transaction; also refreshes the ``forgeline_keypool_keys`` gauge."""
+        """Every key's state, read in one round trip; also refreshes the ``forgeline_keypool_keys`` gauge."""
         now = self._clock()
         ids = [key.key_id for key in self._keys]
-        async with self._redis.pipeline(transaction=True) as pipe:
+        # A plain pipeline, not a transaction: this is a report, and redis-py 8.1's cluster transactions
+        # break on replies it post-processes (SMEMBERS, HGETALL: "unexpected keyword argument 'keys'").
+        async with self._redis.pipeline(transaction=False) as pipe:
             pipe.smembers(self._disabled_set)
-            if ids:
-                pipe.hmget(self._cooldown_hash, ids)
+            pipe.hgetall(self._cooldown_hash)
             for key_id in ids:
                 pipe.hgetall(self._info(key_id))
             replies = await pipe.execute()
         disabled = {member.decode() for member in replies[0]}
-        deadlines = replies[1] if ids else []
+        cooling = {name.decode(): value for name, value in replies[1].items()}
+        deadlines = [cooling.get(key_id) for key_id in ids]
         infos = replies[2:]
 
         result: list[KeyState] = []

@@ -14,6 +14,8 @@ Breaker        ``breaker.RedisCircuitBreaker``             ``MemoryBreaker``
 BlobStore      ``blobstore.S3BlobStore``                   ``MemoryBlobStore``
 ResultCache    ``cache.RedisResultCache``                  ``MemoryResultCache``
 RouteStats     ``route_stats.RedisRouteStats``             ``MemoryRouteStats``
+ProviderCalls  ``provider_calls.RedisProviderCalls``       ``MemoryProviderCalls``
+SpendJournal   ``spend_journal.S3SpendJournal``            ``MemorySpendJournal``
 =============  ==========================================  ======================================
 
 The Redis adapters are shared by every replica at once (Lua scripts where several keys must
@@ -30,8 +32,11 @@ if TYPE_CHECKING:
     from services.common.contracts import GenerationCompleted
     from services.common.jobs import JobStatus, JobView, Terminal
     from services.common.keypool import ApiKey, KeyState
+    from services.common.provider_calls import PaidCall
+    from services.common.spend_journal import SpendEntry
 
-__all__ = ["BlobStore", "Breaker", "BudgetLedger", "JobStore", "KeyPool", "ResultCache", "RouteStats", "TerminalGuard"]
+__all__ = ["BlobStore", "Breaker", "BudgetLedger", "JobStore", "KeyPool", "ProviderCalls", "ResultCache", "RouteStats",
+           "SpendJournal", "TerminalGuard"]
 
 
 class KeyPool(Protocol):
@@ -79,6 +84,9 @@ class TerminalGuard(Protocol):
 
     async def mark_published(self, job_id: str) -> None: ...
 
+    async def finished(self, job_id: str) -> bool:
+        """True once a terminal event was claimed for ``job_id``: nothing more needs generating."""
+
 
 class BudgetLedger(Protocol):
     """Paid spend against a monthly cap: reserve before a paid call, settle or refund after."""
@@ -86,7 +94,11 @@ class BudgetLedger(Protocol):
     cap_micros: int
 
     async def reserve(self, job_id: str, cost_micros: int) -> Reservation | None:
-        """A hold on ``cost_micros``, or None when it would pass the cap. Repeating a job id returns its hold."""
+        """A hold on ``cost_micros``, or None when it would pass the cap (or the spend cannot be known).
+
+        ``job_id`` names the paid call (``Failover`` passes ``<job>:<provider>:<seq>``): repeating it
+        returns its hold, so a replay of the same call reserves once.
+        """
 
     async def settle(self, reservation: Reservation, actual_cost_micros: int | None = None) -> bool: ...
 
@@ -143,3 +155,34 @@ class RouteStats(Protocol):
 
     async def counts(self) -> dict[str, int]:
         """Jobs sent, by path; a path nothing was sent to is absent."""
+
+
+class ProviderCalls(Protocol):
+    """The paid calls a job has made, per provider: a replay resumes its call instead of paying again.
+
+    A job's calls to one provider are numbered from 1; ``current`` is the one a new attempt makes
+    or resumes. ``close`` ends it without an image (it failed, was cancelled), so the next attempt
+    makes call ``seq + 1``; a call that succeeded stays current, and a replay collects its output.
+    """
+
+    async def current(self, job_id: str, provider: str) -> PaidCall:
+        """The current call: its ``seq`` and, once the provider named it, its ``call_id``."""
+
+    async def claim(self, job_id: str, provider: str, seq: int, ttl_s: float) -> bool:
+        """Take the right to create call ``seq`` for ``ttl_s`` (``SET NX`` with a deadline); False if held."""
+
+    async def record(self, job_id: str, provider: str, seq: int, call_id: str) -> bool:
+        """Remember the provider's id of call ``seq``; False when that call is no longer current."""
+
+    async def close(self, job_id: str, provider: str, seq: int) -> None:
+        """Call ``seq`` is over without an image: the next attempt makes a new one."""
+
+
+class SpendJournal(Protocol):
+    """A durable record of paid calls outside Redis, from which a lost budget ledger is rebuilt."""
+
+    async def write(self, entry: SpendEntry) -> None:
+        """Store ``entry``; a later entry of the same reservation replaces it. Raises if it was not stored."""
+
+    async def month(self, month: str) -> list[SpendEntry]:
+        """Every entry of ``month``; raises ``SpendJournalUnavailable`` when they cannot be read."""

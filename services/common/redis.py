@@ -27,3 +27,14 @@ class KeySpace:
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
+
+
+def hashtag(value: str) -> str:
+    """``value`` as a Redis Cluster hash tag, ``{value}``: keys sharing it share a slot.
+
+    Every key one Lua script or transaction touches carries the same tag, so the script runs on
+    one node of a cluster instead of failing with CROSSSLOT; on a single Redis it changes nothing.
+    """
+    if not value or "{" in value or "}" in value:
+        raise ValueError(f"{value!r} cannot be a hash tag")
+    return "{" + value + "}"

@@ -138,6 +138,9 @@ class BudgetSettings(BaseSettings):
 
     cap_usd: Decimal = Field(Decimal("10"), ge=0, description="Paid spend allowed per calendar month (UTC).")
     reservation_ttl_s: int = Field(900, ge=60, description="A reservation never settled is released after this.")
+    journal: bool = Field(True, description="Record paid spend in S3 too, and rebuild a lost ledger from it.")
+    journal_prefix: str = Field("billing", description="Object key prefix of the spend journal.")
+    journal_bucket: str | None = Field(None, description="A private bucket for the journal (default: FORGELINE_S3_BUCKET).")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import asyncio
 from services.common.bootstrap import Infra
 from services.common.consumer import LoopSettings
 from services.common.contracts import GenerationRouted
+from services.common.provider_calls import RedisProviderCalls
 from services.common.worker import consume
 from services.generator.handlers import GenerateHandler
 from services.generator.settings import GeneratorSettings
@@ -22,8 +23,10 @@ async def build(settings: GeneratorSettings, infra: Infra) -> GenerateHandler:
     candidates = build_candidates(catalog.path(settings.path), http=await infra.http(), redis=infra.redis,
                                   keys=infra.keys, environ=infra.environ,
                                   simulated_latency_s=settings.simulated_latency_s)
-    return GenerateHandler(failover=Failover(candidates, budget=infra.budget, attempts=settings.attempts),
-                           topics=infra.topics, jobs=infra.jobs(), guard=infra.terminal_guard())
+    guard = infra.terminal_guard()
+    failover = Failover(candidates, budget=infra.budget, attempts=settings.attempts,
+                        calls=RedisProviderCalls(infra.redis, infra.keys), guard=guard)
+    return GenerateHandler(failover=failover, topics=infra.topics, jobs=infra.jobs(), guard=guard)
 
 
 async def serve(settings: GeneratorSettings, infra: Infra, stop: asyncio.Event) -> None:

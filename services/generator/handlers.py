@@ -17,7 +17,7 @@ from services.common.jobs import terminal_outcome
 from services.common.ports import JobStore, TerminalGuard
 from services.common.topics import Topics
 from services.providers.failover import Failover
-from services.providers.port import GeneratedImage, ProviderError
+from services.providers.port import GeneratedImage, JobAlreadyFinished, ProviderError
 from services.providers.procedural import ProceduralProvider
 
 #: The provider name of a placeholder the router asked for (the paid path was refused).
@@ -46,6 +46,9 @@ class GenerateHandler:
                 image, attempts = await self._placeholder(routed)
             else:
                 image, attempts = await self.failover.generate(routed.job_id, routed.spec)
+        except JobAlreadyFinished:
+            # A replay of a job whose result exists: whoever made it terminal publishes it, once.
+            return Outcome()
         except ProviderError as exc:
             failed = GenerationFailed(
                 job_id=routed.job_id, tenant=routed.tenant, trace=routed.trace.child(), metadata=routed.metadata,

@@ -12,6 +12,14 @@ atomically before the call, settled after, refunded on failure). Then, by what w
 
 When no candidate is left the job fails with why (every key cooling — and when the first
 comes back —, every provider down, or the budget spent), retryable so a caller may resubmit.
+
+Paid calls are counted per call, not per attempt: a job's calls to one provider are numbered
+(``ProviderCalls``, in Redis), and the reservation is keyed ``<job>:<provider>:<seq>``. A replay
+of the job (a generator killed mid-call) finds the same call and its reservation; an adapter that
+can resume (``generate_resumable``: Replicate) polls the prediction already paid for and settles
+the original reservation. One that cannot (a plain HTTP request) makes a new call, so the
+interrupted one is settled as paid — it most likely was — and the new one reserves afresh. A call
+that failed is closed (refunded) and the next attempt makes call ``seq + 1``.
 """
 
 from __future__ import annotations
@@ -29,13 +37,16 @@ from services.common.backoff import Backoff
 from services.common.budget import Reservation
 from services.common.contracts import ImageSpec
 from services.common.keypool import ApiKey, NoKeyAvailable
-from services.common.ports import Breaker, BudgetLedger, KeyPool
+from services.common.ports import Breaker, BudgetLedger, KeyPool, ProviderCalls, TerminalGuard
+from services.common.provider_calls import PaidCall
 from services.providers.port import (
     GeneratedImage,
+    JobAlreadyFinished,
     KeyRejectedError,
     PermanentProviderError,
     ProviderError,
     RateLimitedError,
+    ResumableCall,
     RetryableProviderError,
 )
 
@@ -92,6 +103,22 @@ class _Attempt:
     candidate: Candidate
     key: ApiKey | None
     reservation: Reservation | None
+    job_id: str = ""
+    call: PaidCall | None = None  # the job's call to a paid provider: what the reservation is for
+
+
+class _LocalCalls:
+    """A job's call numbers within one run, when no ``ProviderCalls`` is shared (tests, the comparer)."""
+
+    def __init__(self) -> None:
+        self._seq: dict[str, int] = {}
+
+    async def current(self, job_id: str, provider: str) -> PaidCall:
+        return PaidCall(self._seq.get(provider, 1))
+
+    async def close(self, job_id: str, provider: str, seq: int) -> None:
+        if self._seq.get(provider, 1) == seq:
+            self._seq[provider] = seq + 1
 
 
 @dataclass
@@ -101,30 +128,58 @@ class Failover:
     attempts: int = 3
     backoff: Backoff = Backoff(base_s=0.5, max_s=10.0)
     sleep: Callable[[float], Awaitable[None]] = field(default=asyncio.sleep)
+    calls: ProviderCalls | None = None  # where paid calls are numbered and recorded, shared by every replica
+    guard: TerminalGuard | None = None  # asked whether a resumed call's job is finished already
 
     async def generate(self, job_id: str, spec: ImageSpec) -> tuple[GeneratedImage, int]:
         """The image and the number of attempts it took; raises the ``ProviderError`` that ended the job."""
 
-        async def call(candidate: Candidate, token: str | None) -> GeneratedImage:
-            image = await candidate.adapter.generate(spec, token)
+        async def call(candidate: Candidate, token: str | None, chosen: _Attempt) -> GeneratedImage:
+            if chosen.call is not None and self._resumable(candidate):
+                image = await candidate.adapter.generate_resumable(spec, token, self._resumable_call(chosen))
+            else:
+                image = await candidate.adapter.generate(spec, token)
             return dataclasses.replace(image, provider=candidate.name)  # "hf-space-b", not the protocol name
 
-        result = await self.run(job_id, call)
+        result = await self._run(job_id, call)
         return result.value, result.attempts
+
+    def _resumable(self, candidate: Candidate) -> bool:
+        """Can a replay resume this candidate's call? Only with an adapter that can and calls on record."""
+        return self.calls is not None and callable(getattr(candidate.adapter, "generate_resumable", None))
+
+    def _resumable_call(self, chosen: _Attempt) -> ResumableCall:
+        assert chosen.call is not None and self.calls is not None
+        guard, job_id = self.guard, chosen.job_id
+
+        async def finished() -> bool:
+            return guard is not None and await guard.finished(job_id)
+
+        return ResumableCall(job_id=job_id, provider=chosen.candidate.name, seq=chosen.call.seq,
+                             call_id=chosen.call.call_id, calls=self.calls, finished=finished)
 
     async def run(self, job_id: str, call: Callable[[Candidate, str | None], Awaitable[T]]) -> Attempted[T]:
         """``call(candidate, token)`` under this loop's rules: the comparer's VLM calls use it too.
 
         Returns the value with who served it; raises the ``ProviderError`` that ended the job.
         """
+        return await self._run(job_id, lambda candidate, token, _chosen: call(candidate, token))
+
+    async def _run(self, job_id: str, call: Callable[[Candidate, str | None, _Attempt], Awaitable[T]]
+                   ) -> Attempted[T]:
         failed_on: set[str] = set()
         last: ProviderError | None = None
+        history = self.calls if self.calls is not None else _LocalCalls()
         for attempt in range(1, self.attempts + 1):
-            chosen = await self._choose(job_id, attempt, failed_on)
+            chosen = await self._choose(job_id, history, failed_on)
             try:
                 value = await self._call(chosen, call)
+            except JobAlreadyFinished:
+                await self._close(chosen, history)
+                raise
             except ProviderError as exc:
                 last = exc
+                await self._close(chosen, history)
                 if not isinstance(exc, RateLimitedError | KeyRejectedError):
                     failed_on.add(chosen.candidate.name)  # a key's problem is not its provider's: try another key
                 await self._after_failure(chosen, exc)
@@ -138,7 +193,7 @@ class Failover:
         assert last is not None
         raise last
 
-    async def _choose(self, job_id: str, attempt: int, failed_on: set[str]) -> _Attempt:
+    async def _choose(self, job_id: str, history: ProviderCalls | _LocalCalls, failed_on: set[str]) -> _Attempt:
         """The first usable candidate, fresh ones first; ``NoProviderAvailable`` says why there is none."""
         reasons: list[str] = []
         retry_after: list[float] = []
@@ -156,26 +211,48 @@ class Failover:
                     if exc.retry_after_s is not None:
                         retry_after.append(exc.retry_after_s)
                     continue
-            reservation = None
+            reservation, call = None, None
             if candidate.cost_micros and self.budget is not None:
-                reservation = await self.budget.reserve(f"{job_id}:{attempt}", candidate.cost_micros)
+                call, reservation = await self._reserve(job_id, candidate, history)
                 if reservation is None:
                     reasons.append(f"{candidate.name} would exceed the monthly budget")
                     continue
-            return _Attempt(candidate, key, reservation)
+            return _Attempt(candidate, key, reservation, job_id, call)
         first_back = min(retry_after) if retry_after else None
         when = f"; the first key is back in {first_back:.0f} s" if first_back is not None else ""
         raise NoProviderAvailable("no provider can take the job: " + "; ".join(reasons) + when,
                                   retry_after_s=first_back)
 
-    async def _call(self, chosen: _Attempt, call: Callable[[Candidate, str | None], Awaitable[T]]) -> T:
+    async def _reserve(self, job_id: str, candidate: Candidate, history: ProviderCalls | _LocalCalls
+                       ) -> tuple[PaidCall, Reservation | None]:
+        """The job's current call to ``candidate`` and its reservation (the same one on a replay)."""
+        assert self.budget is not None
+        call = await history.current(job_id, candidate.name)
+        reservation = await self.budget.reserve(f"{job_id}:{candidate.name}:{call.seq}", candidate.cost_micros)
+        if reservation is None or not reservation.replayed or self._resumable(candidate):
+            return call, reservation
+        # A replay of a call that cannot be resumed: the interrupted one was most likely paid for.
+        if reservation.state == "reserved":
+            await self.budget.settle(reservation)
+        await history.close(job_id, candidate.name, call.seq)
+        call = await history.current(job_id, candidate.name)
+        return call, await self.budget.reserve(f"{job_id}:{candidate.name}:{call.seq}", candidate.cost_micros)
+
+    async def _close(self, chosen: _Attempt, history: ProviderCalls | _LocalCalls) -> None:
+        """The call ended without an image: refund it, and let the next attempt make a new one."""
+        if chosen.reservation is not None and self.budget is not None:
+            await self.budget.refund(chosen.reservation)
+        if chosen.call is not None:
+            await history.close(chosen.job_id, chosen.candidate.name, chosen.call.seq)
+
+    async def _call(self, chosen: _Attempt, call: Callable[[Candidate, str | None, _Attempt], Awaitable[T]]) -> T:
         candidate = chosen.candidate
         token = chosen.key.get_secret_value() if chosen.key is not None else None
         started = asyncio.get_running_loop().time()
         outcome = "ok"
         try:
             async with asyncio.timeout(candidate.timeout_s):
-                return await call(candidate, token)
+                return await call(candidate, token, chosen)
         except TimeoutError:
             outcome = "timeout"
             raise RetryableProviderError(f"no image within {candidate.timeout_s:.0f} s", provider=candidate.name,
@@ -190,8 +267,6 @@ class Failover:
         candidate, key = chosen.candidate, chosen.key
         ERRORS.labels(candidate.name, type(exc).__name__).inc()
         log.warning("%s failed: %s", candidate.name, exc)  # ProviderError messages never carry keys
-        if chosen.reservation is not None and self.budget is not None:
-            await self.budget.refund(chosen.reservation)
         if key is not None and candidate.keys is not None:
             if isinstance(exc, RateLimitedError):
                 await candidate.keys.cooldown(key, exc.retry_after_s, reason=exc.code)

@@ -12,6 +12,7 @@ Error hierarchy (the provider branch of :mod:`services.common.errors`)::
     │   └── KeyRejectedError        401 / 403 / insufficient_quota / daily quota: disable the key;
     │                               the job itself may still succeed with another key
     └── PermanentProviderError      (Permanent) will fail again: HTTP 400, content policy, failed predictions
+        └── JobAlreadyFinished      the job became terminal elsewhere: its call was cancelled, publish nothing
 
 The generator retries a :class:`RetryableProviderError` (with backoff, within the job's
 deadline) and fails the job at once on a :class:`PermanentProviderError`. ``code`` is a short
@@ -24,15 +25,21 @@ tokens, signed URLs or authorization headers. Say what went wrong, not with whic
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from services.common.contracts import ImageSpec
 from services.common.errors import Permanent, PipelineError, Retryable
 
+if TYPE_CHECKING:
+    from services.common.ports import ProviderCalls
+
 __all__ = [
     "GeneratedImage",
     "ImageProvider",
+    "JobAlreadyFinished",
+    "ResumableCall",
     "KeyRejectedError",
     "PermanentProviderError",
     "RateLimitedError",
@@ -107,6 +114,30 @@ class PermanentProviderError(ProviderError, Permanent):
 
     def __init__(self, message: str, *, provider: str, code: str = "rejected") -> None:
         super().__init__(message, provider=provider, code=code)
+
+
+class JobAlreadyFinished(PermanentProviderError):
+    """The job has its terminal result already (a replay of a finished job): the call was cancelled."""
+
+    def __init__(self, message: str, *, provider: str) -> None:
+        super().__init__(message, provider=provider, code="job_finished")
+
+
+@dataclass(frozen=True)
+class ResumableCall:
+    """What an adapter that can resume a paid call (``generate_resumable``) needs to know about it.
+
+    ``seq`` is the job's current call to ``provider`` and ``call_id`` the provider's id of it when
+    an earlier attempt created it; the adapter records a new id in ``calls`` before it waits on the
+    call, and asks ``finished`` whether the job's result exists already (then it cancels the call).
+    """
+
+    job_id: str
+    provider: str  # the candidate's name ("replicate"), as the calls are recorded under it
+    seq: int
+    call_id: str | None
+    calls: ProviderCalls
+    finished: Callable[[], Awaitable[bool]]
 
 
 @runtime_checkable

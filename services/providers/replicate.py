@@ -11,12 +11,25 @@
 
 On the deadline, or any error once a prediction is running, the prediction is cancelled (best
 effort) so nobody pays for an image no one will collect.
+
+**Resuming a paid call** (``generate_resumable``, what ``Failover`` uses). A generator killed while
+it waits leaves the job to be replayed; the replay must not pay for a second prediction:
+
+* the create goes without ``Prefer: wait`` and the prediction's id is recorded under the job
+  (``ProviderCalls``) the moment it is known, before any waiting — held-open creates would leave
+  the window in which a kill loses the id as long as the wait (up to 60 s) instead of one round trip;
+* the create itself is guarded by a ``SET NX`` claim with a deadline, so two replays of one job
+  running at once create one prediction (the other waits for its id), and a dead holder's claim lapses;
+* a replay that finds an id polls that prediction (``GET /v1/predictions/{id}``) and collects its
+  output; if the job is terminal already (the terminal guard says so) it cancels the prediction
+  (``POST …/cancel``) instead, and raises ``JobAlreadyFinished``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -34,8 +47,10 @@ from services.providers.http import (
 )
 from services.providers.port import (
     GeneratedImage,
+    JobAlreadyFinished,
     PermanentProviderError,
     ProviderError,
+    ResumableCall,
     RetryableProviderError,
 )
 
@@ -76,8 +91,26 @@ class ReplicateProvider(HttpProvider[ReplicateConfig]):
     async def generate(self, spec: ImageSpec, token: str | None = None) -> GeneratedImage:
         deadline = Deadline(self.config.timeout_s)
         prediction = await self._create(spec, token, deadline)
+        return await self._collect(prediction, token, deadline)
+
+    async def generate_resumable(self, spec: ImageSpec, token: str | None, call: ResumableCall) -> GeneratedImage:
+        """``generate``, but resuming the job's recorded prediction if an earlier attempt made one."""
+        deadline = Deadline(self.config.timeout_s)
+        prediction = await self._fetch(call.call_id, token, deadline) if call.call_id else None
+        if prediction is None:
+            if await call.finished():
+                raise JobAlreadyFinished("the job has its result already", provider=self.name)
+            prediction = await self._create_once(spec, token, deadline, call)
+        elif await call.finished():
+            await self._cancel(prediction, token)
+            raise JobAlreadyFinished(f"the job has its result already; prediction {call.call_id} cancelled",
+                                     provider=self.name)
+        return await self._collect(prediction, token, deadline, call.finished)
+
+    async def _collect(self, prediction: dict[str, Any], token: str | None, deadline: Deadline,
+                       finished: Callable[[], Awaitable[bool]] | None = None) -> GeneratedImage:
         try:
-            prediction = await self._until_done(prediction, token, deadline)
+            prediction = await self._until_done(prediction, token, deadline, finished)
         except ProviderError:
             await self._cancel(prediction, token)
             raise
@@ -109,19 +142,53 @@ class ReplicateProvider(HttpProvider[ReplicateConfig]):
             return f"/v1/deployments/{cfg.deployment}/predictions", body
         return "/v1/predictions", body | {"version": cfg.version}
 
-    async def _create(self, spec: ImageSpec, token: str | None, deadline: Deadline) -> dict[str, Any]:
+    async def _create(self, spec: ImageSpec, token: str | None, deadline: Deadline, *,
+                      hold_open: bool = True) -> dict[str, Any]:
         path, body = self._create_request(spec)
         # Hold the create open for at most the budget minus a margin: if our own timeout fired first
         # the prediction would run on, paid for, with no id to poll or cancel it by.
-        wait = min(self.config.prefer_wait_s, math.floor(deadline.remaining() * 0.8) - 1)
+        wait = min(self.config.prefer_wait_s, math.floor(deadline.remaining() * 0.8) - 1) if hold_open else 0
         headers = {"Prefer": f"wait={wait}"} if wait >= 1 else {}
         response = await self.request("POST", self.config.url(path), token, deadline, json=body, headers=headers)
         return self._prediction(response)
 
+    async def _create_once(self, spec: ImageSpec, token: str | None, deadline: Deadline,
+                           call: ResumableCall) -> dict[str, Any]:
+        """Create call ``call.seq`` unless a concurrent replay holds its claim; then wait for that one's id."""
+        while not await call.calls.claim(call.job_id, call.provider, call.seq, ttl_s=self.config.timeout_s):
+            if deadline.remaining() <= self.config.poll_interval_s:
+                raise RetryableProviderError("another replay of the job is creating its prediction",
+                                             provider=self.name, code="timeout")
+            await asyncio.sleep(self.config.poll_interval_s)
+            current = await call.calls.current(call.job_id, call.provider)
+            if current.seq != call.seq:
+                raise RetryableProviderError("a concurrent replay ended this call", provider=self.name,
+                                             code="superseded")
+            if current.call_id and (found := await self._fetch(current.call_id, token, deadline)) is not None:
+                return found
+        prediction = await self._create(spec, token, deadline, hold_open=False)
+        if isinstance(prediction.get("id"), str):
+            await call.calls.record(call.job_id, call.provider, call.seq, prediction["id"])
+        return prediction
+
+    async def _fetch(self, prediction_id: str, token: str | None, deadline: Deadline) -> dict[str, Any] | None:
+        """The recorded prediction as it is now; None when Replicate no longer knows it."""
+        try:
+            response = await self.request("GET", self.config.url(f"/v1/predictions/{prediction_id}"), token, deadline)
+        except RetryableProviderError as exc:
+            if exc.code == "not_found":
+                return None
+            raise
+        return self._prediction(response)
+
     # -- poll
 
-    async def _until_done(self, prediction: dict[str, Any], token: str | None, deadline: Deadline) -> dict[str, Any]:
+    async def _until_done(self, prediction: dict[str, Any], token: str | None, deadline: Deadline,
+                          finished: Callable[[], Awaitable[bool]] | None = None) -> dict[str, Any]:
         while prediction.get("status") in _RUNNING:
+            if finished is not None and await finished():
+                raise JobAlreadyFinished(f"the job has its result already; prediction {prediction.get('id')} "
+                                         "cancelled", provider=self.name)
             if deadline.remaining() <= self.config.poll_interval_s:
                 raise RetryableProviderError(
                     f"prediction still {prediction.get('status')} after {self.config.timeout_s:g}s",

@@ -28,20 +28,26 @@ from services.common.ports import (
     BudgetLedger,
     JobStore,
     KeyPool,
+    ProviderCalls,
     ResultCache,
     RouteStats,
+    SpendJournal,
     TerminalGuard,
 )
+from services.common.provider_calls import RedisProviderCalls
 from services.common.redis import KeySpace
 from services.common.route_stats import RedisRouteStats
+from services.common.spend_journal import S3SpendJournal, journal_namespace
 from tests.fakes import (
     MemoryBlobStore,
     MemoryBreaker,
     MemoryBudgetLedger,
     MemoryJobStore,
     MemoryKeyPool,
+    MemoryProviderCalls,
     MemoryResultCache,
     MemoryRouteStats,
+    MemorySpendJournal,
     MemoryTerminalGuard,
 )
 
@@ -60,7 +66,17 @@ class Backend(Protocol):
     def terminal_guard(self) -> TerminalGuard: ...
 
     def budget_ledger(self, *, cap_micros: int, clock: Callable[[], datetime],
-                      reservation_ttl_s: float = 15 * 60) -> BudgetLedger: ...
+                      reservation_ttl_s: float = 15 * 60, journal: SpendJournal | None = None) -> BudgetLedger: ...
+
+    async def lose_budget(self, ledger: BudgetLedger) -> None:
+        """Forget the ledger's state, as a Redis restarting without its data would."""
+
+    def spend_journal(self) -> SpendJournal: ...
+
+    def broken_journal(self) -> SpendJournal:
+        """A journal that can be neither read nor written (the real one: a bucket that does not exist)."""
+
+    def provider_calls(self) -> ProviderCalls: ...
 
     def breaker(self, provider: str, *, threshold: int, cooldown_s: float, clock: Callable[[], float]) -> Breaker: ...
 
@@ -83,8 +99,23 @@ class MemoryBackend:
     def terminal_guard(self):
         return MemoryTerminalGuard()
 
-    def budget_ledger(self, *, cap_micros, clock, reservation_ttl_s=15 * 60):
-        return MemoryBudgetLedger(cap_micros=cap_micros, clock=clock, reservation_ttl_s=reservation_ttl_s)
+    def budget_ledger(self, *, cap_micros, clock, reservation_ttl_s=15 * 60, journal=None):
+        return MemoryBudgetLedger(cap_micros=cap_micros, clock=clock, reservation_ttl_s=reservation_ttl_s,
+                                  journal=journal)
+
+    async def lose_budget(self, ledger):
+        ledger.forget()
+
+    def spend_journal(self):
+        return MemorySpendJournal()
+
+    def broken_journal(self):
+        journal = MemorySpendJournal()
+        journal.broken = True
+        return journal
+
+    def provider_calls(self):
+        return MemoryProviderCalls()
 
     def breaker(self, provider, *, threshold, cooldown_s, clock):
         return MemoryBreaker(provider, threshold=threshold, cooldown_s=cooldown_s, clock=clock)
@@ -117,9 +148,23 @@ class RealBackend:
     def terminal_guard(self):
         return RedisTerminalGuard(self._redis, self._keys)
 
-    def budget_ledger(self, *, cap_micros, clock, reservation_ttl_s=15 * 60):
+    def budget_ledger(self, *, cap_micros, clock, reservation_ttl_s=15 * 60, journal=None):
         return RedisBudgetLedger(self._redis, self._keys, cap_micros=cap_micros, clock=clock,
-                                 reservation_ttl_s=reservation_ttl_s)
+                                 reservation_ttl_s=reservation_ttl_s, journal=journal)
+
+    async def lose_budget(self, ledger):
+        doomed = [key async for key in self._redis.scan_iter(match=self._keys.key("{budget}") + "*")]
+        if doomed:
+            await self._redis.delete(*doomed)
+
+    def spend_journal(self):
+        return S3SpendJournal(self._s3, prefix=f"tests/{journal_namespace(self._keys.prefix)}/billing")
+
+    def broken_journal(self):
+        return S3SpendJournal(self._s3, prefix="tests/billing", bucket="forgeline-no-such-bucket")
+
+    def provider_calls(self):
+        return RedisProviderCalls(self._redis, self._keys)
 
     def breaker(self, provider, *, threshold, cooldown_s, clock):
         return RedisCircuitBreaker(self._redis, self._keys, provider, threshold=threshold, cooldown_s=cooldown_s,

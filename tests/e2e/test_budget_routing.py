@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from services.common import contracts as c
+from services.common.jobs import job_key
 from services.common.kafka import make_consumer, make_producer, send_event
 from services.common.redis import KeySpace, make_redis
 
@@ -51,7 +52,7 @@ async def test_spent_budget_and_a_missed_deadline_give_a_placeholder_only_when_a
                 strict = _request("iron gauntlet", deadline_s=2)
                 await send_event(producer, requested, strict)
                 strict_view = await _route_of(http, strict.job_id)
-                strict_hash = await redis.hgetall(KeySpace(p.connections.redis.key_prefix).key("job", strict.job_id))
+                strict_hash = await redis.hgetall(job_key(KeySpace(p.connections.redis.key_prefix), strict.job_id))
 
                 lenient = _request("iron greaves", deadline_s=2, allow_placeholder=True)
                 await send_event(producer, requested, lenient)

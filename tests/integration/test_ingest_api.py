@@ -192,7 +192,7 @@ async def test_publish_failure_is_503_marks_the_job_failed_and_frees_the_key(con
         assert "retry" in response.json()["detail"]
         key = client.deps.keys.key("idem", "public", hashlib.sha256(b"order-45").hexdigest())
         assert await client.deps.redis.get(key) is None
-        [job_id] = [k.decode().rsplit(":", 1)[1] async for k in client.deps.redis.scan_iter(
+        [job_id] = [k.decode().rsplit(":", 1)[1].strip("{}") async for k in client.deps.redis.scan_iter(
             match=client.deps.keys.key("job", "*")) if not k.endswith(b":events")]
         view = await client.deps.jobs.get(job_id)
         assert view is not None and view.status == "failed" and view.error["code"] == "ingest_unavailable"

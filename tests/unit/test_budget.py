@@ -74,14 +74,14 @@ def test_ledger_month_key_rolls_over_at_the_utc_boundary():
     clock = ManualClock(datetime(2025, 1, 31, 23, 59, 59, 999_000, tzinfo=UTC))
     # Redis() does not connect until used; register_script only hashes the source.
     ledger = RedisBudgetLedger(Redis(), KeySpace("p:"), cap_micros=usd("$10"), clock=clock)
-    assert ledger.month_key() == "p:budget:2025-01"
+    assert ledger.month_key() == "p:{budget}:2025-01"
     clock.now += timedelta(milliseconds=1)
-    assert ledger.month_key() == "p:budget:2025-02"
+    assert ledger.month_key() == "p:{budget}:2025-02"
     clock.now = datetime(2025, 12, 31, 23, 59, tzinfo=UTC)
     assert ledger.current_month() == "2025-12"
     clock.now += timedelta(minutes=1)
     assert ledger.current_month() == "2026-01"
-    assert ledger.month_key("2024-07") == "p:budget:2024-07"
+    assert ledger.month_key("2024-07") == "p:{budget}:2024-07"
 
 
 def test_ledger_rejects_nonsense_amounts():

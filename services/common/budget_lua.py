@@ -1,0 +1,121 @@
+"""The budget ledger's Lua scripts (``services/common/budget.py`` says what the keys hold).
+
+Each script's comment names its ``KEYS`` and ``ARGV``; every key shares the ``{budget}`` hash tag.
+"""
+
+# Gives back holds whose expiry passed (a replica crashed between reserve and settle). Bounded per
+# call so one script never blocks Redis for long; the next call carries on.
+# KEYS[1] month totals, KEYS[2] pending, KEYS[3] held.
+SWEEP = """
+local function sweep(now)
+  local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 512)
+  for _, rid in ipairs(stale) do
+    local held = redis.call('HGET', KEYS[3], rid)
+    if held then
+      redis.call('HINCRBY', KEYS[1], 'reserved', '-' .. held)
+      redis.call('HDEL', KEYS[3], rid)
+    end
+    redis.call('ZREM', KEYS[2], rid)
+  end
+  return #stale
+end
+local function totals()
+  local t = redis.call('HMGET', KEYS[1], 'spent', 'reserved')
+  return tonumber(t[1] or '0'), tonumber(t[2] or '0')
+end
+local function keep(ttl)
+  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
+end
+"""
+
+# KEYS: month, pending, held, job record.
+# ARGV: now ms, new reservation id, cost, cap, expiry ms, record ttl s, month ttl s, month, journal in use (1|0).
+# Returns {outcome, rid, cost, month, expiry ms, state, spent, reserved, released}; 'unseeded' when a
+# journal is in use and the month's totals were not rebuilt from it yet (they may have been lost).
+RESERVE = SWEEP + """
+if ARGV[9] == '1' and redis.call('HEXISTS', KEYS[1], 'journaled') == 0 then
+  return {'unseeded', '', 0, ARGV[8], 0, '', 0, 0, 0}
+end
+local released = sweep(ARGV[1])
+local spent, reserved = totals()
+local job = redis.call('HMGET', KEYS[4], 'rid', 'cost', 'month', 'expires', 'state')
+-- A replay: a held (unexpired) or settled reservation is the job's; a refunded or expired one
+-- is not, and the job may try again against the cap.
+if job[1] and (job[5] == 'settled' or (job[5] == 'reserved' and tonumber(job[4]) > tonumber(ARGV[1]))) then
+  return {'existing', job[1], tonumber(job[2]), job[3], tonumber(job[4]), job[5], spent, reserved, released}
+end
+local cost = tonumber(ARGV[3])
+if spent + reserved + cost > tonumber(ARGV[4]) then
+  return {'refused', '', cost, ARGV[8], 0, '', spent, reserved, released}
+end
+redis.call('HINCRBY', KEYS[1], 'reserved', ARGV[3])
+redis.call('HSETNX', KEYS[1], 'spent', '0')
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[2])
+redis.call('DEL', KEYS[4])
+redis.call('HSET', KEYS[4], 'rid', ARGV[2], 'cost', ARGV[3], 'month', ARGV[8], 'expires', ARGV[5], 'state', 'reserved')
+redis.call('EXPIRE', KEYS[4], ARGV[6])
+keep(ARGV[7])
+return {'granted', ARGV[2], cost, ARGV[8], tonumber(ARGV[5]), 'reserved', spent, reserved + cost, released}
+"""
+
+# KEYS: month, pending, held, closed, job record.  ARGV: rid, 'settled' | 'refunded', actual cost, month ttl s.
+# Returns {outcome, spent, reserved}: 'duplicate' (already closed), 'held' or 'expired' (the hold
+# had already been swept; a settle still counts, because the money was spent).
+CLOSE = SWEEP + """
+local rid = ARGV[1]
+if redis.call('SADD', KEYS[4], rid) == 0 then
+  local spent, reserved = totals()
+  return {'duplicate', spent, reserved}
+end
+local held = redis.call('HGET', KEYS[3], rid)
+if held then
+  redis.call('HINCRBY', KEYS[1], 'reserved', '-' .. held)
+  redis.call('HDEL', KEYS[3], rid)
+  redis.call('ZREM', KEYS[2], rid)
+end
+if ARGV[2] == 'settled' then redis.call('HINCRBY', KEYS[1], 'spent', ARGV[3]) end
+-- Only the job's current reservation moves its state; a superseded one leaves the record alone.
+if redis.call('HGET', KEYS[5], 'rid') == rid then redis.call('HSET', KEYS[5], 'state', ARGV[2]) end
+keep(ARGV[4])
+redis.call('EXPIRE', KEYS[4], ARGV[4])
+local spent, reserved = totals()
+return {held and 'held' or 'expired', spent, reserved}
+"""
+
+# KEYS: month, pending, held.  ARGV: now ms.  Sweeps too: if the only holds left are a dead
+# replica's, nobody may reserve, and a gate reading unswept totals would refuse forever.
+SNAPSHOT = SWEEP + """
+local released = sweep(ARGV[1])
+local spent, reserved = totals()
+return {spent, reserved, released, redis.call('HEXISTS', KEYS[1], 'journaled')}
+"""
+
+# KEYS: month, pending, held, closed.  ARGV: month ttl s, then per journal entry: rid, state, cost, expiry ms.
+# Rebuilds the totals once (the first rebuild wins). Reservations Redis closed since it lost the
+# month (a settle arriving after a restart) are counted already and skipped; settled entries are
+# spent, held ones held again until they settle, are refunded, or expire.
+SEED = SWEEP + """
+if redis.call('HEXISTS', KEYS[1], 'journaled') == 1 then return 0 end
+for i = 2, #ARGV, 4 do
+  local rid, state, cost = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if redis.call('SISMEMBER', KEYS[4], rid) == 0 and redis.call('HEXISTS', KEYS[3], rid) == 0 then
+    if state == 'settled' then
+      redis.call('HINCRBY', KEYS[1], 'spent', cost)
+      redis.call('SADD', KEYS[4], rid)
+    elseif state == 'refunded' then
+      redis.call('SADD', KEYS[4], rid)
+    else
+      redis.call('HINCRBY', KEYS[1], 'reserved', cost)
+      redis.call('HSET', KEYS[3], rid, cost)
+      redis.call('ZADD', KEYS[2], ARGV[i + 3], rid)
+    end
+  end
+end
+redis.call('HSETNX', KEYS[1], 'spent', '0')
+redis.call('HSETNX', KEYS[1], 'reserved', '0')
+redis.call('HSET', KEYS[1], 'journaled', '1')
+keep(ARGV[1])
+redis.call('EXPIRE', KEYS[4], ARGV[1])
+return 1
+"""
