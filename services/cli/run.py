@@ -83,5 +83,8 @@ def run(
             await serve(service_settings, infra, stop)
 
     name = f"generator-{service_settings.path}" if service.value == "generator" else service.value
+    # After SIGTERM, in-flight work gets the service's own shutdown timeout (and a little more) to finish.
+    grace = getattr(service_settings, "shutdown_timeout_s", None) or getattr(service_settings, "shutdown_grace_s", 0)
     run_service(name, main, log_level=service_settings.log_level,
-                metrics_port=getattr(service_settings, "metrics_port", None), readiness=readiness)
+                metrics_port=getattr(service_settings, "metrics_port", None), readiness=readiness,
+                shutdown_grace_s=float(grace) + 5.0)

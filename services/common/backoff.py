@@ -54,6 +54,39 @@ class RateLimitedLog:
         self._last, self._held = now, 0
 
 
+class RepeatFilter(logging.Filter):
+    """Lets each distinct message of the named loggers through at most once per ``every_s``.
+
+    A broker that is down for minutes makes aiokafka log a reconnect line per attempt, per
+    connection (millions of lines an hour). Installed on a handler, this keeps one line per
+    message template per interval, and says how many it held back when it lets the next through.
+    """
+
+    def __init__(self, prefixes: tuple[str, ...] = ("aiokafka",), every_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._prefixes = prefixes
+        self._every_s = every_s
+        self._clock = clock
+        self._seen: dict[tuple[str, object], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self._prefixes):
+            return True
+        key = (record.name, record.msg)
+        now = self._clock()
+        last = self._seen.get(key)
+        if last is not None and now - last[0] < self._every_s:
+            self._seen[key] = (last[0], last[1] + 1)
+            return False
+        if last is not None and last[1]:
+            record.msg = f"{record.msg} ({last[1]} similar message(s) held back)"
+        if len(self._seen) > 1000:  # templates, not values: this stays small; bound it anyway
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        return True
+
+
 async def until_ready(operation: Callable[[], Awaitable[T]], *, what: str, logger: logging.Logger,
                       retry_on: tuple[type[BaseException], ...] = (Exception,),
                       backoff: Backoff = Backoff(base_s=0.2, max_s=5.0), log_every_s: float = 30.0) -> T:

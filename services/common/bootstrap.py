@@ -15,6 +15,7 @@ whatever happens, and a service that needs no S3 never opens it. Tests enter the
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -23,14 +24,17 @@ from typing import Any, TypeVar
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 
+from services.common.backoff import until_ready
 from services.common.blobstore import S3BlobStore
 from services.common.budget import RedisBudgetLedger, usd
 from services.common.consumer import ConsumerLoop, Handler, LoopSettings
 from services.common.health import Readiness
 from services.common.jobs import RedisJobStore, RedisTerminalGuard
 from services.common.kafka import make_admin, make_consumer, make_producer
+from services.common.outages import is_outage
 from services.common.redis import KeySpace, make_redis
 from services.common.settings import BudgetSettings, Connections
 from services.common.spend_journal import S3SpendJournal, journal_namespace
@@ -39,6 +43,11 @@ from services.common.topics import GroupIds, Topics
 __all__ = ["Infra", "bootstrap"]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+# "Unable to bootstrap", a coordinator still being elected, a socket refused: wait for the cluster.
+_KAFKA_STARTUP_ERRORS = (KafkaError, OSError)
 
 
 @dataclass
@@ -60,15 +69,33 @@ class Infra:
             self._made[name] = await make()
         return self._made[name]
 
-    async def _started(self, client: T, start: Callable[[], Awaitable[Any]],
-                       close: Callable[[], Awaitable[Any]]) -> T:
-        """Start ``client`` and register its cleanup; a client whose start fails is closed at once."""
+    async def _started(self, what: str, make: Callable[[], T], start: Callable[[T], Awaitable[Any]],
+                       close: Callable[[T], Awaitable[Any]]) -> T:
+        """A started client from ``make()``, its cleanup registered.
+
+        A start that fails because the brokers are not there yet (a fresh cluster, a restart) is
+        retried with backoff, on a new client each time, for as long as it takes; meanwhile the
+        process reports ``kafka`` not ready. A client whose start fails is closed at once.
+        """
+
+        async def attempt() -> T:
+            client = make()
+            try:
+                await start(client)
+            except BaseException:
+                await close(client)
+                raise
+            return client
+
         try:
-            await start()
-        except BaseException:
-            await close()
-            raise
-        self._stack.push_async_callback(close)
+            client = await attempt()
+        except Exception as exc:  # noqa: BLE001 — only outages are waited out; the rest propagate
+            if not is_outage(exc):
+                raise
+            self.readiness.set("kafka", False, f"{what}: {type(exc).__name__}")
+            client = await until_ready(attempt, what=f"{what} (Kafka {self.connections.kafka.bootstrap})",
+                                       logger=log, retry_on=_KAFKA_STARTUP_ERRORS)
+        self._stack.push_async_callback(lambda: close(client))
         return client
 
     async def enter(self, context: AbstractAsyncContextManager[T]) -> T:
@@ -81,15 +108,20 @@ class Infra:
         """The process's one producer (idempotent, ``acks=all``)."""
 
         async def make() -> AIOKafkaProducer:
-            producer = make_producer(self.connections.kafka)
-            return await self._started(producer, producer.start, producer.stop)
+            return await self._started("the producer", lambda: make_producer(self.connections.kafka),
+                                       AIOKafkaProducer.start, AIOKafkaProducer.stop)
 
         return await self._once("producer", make)
 
     async def consumer(self, group_id: str | None) -> AIOKafkaConsumer:
         """A new started consumer; with ``group_id=None`` it only reads offsets (no subscription, no commits)."""
-        consumer = make_consumer(self.connections.kafka, group_id=group_id)
-        return await self._started(consumer, consumer.start, consumer.stop)
+        kafka = self.connections.kafka
+        # Static membership (KIP-345): a restarted member with the same instance id takes its
+        # partitions back at once, instead of the group waiting out the dead one's session.
+        instance = {"group_instance_id": kafka.group_instance_id} if group_id and kafka.group_instance_id else {}
+        return await self._started(f"the {group_id or 'offsets'} consumer",
+                                   lambda: make_consumer(kafka, group_id=group_id, **instance),
+                                   AIOKafkaConsumer.start, AIOKafkaConsumer.stop)
 
     async def offsets(self) -> AIOKafkaConsumer:
         """One group-less consumer for reading log offsets (queue depth)."""
@@ -97,15 +129,15 @@ class Infra:
 
     async def admin(self) -> AIOKafkaAdminClient:
         async def make() -> AIOKafkaAdminClient:
-            admin = make_admin(self.connections.kafka)
-            return await self._started(admin, admin.start, admin.close)
+            return await self._started("the admin client", lambda: make_admin(self.connections.kafka),
+                                       AIOKafkaAdminClient.start, AIOKafkaAdminClient.close)
 
         return await self._once("admin", make)
 
     async def consumer_loop(self, handler: Handler, settings: LoopSettings) -> ConsumerLoop:
         """The at-least-once loop over ``settings.topics`` for ``settings.group_id``, on the shared producer."""
         consumer = await self.consumer(settings.group_id)
-        return ConsumerLoop(consumer, await self.producer(), handler, settings)
+        return ConsumerLoop(consumer, await self.producer(), handler, settings, self.readiness)
 
     # -- Redis and what lives in it
 

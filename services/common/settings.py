@@ -48,6 +48,11 @@ class KafkaSettings(BaseSettings):
     compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "zstd"
     max_message_bytes: int = Field(MAX_MESSAGE_BYTES, ge=1 * MiB, le=64 * MiB)
     request_timeout_ms: int = Field(30_000, ge=1_000)
+    group_instance_id: str | None = Field(
+        None, min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$",
+        description="Static group membership (KIP-345): a name unique to this replica and kept across its "
+                    "restarts (the pod's name), so a restarted consumer takes its partitions back without "
+                    "a rebalance. Unset: dynamic membership.")
 
     @field_validator("bootstrap")
     @classmethod

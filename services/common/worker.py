@@ -9,6 +9,7 @@ turns SIGTERM / SIGINT into ``stop``, and runs ``serve``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -17,6 +18,7 @@ from typing import TypeVar
 
 from aiokafka import ConsumerRecord
 
+from services.common.backoff import RepeatFilter
 from services.common.bootstrap import Infra
 from services.common.consumer import ConsumerLoop, LoopSettings, Outcome
 from services.common.contracts import Event, decode
@@ -34,8 +36,11 @@ def configure_logging(level: str, service: str) -> None:
         format=f"%(asctime)s %(levelname)s {service} %(name)s: %(message)s",
         force=True,
     )
-    # aiokafka logs every coordinator hiccup at ERROR during normal rebalances; keep them visible but quieter.
+    # aiokafka logs every coordinator hiccup at ERROR during normal rebalances, and every reconnect
+    # attempt while a broker is down: keep them visible, but one line per message per 30 s.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RepeatFilter(("aiokafka",), every_s=30.0))
 
 
 def run_service(
@@ -45,10 +50,13 @@ def run_service(
     log_level: str = "INFO",
     metrics_port: int | None = None,
     readiness: Readiness | None = None,
+    shutdown_grace_s: float = 35.0,
 ) -> None:
     """Run one service until SIGTERM / SIGINT; the process's entrypoint.
 
     ``metrics_port``: serve ``/metrics``, ``/healthz`` and ``/readyz`` (from ``readiness``) there.
+    ``shutdown_grace_s``: after the signal, how long ``serve`` may take to finish its in-flight work
+    before it is cancelled (a service still waiting for its dependencies has none, and just stops).
     """
     configure_logging(log_level, service)
     if metrics_port:
@@ -60,10 +68,31 @@ def run_service(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         log.info("starting")
-        await serve(stop)
+        await _serve_until_stopped(serve(stop), stop, shutdown_grace_s)
         log.info("stopped")
 
     asyncio.run(main())
+
+
+async def _serve_until_stopped(serving: Awaitable[None], stop: asyncio.Event, grace_s: float) -> None:
+    """Await ``serving``; once ``stop`` is set, give it ``grace_s`` to return, then cancel it.
+
+    A service still waiting for its dependencies at start-up (a broker that is not there) has
+    nothing to finish: a SIGTERM ends it within the grace period instead of never.
+    """
+    task = asyncio.ensure_future(serving)
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            done, _ = await asyncio.wait({task}, timeout=grace_s)
+            if not done:
+                log.warning("still busy %.0fs after the stop signal; cancelling", grace_s)
+                task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        stopper.cancel()
 
 
 async def run_until_stopped(loop: ConsumerLoop, stop: asyncio.Event, *companions: Awaitable[None]) -> None:

@@ -89,6 +89,9 @@ class Pipeline:
                 progress(f"{service.name}: already running (pid {process.pid()})")
                 continue
             env = os.environ | self._env | dict(self._per_service_env.get(service.name, {}))
+            # Static membership: a service restarted after a kill -9 takes its partitions back at
+            # once instead of waiting out the dead process's session (one replica per name here).
+            env.setdefault("FORGELINE_KAFKA_GROUP_INSTANCE_ID", service.name)
             if service.metrics_port_env:
                 (port,) = free_ports(1)
                 env[service.metrics_port_env] = str(port)

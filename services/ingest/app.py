@@ -141,13 +141,43 @@ class _Server(uvicorn.Server):
         pass
 
 
+class _UntilBuilt:
+    """The ASGI app ingest serves from its first second: while its clients are still connecting (a
+    broker that is not up yet), ``/healthz`` is 200 and everything else 503 with ``Retry-After``;
+    then every request goes to the real app."""
+
+    def __init__(self) -> None:
+        self.app: FastAPI | None = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if self.app is not None:
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/healthz":
+            response = JSONResponse({"status": "ok"})
+        elif scope["path"] == "/readyz":
+            response = JSONResponse({"status": "unavailable", "checks": {"startup": "connecting to Kafka"}},
+                                    status_code=503)
+        else:
+            response = JSONResponse({"detail": "ingest is starting (connecting to Kafka); retry shortly"},
+                                    status_code=503, headers={"Retry-After": "5"})
+        await response(scope, receive, send)
+
+
 async def serve(settings: IngestSettings, infra: Infra, stop: asyncio.Event) -> None:
-    """Run the API on ``settings.host:port`` until ``stop`` is set; then drain (``infra`` closes the clients)."""
+    """Run the API on ``settings.host:port`` until ``stop`` is set; then drain (``infra`` closes the clients).
+
+    It listens at once and answers 503 until its clients are connected (see ``_UntilBuilt``): a
+    broker that is not up yet makes ingest not ready, never makes it exit.
+    """
+    app = _UntilBuilt()
     config = uvicorn.Config(
-        await build(settings, infra), host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+        app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
         log_config=None,  # keep the process's logging setup
         access_log=False,  # RequestLog writes one line per request, without keys or bodies
-        lifespan="off",  # the clients are opened before the server starts, and closed by the bootstrap
+        lifespan="off",  # the clients are opened by build(), and closed by the bootstrap
         # Event streams stay open until their job ends: give them this long, then cut them
         # (clients reconnect with Last-Event-ID to another replica).
         timeout_graceful_shutdown=settings.shutdown_grace_s,
@@ -158,7 +188,15 @@ async def serve(settings: IngestSettings, infra: Infra, stop: asyncio.Event) -> 
         await stop.wait()
         server.should_exit = True
 
+    async def open_when_built() -> None:
+        try:
+            app.app = await build(settings, infra)
+        except BaseException:
+            server.should_exit = True  # a broken providers file, say: the error is raised below
+            raise
+
     watcher = asyncio.create_task(exit_on_stop(), name="ingest-stop")
+    builder = asyncio.create_task(open_when_built(), name="ingest-build")
     try:
         # Awaited here, not in a task: uvicorn calls sys.exit() when startup fails, and a
         # SystemExit escaping a task would end the whole event loop, not just this service.
@@ -168,4 +206,9 @@ async def serve(settings: IngestSettings, infra: Infra, stop: asyncio.Event) -> 
                            "see the log above") from None
     finally:
         watcher.cancel()
+        if not builder.done():
+            builder.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
+        results = await asyncio.gather(builder, return_exceptions=True)
+    if isinstance(results[0], Exception):
+        raise results[0]

@@ -65,7 +65,7 @@ class SubmitResult:
 
     job_id: str
     status: JobStatus
-    outcome: Literal["queued", "cached", "replayed"]
+    outcome: Literal["queued", "cached", "replayed", "unconfirmed"]  # unconfirmed: only inside submit()
     completed: GenerationCompleted | None = None  # the cached result, for "cached"
     view: JobView | None = None  # the job as it is now, for "replayed" (None: its first request is still writing it)
     metadata: dict[str, str] | None = None
@@ -93,14 +93,28 @@ async def submit(
 
     claim = _Claim(
         key=deps.keys.key("idem", tenant, hashlib.sha256(idempotency_key.encode()).hexdigest()),
-        value=json.dumps({"job_id": request.job_id, "body": body.fingerprint()}),
+        value=_claim_value(request.job_id, body),
     )
     earlier = await _claim_idempotency_key(claim, deps)
+    if earlier is not None and earlier.outcome == "unconfirmed":
+        # The first try's record was not acknowledged; it may or may not be on the topic. Send it
+        # again under the same job id: one job whatever happened (a copy that did arrive is routed
+        # once the job is terminal, never twice to completion: the terminal guard sees to that).
+        await publish_or_fail(request.model_copy(update={"job_id": earlier.job_id}), "generation.requested", deps,
+                              what="job", outcomes=JOBS, keep_queued=True)
+        await deps.redis.set(claim.key, _claim_value(earlier.job_id, body), xx=True, keepttl=True)
+        JOBS.labels("queued").inc()
+        return SubmitResult(earlier.job_id, "queued", "queued")
     if earlier is not None:
         JOBS.labels("replayed").inc()
         return earlier
     try:
-        return await _serve_or_queue(request, deps)
+        return await _serve_or_queue(request, deps, keep_queued=True)
+    except _Unconfirmed:
+        # Kafka did not acknowledge the record in time, but it may have taken it: keep the key,
+        # so the client's retry with it re-sends this job instead of making a second one.
+        await deps.redis.set(claim.key, _claim_value(request.job_id, body, unconfirmed=True), xx=True, keepttl=True)
+        raise
     except BaseException:
         # The job was not queued: free the key, so the client's retry with it makes a job
         # instead of replaying one that never ran. Best effort: Redis may be what failed.
@@ -109,7 +123,13 @@ async def submit(
         raise
 
 
-async def _serve_or_queue(request: GenerationRequested, deps: IngestDeps) -> SubmitResult:
+def _claim_value(job_id: str, body: GenerationRequestBody, *, unconfirmed: bool = False) -> str:
+    value = {"job_id": job_id, "body": body.fingerprint()}
+    return json.dumps(value | {"unconfirmed": True} if unconfirmed else value)
+
+
+async def _serve_or_queue(request: GenerationRequested, deps: IngestDeps, *, keep_queued: bool = False,
+                          ) -> SubmitResult:
     # A request that wants a comparison must run: a cached image carries no comparison for this target.
     if request.reference_image is None:
         cached = await deps.cache.get(request.spec.cache_key())
@@ -122,7 +142,7 @@ async def _serve_or_queue(request: GenerationRequested, deps: IngestDeps) -> Sub
     # the tenant that GET checks (the router's update may land first and does not carry it all).
     await deps.jobs.update(request.job_id, "queued", tenant=request.tenant,
                            timings=request.timings.model_dump(mode="json", exclude_none=True))
-    await publish_or_fail(request, "generation.requested", deps, what="job", outcomes=JOBS)
+    await publish_or_fail(request, "generation.requested", deps, what="job", outcomes=JOBS, keep_queued=keep_queued)
     JOBS.labels("queued").inc()
     return SubmitResult(request.job_id, "queued", "queued")
 
@@ -167,6 +187,8 @@ async def _claim_idempotency_key(claim: _Claim, deps: IngestDeps) -> SubmitResul
     view = await deps.jobs.get(earlier["job_id"])
     # No view yet: the first request claimed the key and is writing the job right now.
     status: JobStatus = view.status if view is not None else "queued"
+    if earlier.get("unconfirmed") and status == "queued":
+        return SubmitResult(earlier["job_id"], status, "unconfirmed", view=view)
     return SubmitResult(earlier["job_id"], status, "replayed", view=view)
 
 
@@ -182,15 +204,20 @@ async def _complete_from_cache(request: GenerationRequested, cached: GenerationC
     )
 
 
+class _Unconfirmed(Unavailable):
+    """Kafka did not acknowledge the record: it may still have taken it."""
+
+
 async def publish_or_fail(event: Event, topic: TopicKey, deps: IngestDeps, *, what: str,
-                          outcomes: Counter) -> None:
+                          outcomes: Counter, keep_queued: bool = False) -> None:
     """Produce ``event`` (a job just marked queued); if Kafka does not acknowledge it, count a
-    ``publish_failed`` outcome, mark the job failed and raise ``Unavailable``. ``what``: "job" or
-    "comparison", for the messages.
+    ``publish_failed`` outcome and raise ``Unavailable``. ``what``: "job" or "comparison", for the
+    messages.
 
     Bounded by our own timeout: a producer that lost the cluster can wait for metadata forever.
-    After a timeout the broker may still take the message; the job then shows "failed" (terminal,
-    so later updates are ignored) and the client's retry makes a new one.
+    After a timeout the broker may still take the message. ``keep_queued`` (the request has an
+    Idempotency-Key, whose retry re-sends this job): the job stays queued. Otherwise it is marked
+    failed (terminal, so later updates are ignored) and the client's retry makes a new one.
     """
     try:
         await asyncio.wait_for(send_event(deps.producer, deps.topics.name(topic), event),
@@ -198,12 +225,14 @@ async def publish_or_fail(event: Event, topic: TopicKey, deps: IngestDeps, *, wh
     except (KafkaError, TimeoutError) as exc:
         outcomes.labels("publish_failed").inc()
         log.warning("%s %s: publish failed: %s", what, event.job_id, describe(exc))
-        await deps.jobs.update(event.job_id, "failed", tenant=event.tenant, error={
-            "code": "ingest_unavailable", "stage": "ingest", "retryable": True,
-            "message": f"the {what} could not be queued (Kafka unavailable); submit it again",
-        })
-        raise Unavailable("kafka", f"could not queue the {what}: Kafka did not acknowledge it "
-                                   f"({describe(exc, detail=False)}); retry the request") from exc
+        if not keep_queued:
+            await deps.jobs.update(event.job_id, "failed", tenant=event.tenant, error={
+                "code": "ingest_unavailable", "stage": "ingest", "retryable": True,
+                "message": f"the {what} could not be queued (Kafka unavailable); submit it again",
+            })
+        raise _Unconfirmed("kafka", f"could not queue the {what}: Kafka did not acknowledge it "
+                                    f"({describe(exc, detail=False)}); retry the request"
+                                    + (" with the same Idempotency-Key" if keep_queued else "")) from exc
 
 
 # --------------------------------------------------------------------------------- read and watch

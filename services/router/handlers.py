@@ -23,7 +23,7 @@ from services.common.ports import JobStore, ResultCache, RouteStats, TerminalGua
 from services.common.topics import Topics
 from services.router.policy import HysteresisPolicy, PaidCapacity, route
 
-ROUTED = Counter("forgeline_routes_total", "Route decisions by path (or cache, for a request answered at once).",
+ROUTED = Counter("forgeline_routes_total", "Route decisions by path (cache: answered at once; duplicate: a copy of an ended job).",
                  ["path"])
 DECISIONS = Counter(
     "forgeline_route_decisions_total",
@@ -87,6 +87,10 @@ class RouterHandler:
     guard: TerminalGuard
 
     async def handle(self, request: GenerationRequested) -> Outcome:
+        # A copy of a request whose job has ended (a client's retry re-sent it, a replay): done.
+        if await self.guard.finished(request.job_id):
+            ROUTED.labels("duplicate").inc()
+            return Outcome()
         # Requests produced straight to Kafka never met ingest's cache check; no provider call
         # (and no paid call) for an image we already have. A comparison job must run, though.
         if request.reference_image is None and (cached := await self.cache.get(request.spec.cache_key())):

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from aiokafka import TopicPartition
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from services.common import contracts as c
 from services.common.consumer import (
@@ -16,7 +17,8 @@ from services.common.consumer import (
     Outcome,
     Output,
 )
-from services.common.errors import Permanent, Retryable
+from services.common.errors import Permanent
+from services.common.health import Readiness
 from services.common.kafka import (
     H_DLQ_OFFSET,
     H_DLQ_REASON,
@@ -65,8 +67,10 @@ async def _truth(value: bool | Awaitable[bool]) -> bool:
 class _Running:
     """A ConsumerLoop running in the background of a test."""
 
-    def __init__(self, connections, group: str, topic: str, handler, **settings) -> None:
+    def __init__(self, connections, group: str, topic: str, handler, readiness: Readiness | None = None,
+                 **settings) -> None:
         self.connections, self.group, self.topic, self.handler, self.settings = connections, group, topic, handler, settings
+        self.readiness = readiness
 
     async def __aenter__(self) -> _Running:
         self.consumer = make_consumer(self.connections.kafka, group_id=self.group)
@@ -74,7 +78,7 @@ class _Running:
         await self.consumer.start()
         await self.producer.start()
         self.loop = ConsumerLoop(self.consumer, self.producer, self.handler, LoopSettings(
-            group_id=self.group, topics=[self.topic], **({"commit_interval_s": 0.1} | self.settings)))
+            group_id=self.group, topics=[self.topic], **({"commit_interval_s": 0.1} | self.settings)), self.readiness)
         self.task = asyncio.create_task(self.loop.run())
         return self
 
@@ -184,7 +188,7 @@ async def _first_dead_letter(connections, producer, unique, events: list[c.Gener
         await reader.stop()
 
 
-async def test_retryable_errors_are_retried_then_dead_lettered(connections, topics, producer, unique):
+async def test_unclassified_errors_are_retried_then_dead_lettered(connections, topics, producer, unique):
     flaky, doomed = _request("flaky"), _request("doomed")
     calls: dict[str, int] = {}
 
@@ -192,7 +196,7 @@ async def test_retryable_errors_are_retried_then_dead_lettered(connections, topi
         job = c.decode(c.GenerationRequested, record.value).job_id
         calls[job] = calls.get(job, 0) + 1
         if job == doomed.job_id or calls[job] < 3:
-            raise Retryable("redis is having a moment")
+            raise KeyError("a bug nobody classified")
         return Outcome()
 
     letter = await _first_dead_letter(connections, producer, unique, [flaky, doomed], handler)
@@ -201,6 +205,83 @@ async def test_retryable_errors_are_retried_then_dead_lettered(connections, topi
     assert calls[doomed.job_id] == 4
     assert letter.key == doomed.job_id.encode()
     assert "after 4 attempts" in headers_of(letter)[H_DLQ_REASON]
+
+
+async def test_a_dependency_outage_is_waited_out_not_dead_lettered(connections, topics, producer, unique):
+    """Redis down for longer than every attempt's backoff put together: the record waits, the
+    service says not ready, fetches nothing new meanwhile, and nothing reaches the DLQ."""
+    names = Topics.from_settings(connections.topics)
+    source, dlq = names.name(SOURCE_KEY), names.dlq(SOURCE_KEY)
+    first, second = _request("during the outage"), _request("sent while redis is down")
+    redis_up = asyncio.Event()
+    calls: list[str] = []
+    readiness = Readiness()
+
+    async def handler(record) -> Outcome:
+        job = c.decode(c.GenerationRequested, record.value).job_id
+        calls.append(job)
+        if not redis_up.is_set():
+            raise RedisConnectionError("Connection refused")
+        return Outcome()
+
+    await _send_all_to_partition_0(producer, source, [first])
+    async with _Running(connections, f"g-{unique}", source, handler, readiness=readiness,
+                        max_attempts=2, backoff_base_s=0.01, outage_backoff_max_s=0.2):
+        await _wait_for(lambda: calls.count(first.job_id) >= 5)
+        assert readiness.report().get("redis", "").startswith("ConnectionError"), readiness.report()
+        await _send_all_to_partition_0(producer, source, [second])
+        await asyncio.sleep(1.5)  # the partition is paused: the second record is not started
+        assert second.job_id not in calls
+        redis_up.set()
+        await _wait_for(lambda: second.job_id in calls)
+        assert readiness.report()["redis"] == "ok"
+    assert await _committed(connections, f"g-{unique}", source) == 2
+    assert await _count(connections, dlq) == 0
+
+
+async def test_outputs_once_acknowledged_are_never_dead_lettered(connections, topics, producer, unique):
+    """on_acked fails (Redis gone) after the outputs were acknowledged: it is retried, the handler
+    is not run again, the output is produced once, and the record is not dead-lettered."""
+    names = Topics.from_settings(connections.topics)
+    source, target, dlq = names.name(SOURCE_KEY), names.name("generation.primary"), names.dlq(SOURCE_KEY)
+    event = _request("published, then redis blinked")
+    handled, recorded = [], []
+
+    async def record_published() -> None:
+        recorded.append(1)
+        if len(recorded) < 4:
+            raise RedisConnectionError("Connection reset by peer")
+
+    async def handler(record) -> Outcome:
+        handled.append(1)
+        decision = c.RouteDecision(path="primary", reason="test", primary_depth=0, threshold=50)
+        routed = c.GenerationRouted.from_request(c.decode(c.GenerationRequested, record.value), decision)
+        return Outcome([Output(target, routed)], on_acked=record_published)
+
+    await _send_all_to_partition_0(producer, source, [event])
+    async with _Running(connections, f"g-{unique}", source, handler, max_attempts=2, backoff_base_s=0.01,
+                        outage_backoff_max_s=0.1):
+        await _wait_for(lambda: len(recorded) == 4)
+        await _wait_for(lambda: _committed_is(connections, f"g-{unique}", source, 1))
+    assert handled == [1]
+    assert await _count(connections, target) == 1
+    assert await _count(connections, dlq) == 0
+
+
+async def _count(connections, topic: str) -> int:
+    """How many records ``topic`` holds (partition 0 and the rest)."""
+    reader = make_consumer(connections.kafka, group_id=None)
+    await reader.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in (reader.partitions_for_topic(topic) or ())]
+        if not partitions:
+            await reader._client.force_metadata_update()
+            partitions = [TopicPartition(topic, p) for p in (reader.partitions_for_topic(topic) or ())]
+        ends = await reader.end_offsets(partitions)
+        starts = await reader.beginning_offsets(partitions)
+        return sum(ends[tp] - starts[tp] for tp in partitions)
+    finally:
+        await reader.stop()
 
 
 async def test_permanent_errors_are_dead_lettered_at_once(connections, topics, producer, unique):

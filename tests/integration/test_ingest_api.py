@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -19,9 +20,10 @@ from services.common.contracts import (
     ImageSpec,
     decode,
 )
+from services.common.kafka import make_producer
 from services.common.settings import Connections
 from services.devstack.process import free_ports
-from services.ingest.app import serve
+from services.ingest.app import create_app, serve
 from services.ingest.settings import IngestSettings
 from tests.integration.ingest_support import Api, api, consume, locs, requested_count
 
@@ -182,20 +184,46 @@ async def test_replay_of_a_finished_job_is_200_with_its_result(client: Api):
                                     "sha256": "a" * 64, "idempotent_replay": True}.items()
 
 
-async def test_publish_failure_is_503_marks_the_job_failed_and_frees_the_key(connections: Connections, topics):
+async def test_publish_failure_without_a_key_is_503_and_marks_the_job_failed(connections: Connections, topics):
     async with api(connections, IngestSettings(publish_timeout_s=1.0)) as client:
         await client.deps.producer.stop()  # a producer that can no longer reach Kafka
-        response = await client.http.post("/v1/generations", json={"prompt": "lost"},
-                                          headers={"Idempotency-Key": "order-45"})
+        response = await client.http.post("/v1/generations", json={"prompt": "lost"})
 
         assert response.status_code == 503
         assert "retry" in response.json()["detail"]
-        key = client.deps.keys.key("idem", "public", hashlib.sha256(b"order-45").hexdigest())
-        assert await client.deps.redis.get(key) is None
         [job_id] = [k.decode().rsplit(":", 1)[1].strip("{}") async for k in client.deps.redis.scan_iter(
             match=client.deps.keys.key("job", "*")) if not k.endswith(b":events")]
         view = await client.deps.jobs.get(job_id)
         assert view is not None and view.status == "failed" and view.error["code"] == "ingest_unavailable"
+
+
+async def test_a_retry_after_an_unacknowledged_publish_resends_the_same_job(connections: Connections, topics):
+    """Kafka did not acknowledge in time (it may have taken the record): the 503 keeps the
+    Idempotency-Key, and the retry with it re-sends the same job instead of making a second one."""
+    async with api(connections, IngestSettings(publish_timeout_s=1.0)) as client:
+        broken = make_producer(connections.kafka)
+        await broken.start()
+        await broken.stop()  # a producer that can no longer reach Kafka
+        cut_off = create_app(dataclasses.replace(client.deps, producer=broken))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=cut_off), base_url="http://test") as http:
+            first = await http.post("/v1/generations", json={"prompt": "order 46"},
+                                    headers={"Idempotency-Key": "order-46"})
+        assert first.status_code == 503
+        assert "same Idempotency-Key" in first.json()["detail"]
+        [job_id] = [k.decode().rsplit(":", 1)[1].strip("{}") async for k in client.deps.redis.scan_iter(
+            match=client.deps.keys.key("job", "*")) if not k.endswith(b":events")]
+        assert (await client.deps.jobs.get(job_id)).status == "queued"
+
+        retry = await client.http.post("/v1/generations", json={"prompt": "order 46"},
+                                       headers={"Idempotency-Key": "order-46"})
+        again = await client.http.post("/v1/generations", json={"prompt": "order 46"},
+                                       headers={"Idempotency-Key": "order-46"})
+
+        assert retry.status_code == 202 and retry.json()["job_id"] == job_id
+        assert again.json()["job_id"] == job_id and again.json()["idempotent_replay"] is True
+        [record] = await consume(connections, client.deps.topics.name("generation.requested"), 1)
+        assert json.loads(record.value)["job_id"] == job_id
+        assert await requested_count(client.deps) == 1
 
 
 # ----------------------------------------------------------------------------------- cache

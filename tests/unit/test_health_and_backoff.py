@@ -9,7 +9,7 @@ import logging
 import httpx
 import pytest
 
-from services.common.backoff import Backoff, RateLimitedLog, until_ready
+from services.common.backoff import Backoff, RateLimitedLog, RepeatFilter, until_ready
 from services.common.health import Readiness, health_app, start_health_server
 from services.devstack.process import free_ports
 
@@ -104,3 +104,22 @@ def test_rate_limited_log_counts_what_it_held_back(caplog: pytest.LogCaptureFixt
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["broker down", "broker down (29 similar message(s) held back)",
                         "broker down (29 similar message(s) held back)"]
+
+
+def test_repeat_filter_keeps_one_line_per_message_per_interval() -> None:
+    """A broker down for a minute: aiokafka's reconnect lines shrink to one per 30 s, others pass."""
+    now = [0.0]
+    repeat = RepeatFilter(("aiokafka",), every_s=30, clock=lambda: now[0])
+
+    def record(name: str, msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.ERROR, __file__, 1, msg, args, None)
+
+    kept = []
+    for tick in range(600):  # ten reconnect attempts a second for a minute
+        now[0] = tick / 10
+        line = record("aiokafka.conn", "Unable connect to node with id %s: %s", 1, "refused")
+        if repeat.filter(line):
+            kept.append(line.getMessage())
+    assert kept == ["Unable connect to node with id 1: refused",
+                    "Unable connect to node with id 1: refused (299 similar message(s) held back)"]
+    assert all(repeat.filter(record("services.router", "routed %s", n)) for n in range(100))

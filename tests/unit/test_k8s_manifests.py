@@ -161,6 +161,10 @@ def container_env(
         else:
             env.update(secrets_[source["secretRef"]["name"]])
     for item in container.get("env", []):
+        if "valueFrom" in item:  # the downward API: the pod's own name, as settings would read it
+            assert item["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}, item
+            env[item["name"]] = "forgeline-pod-0"
+            continue
         assert "value" in item, f"{item['name']}: only literal values here; shared values go in the ConfigMap"
         env[item["name"]] = str(item["value"])
     return env
