@@ -86,8 +86,8 @@ async def test_a_gradio_space_answering_event_error_fails_over_to_the_next_space
 
     assert [v["status"] for v in views] == ["completed"] * 2, views
     assert {v["provider"] for v in views} == {"space-healthy"}
-    assert any(r.method == "POST" and "/call/" in r.path for r in broken.requests), "the broken Space was tried"
-    assert sum(r.method == "POST" and "/call/" in r.path for r in healthy.requests) == 2
+    assert any(r.method == "POST" and r.path.endswith("/queue/join") for r in broken.requests), "the broken Space was tried"
+    assert sum(r.method == "POST" and r.path.endswith("/queue/join") for r in healthy.requests) == 2
 
 
 async def test_a_replicate_prediction_slow_to_start_is_polled_until_it_completes(running_pipeline, tmp_path):
