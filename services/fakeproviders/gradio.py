@@ -1,6 +1,6 @@
 """A fake Hugging Face Space speaking Gradio's queue protocol the way real Gradio 4, 5 and 6 do.
 
-What it serves follows what real ``gradio`` servers answered (``tests/integration/test_gradio_real.py``
+What it serves follows what real ``gradio`` servers answered (``tests/e2e/test_gradio_real.py``
 runs the adapter against 4.44.1, 5.50.0 and 6.31.0):
 
 * ``GET /config``: ``version``, ``api_prefix`` (``/gradio_api`` from 5 on; absent on 4),

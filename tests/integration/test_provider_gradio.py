@@ -1,5 +1,5 @@
 """The Hugging Face Spaces (Gradio) adapter against the fake Space (each Gradio version's recorded behaviour),
-over real HTTP on loopback; tests/integration/test_gradio_real.py runs it against the real servers."""
+over real HTTP on loopback; tests/e2e/test_gradio_real.py runs it against the real servers."""
 
 from __future__ import annotations
 
