@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Mapping
@@ -9,6 +10,7 @@ from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Generic, TypeVar
 
+import httpx
 import pytest
 from pydantic_settings import BaseSettings
 
@@ -79,3 +81,14 @@ class ManualClock(Generic[T]):
 
     def __call__(self) -> T:
         return self.now
+
+
+async def job_finished(http: httpx.AsyncClient, job_id: str, timeout_s: float = 120) -> dict:
+    """The job's status view once it is completed or failed, polled through ingest."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        view = (await http.get(f"/v1/generations/{job_id}")).json()
+        if view.get("status") in {"completed", "failed"}:
+            return view
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish")

@@ -259,6 +259,7 @@ class Failover:
                                          code="timeout") from None
         except ProviderError as exc:
             outcome = type(exc).__name__
+            exc.provider = candidate.name  # "hf-space-b", as on a success: one name in results and errors
             raise
         finally:
             CALL_SECONDS.labels(candidate.name, outcome).observe(asyncio.get_running_loop().time() - started)

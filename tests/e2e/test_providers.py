@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import httpx
 import pytest
 import yaml
@@ -13,22 +10,13 @@ from services.fakeproviders import gradio, replicate
 from services.fakeproviders.base import FakeProvider, Knobs, fingerprint
 from services.fakeproviders.openai_images import create_app
 from services.fakeproviders.server import serve_fake
+from tests.helpers import job_finished
 
 pytestmark = pytest.mark.e2e
 
 RATE_LIMITED_KEY = "sk-e2e-rate-limited-key-0001"
 GOOD_KEY = "sk-e2e-good-key-0000000000002"
 REPLICATE_KEY = "r8_e2e-replicate-key-000000000004"
-
-
-async def _completed(http: httpx.AsyncClient, job_id: str, timeout_s: float = 90) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        view = (await http.get(f"/v1/generations/{job_id}")).json()
-        if view.get("status") in {"completed", "failed"}:
-            return view
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 async def test_a_down_provider_and_a_throttled_key_do_not_stop_the_jobs(running_pipeline, tmp_path):
@@ -53,7 +41,7 @@ async def test_a_down_provider_and_a_throttled_key_do_not_stop_the_jobs(running_
                 response = await http.post("/v1/generations", json={"prompt": f"ice axe {i}", "width": 64,
                                                                     "height": 64})
                 jobs.append(response.json()["job_id"])
-            views = [await _completed(http, job) for job in jobs]
+            views = [await job_finished(http, job) for job in jobs]
 
     assert [v["status"] for v in views] == ["completed"] * 4, views
     assert {v["provider"] for v in views} == {"space-b"}
@@ -82,12 +70,12 @@ async def test_a_gradio_space_answering_event_error_fails_over_to_the_next_space
                 response = await http.post("/v1/generations", json={"prompt": f"lantern {i}", "width": 64,
                                                                     "height": 64})
                 jobs.append(response.json()["job_id"])
-            views = [await _completed(http, job) for job in jobs]
+            views = [await job_finished(http, job) for job in jobs]
 
     assert [v["status"] for v in views] == ["completed"] * 2, views
     assert {v["provider"] for v in views} == {"space-healthy"}
-    assert any(r.method == "POST" and "/call/" in r.path for r in broken.requests), "the broken Space was tried"
-    assert sum(r.method == "POST" and "/call/" in r.path for r in healthy.requests) == 2
+    assert any(r.method == "POST" and r.path.endswith("/queue/join") for r in broken.requests), "the broken Space was tried"
+    assert sum(r.method == "POST" and r.path.endswith("/queue/join") for r in healthy.requests) == 2
 
 
 async def test_a_replicate_prediction_slow_to_start_is_polled_until_it_completes(running_pipeline, tmp_path):
@@ -105,7 +93,7 @@ async def test_a_replicate_prediction_slow_to_start_is_polled_until_it_completes
         env = {"FORGELINE_GENERATOR_PROVIDERS_FILE": str(providers), "E2E_KEYS_REPLICATE": REPLICATE_KEY}
         async with running_pipeline(env=env) as p, httpx.AsyncClient(base_url=p.ingest_url, timeout=30) as http:
             response = await http.post("/v1/generations", json={"prompt": "slow kettle", "width": 64, "height": 64})
-            view = await _completed(http, response.json()["job_id"])
+            view = await job_finished(http, response.json()["job_id"])
 
     assert view["status"] == "completed", view
     assert view["provider"] == "replicate-slow"
