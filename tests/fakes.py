@@ -26,7 +26,7 @@ from services.common.breaker import BreakerState
 from services.common.budget import BudgetSnapshot, Reservation, month_of
 from services.common.cache import LruTtlCache
 from services.common.contracts import GenerationCompleted, ImageSpec, utcnow
-from services.common.jobs import RANK, JobStatus, JobView, Terminal, encode_fields
+from services.common.jobs import RANK, JobStatus, JobView, Terminal, TerminalBeingPublished, encode_fields, lease_holder
 from services.common.keypool import (
     DEFAULT_COOLDOWN_S,
     MAX_COOLDOWN_S,
@@ -232,19 +232,32 @@ class MemoryJobStore:
 
 
 class MemoryTerminalGuard:
-    """``TerminalGuard`` in a dict: first claim wins, replays get it back until it is published."""
+    """``TerminalGuard`` in a dict: first claim wins, replays get it back until it is published; a
+    claim from another task while the first one's publishing lease lasts raises TerminalBeingPublished."""
 
-    def __init__(self) -> None:
+    def __init__(self, lease_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._claimed: dict[str, Terminal] = {}
         self._published: set[str] = set()
+        self._leases: dict[str, tuple[str, float]] = {}  # job → (holder, until)
+        self._lease_s = lease_s
+        self._clock = clock
 
     async def claim(self, event: Terminal) -> Terminal | None:
         if event.job_id not in self._claimed:
             self._claimed[event.job_id] = event
+            self._take_lease(event.job_id)
             return event
         if event.job_id in self._published:
             return None
+        self._take_lease(event.job_id)
         return self._claimed[event.job_id]
+
+    def _take_lease(self, job_id: str) -> None:
+        holder, until = self._leases.get(job_id, (None, 0.0))
+        me, now = lease_holder(), self._clock()
+        if holder is not None and holder != me and now < until:
+            raise TerminalBeingPublished(f"job {job_id}: another replica is publishing its terminal event")
+        self._leases[job_id] = (me, now + self._lease_s)
 
     async def mark_published(self, job_id: str) -> None:
         self._published.add(job_id)

@@ -8,6 +8,7 @@ The hierarchy, everywhere in ``services/`` (the module that defines each class o
     │   ├── ImageFetchUnavailable   an image input cannot be fetched *now* (timeout,  common.images
     │   │                           5xx, DNS, the image store down)
     │   ├── NoKeyAvailable          every key of a provider is cooling or disabled    common.keypool
+    │   ├── TerminalBeingPublished  another replica is publishing the job's result    common.jobs
     │   ├── RetryableProviderError  5xx, timeouts, connection errors, bad bodies      providers.port
     │   │   ├── RateLimitedError    429 / no capacity: cool the key                   providers.port
     │   │   ├── KeyRejectedError    401 / 403 / no quota: disable the key             providers.port
@@ -33,9 +34,10 @@ the answer goes on the wire (``ErrorInfo.retryable``) it is derived that way.
 
 What does what with them:
 
-- The consumer loop (:mod:`services.common.consumer`) dead-letters a :class:`Permanent` at once and
-  retries anything else (a :class:`Retryable`, or an exception nobody classified: a bug or a
-  surprise) with backoff, dead-lettering it after the last attempt.
+- The consumer loop (:mod:`services.common.consumer`) dead-letters a :class:`Permanent` at once,
+  waits out a :class:`Retryable` (or a third-party error that says a dependency is down,
+  :mod:`services.common.outages`) for as long as it lasts, and retries an exception nobody
+  classified (a bug or a surprise) with backoff, dead-lettering it after the last attempt.
 - The provider failover loop (:mod:`services.providers.failover`) retries a
   ``RetryableProviderError`` within the job's attempts, another key or provider first, and fails
   the job at once on a ``PermanentProviderError``.

@@ -9,7 +9,9 @@ block for new ones, with no window in which a change could be missed.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
 from datetime import datetime
 from typing import Any, Literal
 
@@ -26,6 +28,7 @@ from services.common.contracts import (
     GenerationFailed,
     utcnow,
 )
+from services.common.errors import Retryable
 from services.common.ports import JobStore, TerminalGuard
 from services.common.redis import KeySpace, hashtag
 
@@ -160,30 +163,62 @@ class RedisJobStore:
 Terminal = GenerationCompleted | GenerationFailed | ComparisonCompleted | ComparisonFailed
 
 
+class TerminalBeingPublished(Retryable):
+    """Another replica is publishing this job's terminal event right now: wait for it (or its lease to end)."""
+
+
+# Per process, then per task: who holds a job's publishing lease. The same task's retry keeps it.
+_PROCESS = uuid.uuid4().hex[:12]
+
+
+def lease_holder() -> str:
+    task = asyncio.current_task()
+    return f"{_PROCESS}:{id(task) if task is not None else 0}"
+
+
+# KEYS: lease.  ARGV: holder, ttl ms.  1 when the lease is (now) the holder's, 0 when another holds it.
+_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
 class RedisTerminalGuard:
     """Lets exactly one terminal event (completed or failed) per job reach the results topics.
 
     The first handler to ``claim`` a job stores its terminal event; a replay (a crash before the
     offset commit, a duplicate from a retried producer) gets back that stored event if it was not
-    yet published — republishing identical bytes — or nothing once it was.
+    yet published — republishing identical bytes — or nothing once it was. While one copy holds
+    the job's publishing lease (``lease_s``, taken by ``claim``), a second copy processed at the
+    same time gets :class:`TerminalBeingPublished` and waits: it publishes nothing unless the first
+    holder died before marking the event published, and then the same bytes.
     """
 
     _MODELS: dict[str, type[Event]] = {model.__name__: model for model in (
         GenerationCompleted, GenerationFailed, ComparisonCompleted, ComparisonFailed)}
 
-    def __init__(self, redis: Redis, keys: KeySpace, *, ttl_s: int = 7 * 24 * 3600) -> None:
+    def __init__(self, redis: Redis, keys: KeySpace, *, ttl_s: int = 7 * 24 * 3600, lease_s: float = 30.0) -> None:
         self._redis = redis
         self._keys = keys
         self._ttl_s = ttl_s
+        self._lease_ms = max(1, int(lease_s * 1000))
+        self._lease = redis.register_script(_LEASE)
 
     async def claim(self, event: Terminal) -> Terminal | None:
-        """The terminal event to publish for ``event.job_id``, or None if one was published already."""
+        """The terminal event to publish for ``event.job_id``, or None if one was published already.
+
+        Raises ``TerminalBeingPublished`` while another copy holds the publishing lease.
+        """
         key = self._key(event.job_id)
         stored = json.dumps({"type": type(event).__name__, "event": event.model_dump(mode="json")})
         if await self._redis.set(key, stored, nx=True, ex=self._ttl_s):
+            await self._take_lease(event.job_id)
             return event
         if await self._redis.exists(key + ":published"):
             return None
+        await self._take_lease(event.job_id)
         raw = await self._redis.get(key)
         if raw is None:  # expired between the two calls: ours is as good as any
             return event
@@ -192,6 +227,10 @@ class RedisTerminalGuard:
         if model is None:
             raise ContractError("RedisTerminalGuard", {"type": f"unknown terminal event {envelope['type']!r}"})
         return model.model_validate(envelope["event"])  # type: ignore[return-value]
+
+    async def _take_lease(self, job_id: str) -> None:
+        if not await self._lease(keys=[self._key(job_id) + ":publishing"], args=[lease_holder(), self._lease_ms]):
+            raise TerminalBeingPublished(f"job {job_id}: another replica is publishing its terminal event")
 
     def _key(self, job_id: str) -> str:
         return self._keys.key("terminal", hashtag(job_id))

@@ -80,7 +80,10 @@ class TerminalGuard(Protocol):
     """Exactly one terminal event per job reaches the results topics."""
 
     async def claim(self, event: Terminal) -> Terminal | None:
-        """The terminal event to publish for ``event.job_id`` (the first one claimed), or None once published."""
+        """The terminal event to publish for ``event.job_id`` (the first one claimed), or None once published.
+
+        Raises ``TerminalBeingPublished`` (Retryable) while another task holds the job's publishing lease.
+        """
 
     async def mark_published(self, job_id: str) -> None: ...
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from services.common import contracts as c
+from services.common.jobs import TerminalBeingPublished
 
 
 def _completed(job_id: str, url: str) -> c.GenerationCompleted:
@@ -119,6 +122,21 @@ async def test_terminal_guard_publishes_once_and_replays_the_stored_event(impl):
     assert replayed.to_json_bytes() == first.to_json_bytes()
     await guard.mark_published(job)
     assert await guard.claim(second) is None
+
+
+async def test_terminal_guard_makes_a_concurrent_copy_wait_for_the_publisher(impl):
+    """Two copies of one record at once: the second waits (Retryable) while the first holds the
+    publishing lease, then gets nothing once it is published; no second publish."""
+    guard = impl.terminal_guard()
+    job = c.new_job_id()
+    first = _completed(job, "http://x/first.png")
+    assert await guard.claim(first) == first
+
+    with pytest.raises(TerminalBeingPublished):
+        await asyncio.create_task(guard.claim(_completed(job, "http://x/copy.png")))  # another task
+    assert await guard.claim(first) == first  # the holder's own retry keeps its lease
+    await guard.mark_published(job)
+    assert await asyncio.create_task(guard.claim(_completed(job, "http://x/copy.png"))) is None
 
 
 async def test_terminal_guard_keeps_the_claimed_events_type(impl):
