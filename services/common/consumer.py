@@ -119,6 +119,8 @@ class LoopSettings:
     # While a dependency is down, retry at least this often: the stage moves again within
     # about this long of the dependency's return.
     outage_backoff_max_s: float = 2.0
+    # Every slot busy this long: poll (partitions paused) so the group does not drop the member.
+    full_poll_s: float = 5.0
     shutdown_timeout_s: float = 30.0
 
 
@@ -184,7 +186,8 @@ class ConsumerLoop:
         self._committed: dict[TopicPartition, int] = {}
         self._commit_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
-        self._wake = asyncio.Event()  # a slot freed or an outage ended while the fetch was held
+        self._wake = asyncio.Event()  # an outage began or ended, or a slot freed while the fetch was held
+        self._slot_freed = asyncio.Event()
         self._held = False
         self._group = settings.group_id
         self._backoff = Backoff(base_s=settings.backoff_base_s, max_s=settings.backoff_max_s)
@@ -213,12 +216,17 @@ class ConsumerLoop:
                 await self._commit()
 
     async def _fetch_until_stopped(self) -> None:
-        """Fetch as many records as there are free slots; hold (pause, keep polling) when full or
-        while a dependency is down, so the group keeps this member and nothing new is started."""
+        """Fetch as many records as there are free slots. When every slot is busy, wait for one to
+        free up; while a dependency is down, or when the slots stay busy for ``full_poll_s``, hold:
+        pause every partition and keep polling, so the group keeps this member (``max.poll.interval.ms``)
+        and nothing new is started."""
         stop_waiter = asyncio.create_task(self._stopping.wait())
         try:
             while not self._stopping.is_set():
-                free = self._settings.concurrency - len(self._all_tasks())
+                if self._free_slots() <= 0 and not self._outages.active:
+                    if await self._slot_freed_within(self._settings.full_poll_s, stop_waiter):
+                        continue
+                free = self._free_slots()
                 self._hold(free <= 0 or self._outages.active)
                 self._wake.clear()
                 fetch = asyncio.create_task(self._consumer.getmany(timeout_ms=500, max_records=max(1, free)))
@@ -234,6 +242,19 @@ class ConsumerLoop:
                         self._start(record)
         finally:
             stop_waiter.cancel()
+
+    def _free_slots(self) -> int:
+        return self._settings.concurrency - len(self._all_tasks())
+
+    async def _slot_freed_within(self, seconds: float, stop_waiter: asyncio.Task) -> bool:
+        """True when a record finished (or the loop is stopping) within ``seconds``."""
+        self._slot_freed.clear()
+        if self._free_slots() > 0:
+            return True
+        freed = asyncio.create_task(self._slot_freed.wait())
+        await asyncio.wait({freed, stop_waiter}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        freed.cancel()
+        return self._free_slots() > 0 or self._stopping.is_set()
 
     def _hold(self, hold: bool) -> None:
         """Pause every assigned partition (``hold``) or resume them. Paused partitions return no
@@ -269,6 +290,7 @@ class ConsumerLoop:
             self._tasks.get(tp, set()).discard(done)
             IN_FLIGHT.labels(self._group).dec()
             self._outages.done(tries)
+            self._slot_freed.set()
             self._wake_if_held()
             if not done.cancelled():
                 # A cancelled record (revoked partition, shutdown) stays uncommitted: it is replayed.

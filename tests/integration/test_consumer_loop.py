@@ -68,12 +68,13 @@ class _Running:
     """A ConsumerLoop running in the background of a test."""
 
     def __init__(self, connections, group: str, topic: str, handler, readiness: Readiness | None = None,
-                 **settings) -> None:
+                 consumer_args: dict | None = None, **settings) -> None:
         self.connections, self.group, self.topic, self.handler, self.settings = connections, group, topic, handler, settings
         self.readiness = readiness
+        self.consumer_args = consumer_args or {}
 
     async def __aenter__(self) -> _Running:
-        self.consumer = make_consumer(self.connections.kafka, group_id=self.group)
+        self.consumer = make_consumer(self.connections.kafka, group_id=self.group, **self.consumer_args)
         self.producer = make_producer(self.connections.kafka)
         await self.consumer.start()
         await self.producer.start()
@@ -266,6 +267,27 @@ async def test_outputs_once_acknowledged_are_never_dead_lettered(connections, to
     assert handled == [1]
     assert await _count(connections, target) == 1
     assert await _count(connections, dlq) == 0
+
+
+async def test_busy_slots_longer_than_the_poll_interval_keep_the_member(connections, topics, producer, unique):
+    """Every slot busy for longer than max.poll.interval.ms: the loop keeps polling (paused), so the
+    group does not drop the member and nothing is handled twice."""
+    source = Topics.from_settings(connections.topics).name(SOURCE_KEY)
+    slow, queued = _request("slow"), _request("behind it")
+    calls: list[str] = []
+
+    async def handler(record) -> Outcome:
+        job = c.decode(c.GenerationRequested, record.value).job_id
+        calls.append(job)
+        if job == slow.job_id:
+            await asyncio.sleep(7)
+        return Outcome()
+
+    await _send_all_to_partition_0(producer, source, [slow, queued])
+    async with _Running(connections, f"g-{unique}", source, handler, concurrency=1, full_poll_s=0.5,
+                        consumer_args={"max_poll_interval_ms": 3000}):
+        await _wait_for(lambda: _committed_is(connections, f"g-{unique}", source, 2), timeout_s=40)
+    assert calls == [slow.job_id, queued.job_id]
 
 
 async def _count(connections, topic: str) -> int:
