@@ -8,7 +8,6 @@ e2e tests start them here; their settings come from the environment given to ``P
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -152,15 +151,7 @@ class Pipeline:
 
     def kill(self, name: str) -> int:
         """SIGKILL a service at once, as a crash would (for failure tests); returns its pid."""
-        process = self.process(name)
-        pid = process.pid()
-        if pid is None:
-            raise DevStackError(f"{name} is not running")
-        os.killpg(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while process.is_running() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return pid
+        return self.process(name).kill()
 
     def status(self) -> list[ServiceStatus]:
         return [

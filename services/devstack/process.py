@@ -349,3 +349,30 @@ class BackgroundProcess:
         self.pid_path.unlink(missing_ok=True)
         return pid
 
+    # -- failure injection (the chaos suite, failure tests)
+
+    def signal(self, sig: signal.Signals) -> int:
+        """Send ``sig`` to our process group, e.g. SIGSTOP then SIGCONT to freeze a server; returns the pid."""
+        pid = self.pid()
+        if pid is None:
+            raise DevStackError(f"{self.name} is not running")
+        _signal_group(pid, sig)
+        return pid
+
+    def kill(self, *, timeout: float = 10.0) -> int:
+        """SIGKILL our process group at once, as a crash or the OOM killer would; returns the pid.
+
+        Waits until the group is gone and removes the pid file, so ``start`` can run it again at once.
+        """
+        pid = self.signal(signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while True:
+            _reap(pid)
+            stat = _proc_stat(pid)
+            if (stat is None or stat.state == "Z") and not _group_alive(pid):
+                break
+            if time.monotonic() >= deadline:
+                raise DevStackError(f"{self.name} (pid {pid}) survived SIGKILL for {timeout:.0f}s; check `ps -g {pid}`")
+            time.sleep(0.05)
+        self.pid_path.unlink(missing_ok=True)
+        return pid

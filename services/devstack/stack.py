@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 
 from services.devstack.component import Component, ComponentStatus
@@ -112,13 +112,13 @@ def ingest_url(settings: DevStackSettings) -> str:
     return f"http://{settings.host}:{settings.ingest_port}"
 
 
-def pipeline(settings: DevStackSettings) -> Pipeline:
+def pipeline(settings: DevStackSettings, env_overrides: Mapping[str, str] | None = None) -> Pipeline:
     """The six service processes, configured for this stack, calling fake providers on loopback.
 
     The primary path is a fake Hugging Face Space that takes ``primary_latency_s`` an image, one
     image at a time; the fallback path is a fast fake Replicate (paid: it counts against the
     budget) with a fake SiliconFlow behind it; the comparer's VLM is a fake OpenAI-compatible chat
-    API. Keys are fake too.
+    API. Keys are fake too. ``env_overrides`` adds or replaces settings of every service.
     """
     urls = fake_urls(settings.host, settings.fake_providers_port)
     providers_file = settings.state_dir / "providers.yaml"
@@ -141,7 +141,7 @@ def pipeline(settings: DevStackSettings) -> Pipeline:
             "FORGELINE_KEYS_SILICONFLOW": "sf_fake-local-key-1",
             "FORGELINE_COMPARER_VLM_BASE_URL": urls["vlm"],
             "FORGELINE_COMPARER_VLM_KEYS": "sk-fake-local-vlm-key-1",
-        },
+        } | dict(env_overrides or {}),
         per_service_env={"generator-primary": {
             "FORGELINE_GENERATOR_CONCURRENCY": str(settings.primary_concurrency),
         }},

@@ -3,7 +3,9 @@
 A fake speaks one provider's real HTTP protocol on loopback so adapters, the pipeline and users'
 own tests can run without the provider. Each fake is a FastAPI app built around one
 ``FakeProvider``; its behaviour is set by ``Knobs`` — at construction, or at run time with
-``POST /_fake/knobs`` — and every request it saw is listed by ``GET /_fake/requests``.
+``POST /_fake/knobs`` (a seeded storm of failures: ``fail_rates``) — every request it saw is
+listed by ``GET /_fake/requests``, and every image a paid fake delivered (what the provider would
+bill) by ``GET /_fake/charges``.
 
 Keys: a fake accepts any bearer token unless ``Knobs.accepted_keys`` is set. The request log
 stores a fingerprint of the key (``fingerprint``), never the key itself.
@@ -15,6 +17,7 @@ import asyncio
 import hashlib
 import io
 import math
+import random
 import time
 import uuid
 from collections import defaultdict, deque
@@ -24,7 +27,7 @@ from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from PIL import Image
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from services.common.contracts import ImageSpec
 from services.providers.procedural import render_icon
@@ -51,6 +54,17 @@ class Knobs(BaseModel):
     rejected_keys: dict[str, FailMode] = Field(default_factory=dict,
                                                description="Key → failure for that key only (401, 403, quota…).")
     slow_start_polls: int = Field(0, ge=0, description="Replicate: polls that still say starting/processing.")
+    fail_rates: dict[FailMode, float] = Field(
+        default_factory=dict, description="A storm: each generation request fails this way with this probability "
+                                          "(after fail_next and always_fail), e.g. {\"429\": 0.3, \"503\": 0.1}.")
+    fail_seed: int | None = Field(None, description="Seeds the storm's draws, so a run can be repeated.")
+
+    @field_validator("fail_rates")
+    @classmethod
+    def _rates_are_probabilities(cls, rates: dict[FailMode, float]) -> dict[FailMode, float]:
+        if any(rate < 0 for rate in rates.values()) or sum(rates.values()) > 1:
+            raise ValueError("fail_rates are probabilities: each at least 0, together at most 1")
+        return rates
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,15 @@ class LoggedRequest:
     method: str
     path: str
     key: str | None  # fingerprint(key)
+
+
+@dataclass(frozen=True)
+class Charge:
+    """A generation the real provider would bill: what a test holds against the budget ledger."""
+
+    at: float  # time.time() when the image was delivered
+    prompt: str
+    ref: str | None  # the provider's id for the call (a Replicate prediction id), when it has one
 
 
 @dataclass(frozen=True)
@@ -76,6 +99,8 @@ class FakeProvider:
         self.name = name
         self.knobs = knobs or Knobs()
         self.requests: list[LoggedRequest] = []
+        self.charges: list[Charge] = []
+        self._random = random.Random(self.knobs.fail_seed)
         self._windows: dict[str, deque[float]] = defaultdict(deque)
         self._files: dict[str, tuple[bytes, str]] = {}
 
@@ -93,11 +118,24 @@ class FakeProvider:
             return Injected("429", knobs.rate_limit_window_s)
         if knobs.latency_s:
             await asyncio.sleep(knobs.latency_s)
-        mode = knobs.fail_next.pop(0) if knobs.fail_next else knobs.always_fail
+        mode = knobs.fail_next.pop(0) if knobs.fail_next else knobs.always_fail or self._storm()
         if mode == "timeout":
             await asyncio.sleep(knobs.timeout_s)
             return Injected("503")
         return Injected(mode, knobs.retry_after_s) if mode is not None else None
+
+    def _storm(self) -> FailMode | None:
+        """A failure drawn from ``knobs.fail_rates``, or None (serve it)."""
+        draw = self._random.random()
+        for mode, rate in self.knobs.fail_rates.items():
+            if draw < rate:
+                return mode
+            draw -= rate
+        return None
+
+    def charge(self, prompt: str, ref: str | None = None) -> None:
+        """Record a delivered, billable generation (paid fakes call it; ``GET /_fake/charges`` lists them)."""
+        self.charges.append(Charge(time.time(), prompt, ref))
 
     def log(self, request: Request, key: str | None) -> None:
         """Add a request to the log without ``admit``: polls and result streams never fail or count."""
@@ -150,14 +188,24 @@ class FakeProvider:
         async def requests() -> list[dict]:
             return [r.__dict__ for r in self.requests]
 
+        @router.get("/_fake/charges")
+        async def charges() -> list[dict]:
+            return [c.__dict__ for c in self.charges]
+
         @router.post("/_fake/knobs")
         async def set_knobs(update: dict) -> Knobs:
-            self.knobs = Knobs.model_validate(self.knobs.model_dump() | update)  # the merged whole is validated
+            try:
+                knobs = Knobs.model_validate(self.knobs.model_dump() | update)  # the merged whole is validated
+            except ValidationError as exc:
+                raise HTTPException(422, exc.errors(include_url=False, include_context=False, include_input=False)) from None
+            self.knobs = knobs
+            if "fail_seed" in update:
+                self._random.seed(knobs.fail_seed)
             return self.knobs
 
         @router.post("/_fake/reset")
         async def reset() -> Knobs:
-            self.knobs, self.requests = Knobs(), []
+            self.knobs, self.requests, self.charges = Knobs(), [], []
             self._windows.clear()
             return self.knobs
 

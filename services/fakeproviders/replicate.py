@@ -114,6 +114,7 @@ def create_app(fake: FakeProvider | None = None, *, output_as_list: bool = True,
                          int_or(spec.get("height"), 1024), int_or(spec.get("seed"), None))
         url = fake.file_url(request, png)
         p.status, p.output = "succeeded", [url] if output_as_list else url
+        fake.charge(str(spec.get("prompt") or ""), p.id)
 
     def lookup(prediction_id: str, request: Request) -> _Prediction | None:
         """The prediction a poll or cancel names. Those are logged but never fail or count against limits."""

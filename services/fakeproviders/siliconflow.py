@@ -78,6 +78,7 @@ def create_app(fake: FakeProvider | None = None, *, echo_auth_in_errors: bool = 
             return error(400, 20015, f"The parameter is invalid: image_size {size!r}.", request)
         seed = int_or(body.get("seed"), None)
         url = fake.file_url(request, fake.image(prompt, *dimensions, seed=seed))
+        fake.charge(prompt)
         # The real API reports the seed it used, picking one when the request had none.
         return JSONResponse({"images": [{"url": url}], "timings": {"inference": 0.05},
                              "seed": seed if seed is not None else random.randrange(2**32)})

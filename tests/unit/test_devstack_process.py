@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import re
+import signal
 import socket
 import sys
 import time
@@ -134,6 +135,35 @@ def test_stop_kills_the_whole_process_group(proc: BackgroundProcess, marker: str
     while pid_alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not pid_alive(child)
+
+
+def test_kill_is_a_crash_of_the_whole_group_and_start_runs_it_again(proc: BackgroundProcess, marker: str) -> None:
+    # SIGTERM is ignored, so only a SIGKILL can have ended it.
+    body = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+    pid = proc.start(sleeper(marker, body), marker=marker)
+
+    assert proc.kill(timeout=5) == pid
+
+    assert not pid_alive(pid)
+    assert not proc.pid_path.exists()
+    again = proc.start(sleeper(marker), marker=marker)
+    assert again != pid and proc.pid() == again
+
+
+def test_signal_freezes_and_thaws_the_process(proc: BackgroundProcess, marker: str) -> None:
+    pid = proc.start(sleeper(marker), marker=marker)
+
+    def state() -> str:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+    assert proc.signal(signal.SIGSTOP) == pid
+    wait_until(lambda: state() == "T", what="stopped", timeout=5, progress=lambda m: None, log_path=proc.log_path)
+    proc.signal(signal.SIGCONT)
+    wait_until(lambda: state() != "T", what="running", timeout=5, progress=lambda m: None, log_path=proc.log_path)
+    assert proc.is_running()
+    proc.stop(timeout=5)
+    with pytest.raises(DevStackError, match="sleeper is not running"):
+        proc.signal(signal.SIGCONT)
 
 
 def test_stop_escalates_to_sigkill(proc: BackgroundProcess, marker: str) -> None:
