@@ -34,6 +34,7 @@ demo: install
 	$(BIN)/forgeline dev up
 	$(BIN)/forgeline topics create
 	$(BIN)/forgeline demo
+	@echo "Dashboard: http://127.0.0.1:$${FORGELINE_DEV_INGEST_PORT:-18080}/dashboard"
 	@echo "The stack is still running: 'make status' shows it, 'make down' stops it."
 
 up: install

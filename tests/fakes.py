@@ -593,6 +593,20 @@ class MemoryRouteStats:
         return dict(self._counts)
 
 
+class MemoryRecentJobs:
+    """``RecentJobs`` in a list, newest first."""
+
+    def __init__(self, capacity: int = 48) -> None:
+        self._ids: list[str] = []
+        self._capacity = capacity
+
+    async def add(self, job_id: str) -> None:
+        self._ids = [job_id, *(known for known in self._ids if known != job_id)][: self._capacity]
+
+    async def latest(self, limit: int) -> list[str]:
+        return self._ids[: max(0, limit)]
+
+
 # ------------------------------------------------------------------------------------ image providers
 
 #: The smallest bytes ``images.sniff_content_type`` takes for a PNG.

@@ -29,7 +29,7 @@ from services.common.contracts import (
     utcnow,
 )
 from services.common.errors import Retryable
-from services.common.ports import JobStore, TerminalGuard
+from services.common.ports import JobStore, RecentJobs, TerminalGuard
 from services.common.redis import KeySpace, hashtag
 
 JobStatus = Literal["queued", "routed", "generating", "stored", "completed", "failed"]
@@ -243,11 +243,13 @@ class RedisTerminalGuard:
         return bool(await self._redis.exists(self._key(job_id)))
 
 
-async def terminal_outcome(event: Terminal, *, topic: str, guard: TerminalGuard, jobs: JobStore) -> Outcome:
+async def terminal_outcome(event: Terminal, *, topic: str, guard: TerminalGuard, jobs: JobStore,
+                           recent: RecentJobs | None = None) -> Outcome:
     """The ``Outcome`` that publishes ``event`` as the job's one terminal result.
 
     After the broker acknowledges it, the job is marked published and its status set, so a
-    poller never sees "completed" before a subscriber could.
+    poller never sees "completed" before a subscriber could; a completed generation then joins
+    ``recent`` (the dashboard's gallery).
     """
     to_publish = await guard.claim(event)
     if to_publish is None:
@@ -257,6 +259,8 @@ async def terminal_outcome(event: Terminal, *, topic: str, guard: TerminalGuard,
         await guard.mark_published(to_publish.job_id)
         status, fields = _terminal_status(to_publish)
         await jobs.update(to_publish.job_id, status, **fields)
+        if recent is not None and isinstance(to_publish, GenerationCompleted):
+            await recent.add(to_publish.job_id)
 
     return Outcome([Output(topic, to_publish)], on_acked=acked)
 

@@ -14,6 +14,7 @@ Breaker        ``breaker.RedisCircuitBreaker``             ``MemoryBreaker``
 BlobStore      ``blobstore.S3BlobStore``                   ``MemoryBlobStore``
 ResultCache    ``cache.RedisResultCache``                  ``MemoryResultCache``
 RouteStats     ``route_stats.RedisRouteStats``             ``MemoryRouteStats``
+RecentJobs     ``recent_jobs.RedisRecentJobs``             ``MemoryRecentJobs``
 ProviderCalls  ``provider_calls.RedisProviderCalls``       ``MemoryProviderCalls``
 SpendJournal   ``spend_journal.S3SpendJournal``            ``MemorySpendJournal``
 =============  ==========================================  ======================================
@@ -35,8 +36,8 @@ if TYPE_CHECKING:
     from services.common.provider_calls import PaidCall
     from services.common.spend_journal import SpendEntry
 
-__all__ = ["BlobStore", "Breaker", "BudgetLedger", "JobStore", "KeyPool", "ProviderCalls", "ResultCache", "RouteStats",
-           "SpendJournal", "TerminalGuard"]
+__all__ = ["BlobStore", "Breaker", "BudgetLedger", "JobStore", "KeyPool", "ProviderCalls", "RecentJobs", "ResultCache",
+           "RouteStats", "SpendJournal", "TerminalGuard"]
 
 
 class KeyPool(Protocol):
@@ -158,6 +159,16 @@ class RouteStats(Protocol):
 
     async def counts(self) -> dict[str, int]:
         """Jobs sent, by path; a path nothing was sent to is absent."""
+
+
+class RecentJobs(Protocol):
+    """The ids of the latest completed generations, newest first, capped: the dashboard's gallery."""
+
+    async def add(self, job_id: str) -> None:
+        """Put ``job_id`` first (a replay's second add moves it, never lists it twice); the oldest beyond the cap go."""
+
+    async def latest(self, limit: int) -> list[str]:
+        """Up to ``limit`` ids, newest first."""
 
 
 class ProviderCalls(Protocol):

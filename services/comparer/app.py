@@ -14,6 +14,7 @@ from services.common.consumer import LoopSettings
 from services.common.contracts import ComparisonRequested
 from services.common.fetch import SafeFetcher
 from services.common.keypool import RedisKeyPool
+from services.common.recent_jobs import RedisRecentJobs
 from services.common.worker import consume
 from services.comparer.handlers import CompareHandler
 from services.comparer.perceptual import PerceptualComparer
@@ -48,7 +49,8 @@ async def build(settings: ComparerSettings, infra: Infra) -> CompareHandler:
         vlm=await vlm_failover(settings, infra),
     )
     return CompareHandler(resolver=ImageResolver(fetcher=fetcher, blobs=infra.blobs, jobs=jobs),
-                          service=service, topics=infra.topics, jobs=jobs, guard=infra.terminal_guard())
+                          service=service, topics=infra.topics, jobs=jobs, guard=infra.terminal_guard(),
+                          recent=RedisRecentJobs(infra.redis, infra.keys))
 
 
 async def serve(settings: ComparerSettings, infra: Infra, stop: asyncio.Event) -> None:

@@ -25,7 +25,7 @@ from services.common.jobs import (
     merge_outcomes,
     terminal_outcome,
 )
-from services.common.ports import JobStore, TerminalGuard
+from services.common.ports import JobStore, RecentJobs, TerminalGuard
 from services.common.topics import Topics
 from services.comparer.resolve import ImageResolver
 from services.comparer.service import ComparisonService
@@ -40,6 +40,7 @@ class CompareHandler:
     topics: Topics
     jobs: JobStore
     guard: TerminalGuard
+    recent: RecentJobs | None = None  # the dashboard's gallery; None: not recorded
 
     async def handle(self, request: ComparisonRequested) -> Outcome:
         try:
@@ -72,4 +73,5 @@ class CompareHandler:
             "timings": completion.timings.with_stage("completed"),
         })
         return merge_outcomes(outcome, await terminal_outcome(
-            generation, topic=self.topics.name("generation.completed"), guard=self.guard, jobs=self.jobs))
+            generation, topic=self.topics.name("generation.completed"), guard=self.guard, jobs=self.jobs,
+            recent=self.recent))

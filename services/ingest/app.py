@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from services.common.bootstrap import Infra
 from services.common.cache import LruTtlCache, RedisResultCache
 from services.common.route_stats import RedisRouteStats
+from services.ingest import dashboard
 from services.ingest.deps import IngestDeps, provider_handles
 from services.ingest.errors import (
     InvalidRequest,
@@ -96,6 +97,7 @@ def create_app(deps: IngestDeps | None) -> FastAPI:
     )
     app.state.deps = deps
     app.include_router(router)
+    app.include_router(dashboard.router)
     _add_error_handlers(app)
     # Last added is outermost: the log sees the final status, including the limit's 413.
     app.add_middleware(BodyLimit, limit=lambda path: app.state.deps.settings.body_limit(path))

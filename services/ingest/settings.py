@@ -60,6 +60,24 @@ class IngestSettings(BaseSettings):
                      "breaker. Unset: no providers are shown."),
     )
 
+    operator_key: SecretStr | None = Field(
+        None, description="The key that opens /dashboard when API keys are on (the operator sees every tenant).")
+    # The router's and storage's own variables, as the dashboard's diagram states them.
+    routing_depth_high: int = Field(
+        50, ge=1, validation_alias=AliasChoices("FORGELINE_INGEST_ROUTING_DEPTH_HIGH", "FORGELINE_ROUTER_DEPTH_HIGH"))
+    routing_depth_low: int = Field(
+        35, ge=0, validation_alias=AliasChoices("FORGELINE_INGEST_ROUTING_DEPTH_LOW", "FORGELINE_ROUTER_DEPTH_LOW"))
+    result_cache_ttl_s: int = Field(
+        24 * 3600, ge=1,
+        validation_alias=AliasChoices("FORGELINE_INGEST_RESULT_CACHE_TTL_S", "FORGELINE_STORAGE_CACHE_TTL_S"))
+
+    @field_validator("operator_key")
+    @classmethod
+    def _operator_key_is_usable(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _keys_name_their_tenant(cls, value: object) -> object:

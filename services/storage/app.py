@@ -11,6 +11,7 @@ from services.common.bootstrap import Infra
 from services.common.cache import LruTtlCache, RedisResultCache
 from services.common.consumer import LoopSettings
 from services.common.contracts import GenerationGenerated
+from services.common.recent_jobs import RedisRecentJobs
 from services.common.worker import consume
 from services.storage.handlers import StoreHandler
 from services.storage.settings import StorageSettings
@@ -22,6 +23,7 @@ async def build(settings: StorageSettings, infra: Infra) -> StoreHandler:
         cache=RedisResultCache(infra.redis, infra.keys, ttl_s=settings.cache_ttl_s,
                                local=LruTtlCache(settings.local_cache_size, settings.local_cache_ttl_s)),
         topics=infra.topics, jobs=infra.jobs(), guard=infra.terminal_guard(), key_prefix=settings.key_prefix,
+        recent=RedisRecentJobs(infra.redis, infra.keys),
     )
 
 

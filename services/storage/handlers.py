@@ -19,7 +19,7 @@ from services.common.contracts import (
 )
 from services.common.images import sniff_content_type
 from services.common.jobs import terminal_outcome
-from services.common.ports import BlobStore, JobStore, ResultCache, TerminalGuard
+from services.common.ports import BlobStore, JobStore, RecentJobs, ResultCache, TerminalGuard
 from services.common.topics import Topics
 
 
@@ -42,6 +42,7 @@ class StoreHandler:
     jobs: JobStore
     guard: TerminalGuard
     key_prefix: str
+    recent: RecentJobs | None = None  # the dashboard's gallery; None: not recorded
 
     async def handle(self, generated: GenerationGenerated) -> Outcome:
         actual_type = sniff_content_type(generated.image)
@@ -71,7 +72,7 @@ class StoreHandler:
         if generated.reference_image is not None:
             return await self._compare_first(generated, completed)
         return await terminal_outcome(completed, topic=self.topics.name("generation.completed"), guard=self.guard,
-                                      jobs=self.jobs)
+                                      jobs=self.jobs, recent=self.recent)
 
     async def _compare_first(self, generated: GenerationGenerated, completed: GenerationCompleted) -> Outcome:
         """Hand the result to the comparer, which publishes it with the comparison attached.

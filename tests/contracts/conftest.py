@@ -29,12 +29,14 @@ from services.common.ports import (
     JobStore,
     KeyPool,
     ProviderCalls,
+    RecentJobs,
     ResultCache,
     RouteStats,
     SpendJournal,
     TerminalGuard,
 )
 from services.common.provider_calls import RedisProviderCalls
+from services.common.recent_jobs import RedisRecentJobs
 from services.common.redis import KeySpace
 from services.common.route_stats import RedisRouteStats
 from services.common.spend_journal import S3SpendJournal, journal_namespace
@@ -45,6 +47,7 @@ from tests.fakes import (
     MemoryJobStore,
     MemoryKeyPool,
     MemoryProviderCalls,
+    MemoryRecentJobs,
     MemoryResultCache,
     MemoryRouteStats,
     MemorySpendJournal,
@@ -85,6 +88,8 @@ class Backend(Protocol):
     def result_cache(self, *, local: LruTtlCache[GenerationCompleted] | None = None) -> ResultCache: ...
 
     def route_stats(self) -> RouteStats: ...
+
+    def recent_jobs(self, *, capacity: int) -> RecentJobs: ...
 
 
 class MemoryBackend:
@@ -128,6 +133,9 @@ class MemoryBackend:
 
     def route_stats(self):
         return MemoryRouteStats()
+
+    def recent_jobs(self, *, capacity):
+        return MemoryRecentJobs(capacity)
 
 
 class RealBackend:
@@ -179,6 +187,9 @@ class RealBackend:
 
     def route_stats(self):
         return RedisRouteStats(self._redis, self._keys)
+
+    def recent_jobs(self, *, capacity):
+        return RedisRecentJobs(self._redis, self._keys, capacity=capacity)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

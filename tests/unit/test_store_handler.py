@@ -11,7 +11,14 @@ from services.common.blobstore import IMMUTABLE_CACHE_CONTROL, BlobStoreError
 from services.common.errors import Retryable
 from services.common.topics import Topics
 from services.storage.handlers import StoreHandler, comparison_id_for
-from tests.fakes import FAKE_PNG, MemoryBlobStore, MemoryJobStore, MemoryResultCache, MemoryTerminalGuard
+from tests.fakes import (
+    FAKE_PNG,
+    MemoryBlobStore,
+    MemoryJobStore,
+    MemoryRecentJobs,
+    MemoryResultCache,
+    MemoryTerminalGuard,
+)
 
 TOPICS = Topics("t")
 DIGEST = hashlib.sha256(FAKE_PNG).hexdigest()
@@ -63,6 +70,20 @@ async def test_an_image_is_uploaded_under_its_digest_cached_and_published_as_com
     await outcome.on_acked()
     view = await handler.jobs.get(generated.job_id)
     assert (view.status, view.url, view.provider) == ("completed", done.url, "replicate")
+
+
+async def test_a_completion_joins_the_recent_list_once_the_broker_has_it_and_a_failure_never_does():
+    handler = _handler()
+    handler.recent = MemoryRecentJobs()
+    generated, broken = _generated(), _generated(image=b"not an image")
+
+    outcome = await handler.handle(generated)
+    assert await handler.recent.latest(10) == []
+    await outcome.on_acked()
+    failed = await handler.handle(broken)
+    await failed.on_acked()
+
+    assert await handler.recent.latest(10) == [generated.job_id]
 
 
 async def test_a_replay_uploads_nothing_again_and_publishes_the_same_event_or_nothing():
