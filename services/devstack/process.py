@@ -298,8 +298,12 @@ class BackgroundProcess:
             time.sleep(0.02)
         return proc.pid
 
-    def stop(self, *, timeout: float = 10.0, progress: Progress = silent) -> int | None:
-        """SIGTERM our process group, SIGKILL it after ``timeout`` seconds; remove the pid file.
+    def kill(self) -> int | None:
+        """SIGKILL our process group at once (a crash, as a chaos run wants it); None if ours was not running."""
+        return self.stop(hard=True)
+
+    def stop(self, *, timeout: float = 10.0, progress: Progress = silent, hard: bool = False) -> int | None:
+        """SIGTERM our process group, SIGKILL it after ``timeout`` seconds (at once if ``hard``); remove the pid file.
 
         Returns the pid that was stopped, or None when ours was not running (a stale pid file is
         removed; a process that is not ours is never signalled).
@@ -328,8 +332,8 @@ class BackgroundProcess:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
 
-        send(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
+        send(signal.SIGKILL if hard else signal.SIGTERM)
+        deadline = time.monotonic() + (5.0 if hard else timeout)
         next_report = time.monotonic() + 5.0
         while not gone():
             now = time.monotonic()
