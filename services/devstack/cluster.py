@@ -13,6 +13,7 @@ election and not an outage. ``kill`` and ``start`` of one node are what a chaos 
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 from services.common.settings import TopicSettings
@@ -30,6 +31,7 @@ class KafkaCluster:
         recorded = self._recorded()
         self.size = recorded or settings.kafka_brokers or 1
         self.requested = settings.kafka_brokers
+        self._record_lock = threading.Lock()  # the nodes are formatted in parallel; one draws the id
         self.brokers = [
             KafkaComponent(settings, node, brokers=self.size, cluster_id=self._cluster_id)
             for node in range(1, self.size + 1)
@@ -92,13 +94,14 @@ class KafkaCluster:
 
     def _cluster_id(self) -> str:
         """The id every node is formatted with; drawn and recorded (with the size) by the first one."""
-        try:
-            return str(json.loads(self.record_path.read_text())["cluster_id"])
-        except FileNotFoundError:
-            pass
-        cluster_id = new_cluster_id()
-        self.record_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.record_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"brokers": self.size, "cluster_id": cluster_id}) + "\n")
-        tmp.replace(self.record_path)
-        return cluster_id
+        with self._record_lock:
+            try:
+                return str(json.loads(self.record_path.read_text())["cluster_id"])
+            except FileNotFoundError:
+                pass
+            cluster_id = new_cluster_id()
+            self.record_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.record_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"brokers": self.size, "cluster_id": cluster_id}) + "\n")
+            tmp.replace(self.record_path)
+            return cluster_id

@@ -101,6 +101,15 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def free_port_run(count: int, attempts: int = 50) -> int:
+    """The first of ``count`` consecutive loopback ports nobody listens on (a cluster's brokers +2 apart)."""
+    for _ in range(attempts):
+        (first,) = free_ports(1)
+        if first + count < 65536 and all(port_free("127.0.0.1", first + i) for i in range(count)):
+            return first
+    raise DevStackError(f"found no {count} consecutive free ports on 127.0.0.1 in {attempts} tries")
+
+
 def port_free(host: str, port: int) -> bool:
     """Whether a server could bind ``host:port`` now.
 

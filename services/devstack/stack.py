@@ -75,8 +75,10 @@ def up(
                 component.check_ports()
         started: list[Component] = []
         try:
+            brokers = [c for c in selected if isinstance(c, KafkaComponent)]
+            started += _launch_together(brokers, progress)  # each formats its storage first: a JVM of its own
             for component in selected:
-                if component.launch(progress):
+                if component not in brokers and component.launch(progress):
                     started.append(component)
             for component in selected:
                 component.ready(progress, launched=component in started)
@@ -109,6 +111,19 @@ def down(
         with ThreadPoolExecutor(max_workers=max(1, len(brokers)), thread_name_prefix="stop-broker") as pool:
             results = list(pool.map(lambda broker: broker.stop(progress), reversed(brokers)))
         return stopped + [broker.name for broker, ran in zip(reversed(brokers), results, strict=True) if ran]
+
+
+def _launch_together(components: Sequence[Component], progress: Progress) -> list[Component]:
+    """Launch ``components`` in parallel; return those launched, or raise after stopping them again."""
+    with ThreadPoolExecutor(max_workers=max(1, len(components)), thread_name_prefix="launch") as pool:
+        futures = [(c, pool.submit(c.launch, progress)) for c in components]
+    launched = [c for c, future in futures if future.exception() is None and future.result()]
+    errors = [future.exception() for _c, future in futures if future.exception() is not None]
+    if errors:
+        for component in launched:
+            component.stop(progress)
+        raise errors[0]
+    return launched
 
 
 def _check_distinct_ports(selected: Sequence[Component]) -> None:
