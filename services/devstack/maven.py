@@ -98,13 +98,16 @@ def maven_libs(libs: Path, *, pom: Path, what: str, size: str, expect: str, prog
         # never mistaken for a whole one.
         partial = Path(tempfile.mkdtemp(prefix="libs.partial-", dir=home))
         try:
-            run_maven(mvn, pom, partial, log_path=home / "maven.log", progress=progress, what=what)
+            try:
+                run_maven(mvn, pom, partial, log_path=home / "maven.log", progress=progress, what=what)
+            except DevStackError as exc:
+                raise DevStackError(
+                    f"{exc}\nMaven could not fetch the {what} jars. Check that Maven Central (repo1.maven.org) is "
+                    "reachable (a proxy goes in ~/.m2/settings.xml), then run `forgeline dev up` again."
+                ) from exc
             jars = sorted(p.name for p in partial.glob("*.jar"))
             if not any(name.startswith(expect) for name in jars):
-                raise DevStackError(
-                    f"Maven finished but copied no {expect}*.jar; see {home / 'maven.log'}. Check that "
-                    "Maven Central is reachable (a proxy goes in ~/.m2/settings.xml), then retry."
-                )
+                raise DevStackError(f"Maven finished but copied no {expect}*.jar; see {home / 'maven.log'}")
             partial.chmod(0o755)  # mkdtemp makes it private; the jars are not secret
             (partial / LIBS_COMPLETE_MARKER).write_text(json.dumps({"pom": str(pom), "jars": jars}) + "\n")
             if libs.exists():  # an incomplete folder without the marker, e.g. made by hand

@@ -521,6 +521,21 @@ def test_the_download_is_atomic_and_cached(tmp_path: Path, monkeypatch: pytest.M
     assert sorted(p.name for p in libs.iterdir()) == [LIBS_COMPLETE_MARKER, "kafka_2.13-9.9.9.jar"]
 
 
+def test_a_failed_download_says_what_to_do_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = DevStackSettings(state_dir=tmp_path / "state", cache_dir=tmp_path / "cache", s3_port=29000)
+    monkeypatch.setattr(devmaven, "ensure_commands", lambda required, progress: {c: f"/bin/{c}" for c in required})
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise DevStackError("`mvn -B …` failed with exit code 1:\n    [ERROR] Could not transfer artifact")
+
+    monkeypatch.setattr(devmaven, "run_maven", offline)
+    messages: list[str] = []
+    with pytest.raises(DevStackError, match=r"Could not transfer(.|\n)*repo1.maven.org(.|\n)*forgeline dev up` again"):
+        S3ProxyComponent(settings).prepare(messages.append)
+    assert any("downloading the S3Proxy" in m and "55 MB" in m for m in messages), messages
+    assert not (settings.cache_dir / f"s3proxy-{s3proxy_version()}" / "libs").exists()
+
+
 # --------------------------------------------------------------------------- settings and env
 
 
