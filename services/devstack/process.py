@@ -341,13 +341,16 @@ class BackgroundProcess:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
 
-        send(signal.SIGKILL if hard else signal.SIGTERM)
-        deadline = time.monotonic() + (5.0 if hard else timeout)
+        first = signal.SIGKILL if hard else signal.SIGTERM
+        send(first)
+        began = time.monotonic()
+        deadline = began + (5.0 if hard else timeout)
         next_report = time.monotonic() + 5.0
         while not gone():
             now = time.monotonic()
             if now >= deadline:
-                progress(f"{self.name} (pid {pid}) ignored SIGTERM for {timeout:.0f}s; sending SIGKILL")
+                progress(f"{self.name} (pid {pid}) still runs {now - began:.0f}s after {first.name}; "
+                         "sending SIGKILL")
                 send(signal.SIGKILL)
                 kill_deadline = time.monotonic() + 5.0
                 while not gone():
@@ -356,7 +359,7 @@ class BackgroundProcess:
                     time.sleep(0.1)
                 break
             if now >= next_report:
-                progress(f"waiting for {self.name} (pid {pid}) to shut down… {now - deadline + timeout:.0f}s")
+                progress(f"waiting for {self.name} (pid {pid}) to shut down… {now - began:.0f}s")
                 next_report += 5.0
             time.sleep(0.1)
         self.pid_path.unlink(missing_ok=True)

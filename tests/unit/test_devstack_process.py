@@ -168,6 +168,23 @@ def test_stop_escalates_to_sigkill(proc: BackgroundProcess, marker: str) -> None
     assert any("SIGKILL" in m for m in messages)
 
 
+def test_kill_is_a_sigkill_the_process_never_sees(proc: BackgroundProcess, marker: str) -> None:
+    body = (
+        "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: (print('GOT-TERM', flush=True), sys.exit()));"
+        "print('READY' * 2, flush=True); time.sleep(120)"
+    )
+    pid = proc.start(sleeper(marker, body), marker=marker)
+    wait_until(lambda: "READYREADY" in proc.log_path.read_text(), what="ready", timeout=10,
+               progress=lambda m: None, log_path=proc.log_path)
+
+    assert proc.kill() == pid
+
+    assert not pid_alive(pid) and not proc.pid_path.exists()
+    output = proc.log_path.read_text().split("READYREADY", 1)[1]  # what the process printed after it was ready
+    assert "GOT-TERM" not in output, "no chance to shut down cleanly, as in a crash"
+    assert proc.kill() is None, "nothing of ours runs any more"
+
+
 def test_stale_pid_file_is_cleaned(proc: BackgroundProcess, marker: str) -> None:
     pid = proc.start(sleeper(marker), marker=marker)
     os.kill(pid, 9)
