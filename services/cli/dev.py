@@ -75,7 +75,10 @@ def dev_status() -> None:
     from services import devstack
 
     settings = read_settings(devstack.DevStackSettings)
-    statuses = devstack.status(settings)
+    try:
+        statuses = devstack.status(settings)
+    except devstack.DevStackError as exc:
+        raise fail(str(exc)) from None
     _print_status(statuses, devstack.pipeline(settings).status())
     if not all(s.answers for s in statuses):
         raise typer.Exit(code=1)

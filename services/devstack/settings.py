@@ -26,14 +26,14 @@ class DevStackSettings(BaseSettings):
     )
     cache_dir: Path = Field(
         Path("~/.cache/forgeline"),
-        description="Downloaded Kafka and S3Proxy jars; kept apart from state_dir so tests with a throwaway state reuse them.",
+        description="Downloaded Kafka and S3Proxy jars; kept apart from state_dir so throwaway test states reuse them.",
     )
     host: str = Field("127.0.0.1", description="Interface every component binds to (loopback: nothing is exposed).")
     kafka_port: int = Field(19092, gt=0, lt=65536, description="Broker 1's port; broker n's is this + 2(n-1).")
     kafka_controller_port: int = Field(19093, gt=0, lt=65536, description="Broker 1's controller port (+ 2(n-1)).")
     kafka_brokers: int | None = Field(
         None, ge=1, le=5,
-        description="KRaft nodes (`dev up --brokers 3`); unset: as many as the state folder was formatted with, else 1.",
+        description="KRaft nodes (`dev up --brokers 3`); unset: as many as the state dir was formatted with, or 1.",
     )
     redis_port: int = Field(16379, gt=0, lt=65536)
     s3_port: int = Field(19000, gt=0, lt=65536)

@@ -170,7 +170,8 @@ def test_stop_escalates_to_sigkill(proc: BackgroundProcess, marker: str) -> None
 
 def test_kill_is_a_sigkill_the_process_never_sees(proc: BackgroundProcess, marker: str) -> None:
     body = (
-        "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: (print('GOT-TERM', flush=True), sys.exit()));"
+        "import signal, sys, time;"
+        "signal.signal(signal.SIGTERM, lambda *a: (print('GOT-TERM', flush=True), sys.exit()));"
         "print('READY' * 2, flush=True); time.sleep(120)"
     )
     pid = proc.start(sleeper(marker, body), marker=marker)
