@@ -15,6 +15,7 @@ from collections.abc import Generator
 
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
@@ -31,6 +32,7 @@ from services.ingest.errors import (
 from services.ingest.middleware import BodyLimit, RequestLog
 from services.ingest.routes import router
 from services.ingest.settings import IngestSettings
+from services.ingest.validation import BodyNotParsed, body_not_parsed, request_validation_error
 from services.providers.catalog import load_providers_file
 
 # Ingest only reads the result cache; storage writes it with its own TTL. This bounds
@@ -123,6 +125,8 @@ def _add_error_handlers(app: FastAPI) -> None:
             {"detail": f"the job store (Redis) did not answer ({type(exc).__name__}); retry shortly"},
             status_code=503, headers={"Retry-After": "5"})
 
+    app.add_exception_handler(RequestValidationError, request_validation_error)
+    app.add_exception_handler(BodyNotParsed, body_not_parsed)
     app.add_exception_handler(InvalidRequest, invalid)
     app.add_exception_handler(JobNotFound, not_found)
     app.add_exception_handler(PayloadTooLarge, too_large)
