@@ -66,13 +66,13 @@ def utcnow() -> datetime:
 
 
 def printable(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters, with lone surrogates and control characters escaped:
+    """``text`` cut to ``limit`` characters (and "…"), with lone surrogates and control characters escaped:
     safe for a log line, a Kafka header or a JSON response, whatever a hostile input held."""
-    cut = text if len(text) <= limit else text[:limit] + "…"
-    if cut.isprintable():
-        return cut
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape", "backslashreplace").decode("ascii")
-                   for ch in cut)
+    head = text[:limit]
+    if not head.isprintable():  # escapes grow the text: cut again after escaping
+        head = "".join(ch if ch.isprintable() else ch.encode("unicode_escape", "backslashreplace").decode("ascii")
+                       for ch in head)
+    return head if len(head) <= limit and len(text) <= limit else head[:limit] + "…"
 
 
 class ContractError(Permanent, ValueError):

@@ -15,7 +15,8 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from services.common.contracts import (
     ComparisonRequested,
@@ -41,9 +42,11 @@ def _contract_field(model: type[BaseModel], name: str) -> Any:
 _WHITE_SPACE = r"\t\n\x0b\x0c\r\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _HAS_TEXT = f"[^{_WHITE_SPACE}]"
 
-# Numbers are strict: a JSON number, never a string ("512" is a 422), never NaN or Infinity.
-_STRICT = ("Types are strict: numbers must be JSON numbers (\"512\" is refused), integers must be integers "
-           "(512.0 is refused), and NaN/Infinity are refused.")
+# Numbers are strict: a JSON number, never a string ("512" is a 422) or a boolean, never NaN or
+# Infinity. 512.0 is an integer, as JSON Schema counts them.
+_STRICT = ("Numbers are strict: JSON numbers only (\"512\" and true are refused, never converted), finite "
+           "(NaN and Infinity are refused); an integer may be written 512 or 512.0, as JSON Schema counts them.")
+_NUMBER_FIELDS = ("width", "height", "seed", "deadline_s")
 
 #: A 1×1 PNG, small enough for the documented examples to be posted as they are.
 EXAMPLE_IMAGE = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ"
@@ -72,7 +75,6 @@ class GenerationRequestBody(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         frozen=True,
-        strict=True,
         allow_inf_nan=False,
         title="Generation request",
         json_schema_extra={"description": _STRICT, "examples": [
@@ -97,6 +99,14 @@ class GenerationRequestBody(BaseModel):
     reference_image: ReferenceImage | None = _contract_field(GenerationRequested, "reference_image")
     metadata: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=32)] = _contract_field(
         GenerationRequested, "metadata")
+
+    @field_validator(*_NUMBER_FIELDS, mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, value: object) -> object:
+        if isinstance(value, str | bool):
+            raise PydanticCustomError("number_type", "Input should be a JSON number, not {kind}",
+                                      {"kind": "a string" if isinstance(value, str) else "a boolean"})
+        return value
 
     def spec_fields(self) -> dict[str, Any]:
         return self.model_dump(include=set(_SPEC_FIELDS))

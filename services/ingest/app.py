@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Generator
+import functools
+from collections.abc import Callable, Generator
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -97,12 +99,25 @@ def create_app(deps: IngestDeps | None) -> FastAPI:
         openapi_tags=TAGS,
     )
     app.state.deps = deps
+    if deps is not None and not deps.auth_enabled:
+        app.openapi = functools.partial(_without_security, app.openapi)  # type: ignore[method-assign]
     app.include_router(router)
     _add_error_handlers(app)
     # Last added is outermost: the log sees the final status, including the limit's 413.
     app.add_middleware(BodyLimit, limit=lambda path: app.state.deps.settings.body_limit(path))
     app.add_middleware(RequestLog)
     return app
+
+
+def _without_security(build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The OpenAPI document of an API that runs without keys: it must not promise a 401 it never sends."""
+    schema = build()  # FastAPI builds it once and caches it; removing twice is harmless
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            operation.pop("security", None)
+            operation["responses"].pop("401", None)
+    schema.get("components", {}).pop("securitySchemes", None)
+    return schema
 
 
 def _add_error_handlers(app: FastAPI) -> None:

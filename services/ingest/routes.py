@@ -46,15 +46,15 @@ _BODY_ERRORS: Responses = {
 }
 
 
-# One server-sent event, as OpenAPI 3.2's itemSchema describes a stream's items.
+# One server-sent event, as OpenAPI 3.2's itemSchema describes a stream's items (the stream's
+# schema: an array of them); `: keepalive` comments are not events.
 _SSE_ITEM: dict[str, Any] = {
     "type": "object",
+    "required": ["event", "id", "data"],
     "properties": {"event": {"const": "status"}, "id": {"type": "string", "pattern": STREAM_ID_PATTERN},
                    "data": {"type": "string", "contentMediaType": "application/json",
                             "contentSchema": {"$ref": "#/components/schemas/JobView"}}},
 }
-# The whole body: status events and keepalive comments, each ending in a blank line.
-_SSE_FRAMES = r"^((event: status\nid: [0-9-]+\ndata: [^\n]*\n|: keepalive\n)\n)*$"
 
 
 def status_url(job_id: str) -> str:
@@ -91,11 +91,12 @@ async def create_generation(
     body: GenerationRequestBody,
     tenant: TenantDep,
     deps: DepsDep,
-    idempotency_key: Annotated[str | None, Header(
+    # Typed str, not str | None: a header is text or absent, and the schema must not offer null.
+    idempotency_key: Annotated[str, Header(
         alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[!-~]+$",
         description="Any unique string of 1–255 visible ASCII characters (a UUID, say). Retrying with the same key "
                     "returns the same job, never a new one, for as long as the job's status is kept.",
-    )] = None,
+    )] = None,  # type: ignore[assignment]
 ) -> Response:
     """Queue a generation job and return at once (202) with where to follow it.
 
@@ -142,11 +143,8 @@ async def get_generation(job_id: str, tenant: TenantDep, deps: DepsDep) -> JobVi
     summary="Follow a job (server-sent events)",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"text/event-stream": {
-                  "schema": {"type": "string", "pattern": _SSE_FRAMES,
-                             "description": "Frames `event: status\\nid: <id>\\ndata: <job JSON>\\n\\n` and "
-                                            "`: keepalive\\n\\n` comments."},
-                  "itemSchema": _SSE_ITEM}},
+        200: {"content": {"text/event-stream": {"schema": {"type": "array", "items": _SSE_ITEM},
+                                                "itemSchema": _SSE_ITEM}},
               "description": "`event: status` per change (`id:` the change's id, `data:` the job as JSON), from "
                              "the first; `: keepalive` comments while waiting; the stream ends after `completed` "
                              "or `failed`."},
@@ -157,11 +155,11 @@ async def follow_generation(
     job_id: str,
     tenant: TenantDep,
     deps: DepsDep,
-    last_event_id: Annotated[str | None, Header(
+    last_event_id: Annotated[str, Header(
         alias="Last-Event-ID", pattern=STREAM_ID_PATTERN,
         description="Resume after this event id (browsers send it when they reconnect): `<ms>` or `<ms>-<seq>`, "
                     "each a decimal of at most 18446744073709551615 without leading zeros, as Redis streams take it.",
-    )] = None,
+    )] = None,  # type: ignore[assignment]
 ) -> StreamingResponse:
     """Replay every status change of the job, then stream new ones until it ends."""
     await handlers.get_job(job_id, tenant, deps)  # 404 before the stream starts

@@ -69,15 +69,20 @@ async def test_nan_and_infinity_are_422_naming_the_field(client: Api, token: str
     assert await requested_count(client.deps) == 0
 
 
-async def test_numbers_are_strict_a_string_or_a_float_is_not_an_integer(client: Api):
+async def test_numbers_are_strict_a_string_or_a_boolean_is_not_a_number(client: Api):
     text = await client.http.post("/v1/generations", json={"prompt": "axe", "width": "512"})
-    fraction = await client.http.post("/v1/generations", json={"prompt": "axe", "width": 512.0})
     flag = await client.http.post("/v1/generations", json={"prompt": "axe", "seed": True})
+    deadline = await client.http.post("/v1/generations", json={"prompt": "axe", "deadline_s": "30"})
+    fraction = await client.http.post("/v1/generations", json={"prompt": "axe", "width": 512.5})
+    integral = await client.http.post("/v1/generations", json={"prompt": "axe", "width": 512.0})  # JSON Schema's integer
 
-    assert problem_at(text, "body", "width") == {"type": "int_type", "loc": ["body", "width"],
-                                                 "msg": "Input should be a valid integer", "input": "512"}
-    assert problem_at(fraction, "body", "width")["type"] == "int_type"
+    assert problem_at(text, "body", "width") == {"type": "number_type", "loc": ["body", "width"],
+                                                 "msg": "Input should be a JSON number, not a string",
+                                                 "ctx": {"kind": "a string"}, "input": "512"}
     assert problem_at(flag, "body", "seed")["input"] == "true"
+    assert problem_at(deadline, "body", "deadline_s")["type"] == "number_type"
+    assert problem_at(fraction, "body", "width")["type"] == "int_from_float"
+    assert integral.status_code == 202, integral.text
 
 
 # ----------------------------------------------------------------------------- text

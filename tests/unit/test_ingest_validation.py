@@ -17,6 +17,7 @@ from services.ingest.validation import EXCERPT_CHARS, STREAM_ID_PATTERN, decimal
     ("sword \ud800 x", "sword \\ud800 x"),
     ("line\nbreak\x00", "line\\nbreak\\x00"),
     ("x" * 10_000, "x" * EXCERPT_CHARS + "…"),
+    ("\U00044932" * 100, ("\\U00044932" * 4)[:EXCERPT_CHARS] + "…"),  # escapes count against the limit
     (10**400, "1" + "0" * (EXCERPT_CHARS - 1) + "…"),
     (True, "true"),
     (None, "null"),
