@@ -65,15 +65,33 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def printable(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (and "…"), with lone surrogates and control characters escaped:
+    safe for a log line, a Kafka header or a JSON response, whatever a hostile input held."""
+    head = text[:limit]
+    if not head.isprintable():  # escapes grow the text: cut again after escaping
+        head = "".join(ch if ch.isprintable() else ch.encode("unicode_escape", "backslashreplace").decode("ascii")
+                       for ch in head)
+    return head if len(head) <= limit and len(text) <= limit else head[:limit] + "…"
+
+
 class ContractError(Permanent, ValueError):
     """A message does not match its contract (permanent: it never will). ``problems`` maps each bad
-    field to the reason."""
+    field to the reason.
+
+    The message stays short whatever the input (it becomes a dead letter's reason header and a
+    log line): at most ``MAX_PROBLEMS`` fields, each name and reason cut and escaped.
+    """
+
+    MAX_PROBLEMS = 10
 
     def __init__(self, model: str, problems: dict[str, str]) -> None:
         self.model = model
-        self.problems = problems
-        detail = "; ".join(f"{field}: {reason}" for field, reason in problems.items())
-        super().__init__(f"invalid {model}: {detail}")
+        self.problems = {printable(field, 80): printable(reason, 200)
+                         for field, reason in list(problems.items())[:self.MAX_PROBLEMS]}
+        detail = "; ".join(f"{field}: {reason}" for field, reason in self.problems.items())
+        more = len(problems) - len(self.problems)
+        super().__init__(f"invalid {model}: {detail}" + (f"; and {more} more" if more > 0 else ""))
 
     @classmethod
     def from_validation_error(cls, model: str, exc: ValidationError) -> ContractError:
@@ -204,6 +222,14 @@ class RouteDecision(_Model):
     placeholder: bool = Field(False, description="True: the generator renders a free placeholder, no paid call.")
 
 
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 class _GenerationJob(Event):
     """Fields every generation event before the image exists carries."""
 
@@ -234,6 +260,8 @@ class _GenerationJob(Event):
         for key, item in value.items():
             if not 1 <= len(key) <= 64 or len(item) > 512:
                 raise ValueError(f"entry {key[:64]!r}: keys are 1–64 characters, values at most 512")
+            if _has_lone_surrogate(key):  # values are checked as strings; keys are not
+                raise ValueError(f"entry {key[:64]!r}: the key is not valid Unicode (a lone surrogate)")
         return value
 
 
