@@ -21,7 +21,7 @@ from services.devstack.pipeline import SERVICE_NAMES
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 SEED = 20251202
-MAX_EXAMPLES = 12
+MAX_EXAMPLES = 8
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 ROOT = Path(__file__).parents[2]  # the hooks module is imported from here
 WITHOUT_COMPARER = [name for name in SERVICE_NAMES if name != "comparer"]
