@@ -4,7 +4,7 @@
     dev.py      forgeline dev …, demo         the local stack, fake providers, the demo
     topics.py   forgeline topics …            create, wait for and list the Kafka topics
     keys.py     forgeline keys …              provider keys: state, re-enabling
-    schema.py   forgeline schema              JSON Schemas of every topic's messages
+    schema.py   forgeline schema              JSON Schemas, topics.json and the AsyncAPI document
     diagram.py  forgeline diagram             the architecture picture, SVG and PNG, from the settings
 
 Each command reads its settings from the environment once, in the command, and hands them down.
