@@ -5,6 +5,7 @@
     topics.py   forgeline topics …            create, wait for and list the Kafka topics
     keys.py     forgeline keys …              provider keys: state, re-enabling
     schema.py   forgeline schema              JSON Schemas of every topic's messages
+    simulate.py forgeline simulate            a day of routing on a simulated clock: cost, waits, misses
 
 Each command reads its settings from the environment once, in the command, and hands them down.
 """
@@ -15,7 +16,7 @@ import sys
 
 import typer
 
-from services.cli import dev, keys, run, schema, topics
+from services.cli import dev, keys, run, schema, simulate, topics
 from services.cli._console import console
 
 __all__ = ["app", "main"]
@@ -26,6 +27,7 @@ app.add_typer(topics.app, name="topics")
 app.add_typer(keys.app, name="keys")
 app.command("run")(run.run)
 app.command("schema")(schema.schema)
+app.command("simulate")(simulate.simulate)
 app.command("demo")(dev.demo)
 
 
