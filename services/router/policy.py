@@ -4,8 +4,8 @@ Pure and synchronous (bar the ``PaidCapacity`` question), so it is tested withou
 router asks ``PaidCapacity`` before sending a job to the paid path: the seam the budget cap plugs in.
 Two policies (``RoutingPolicy``), chosen by ``FORGELINE_ROUTER_POLICY``:
 
-* ``DeadlinePolicy`` (the default): fallback when the estimated wait on primary, ``depth / rate``
-  with a floor on the rate, is past ``max_wait_s`` or past the request's deadline less the time
+* ``DeadlinePolicy`` (the default): fallback when the estimated wait on primary (the jobs ahead
+  of a free slot over the rate, with a floor on the rate) is past ``max_wait_s`` or past the request's deadline less the time
   one image takes; and once depth reaches ``depth_high``. ``forgeline simulate`` compares it
   with the others on a simulated day.
 * ``HysteresisPolicy`` (the previous default), per request:
@@ -182,13 +182,16 @@ async def route(
 class DeadlinePolicy:
     """Pay only for the jobs the free path would serve too late; never let its queue grow long.
 
-    A job goes to fallback when its estimated wait on primary, ``depth / rate``, is over its limit:
+    A job goes to fallback when its estimated wait on primary is over its limit. The wait counts
+    the jobs that must finish before a slot frees for it, ``depth - slots + 1`` (depth counts the
+    images in progress too; ``slots`` is how many the free path serves at once, one per Space),
+    over ``rate``. Its limit is
 
     * ``max_wait_s``, for every job: in an overload the surplus has to be paid for anyway, and
       paying for it before the queue is long costs about the same and keeps every later job's wait
       short (``forgeline simulate`` measures this: 5× shorter p95 wait for a few % more cost);
-    * its deadline less one image's ``service_s`` (twice that for ``priority == "high"``, so a
-      late estimate still leaves room), when it has a deadline: only then is paying worth it;
+    * its deadline less one image's ``service_s``, when it has one — only then is paying worth it;
+      for ``priority == "high"``, ``HIGH_PRIORITY_FACTOR`` × that, so a late estimate leaves room;
     * and whatever the rate says, never once ``depth`` reaches ``max_depth``.
 
     ``rate`` is the measured one, but never below ``min_rate``: a free path serving an image every
@@ -200,18 +203,23 @@ class DeadlinePolicy:
     min_rate: float = 0.02
     max_wait_s: float = 300.0
     max_depth: int = 50
+    slots: int = 2
 
     def decide_request(self, request: GenerationRequested, depth: int, rate: float | None) -> RouteDecision:
         serving = max(rate or 0.0, self.min_rate)
-        wait = estimated_wait(depth, serving)
+        wait = estimated_wait(max(0, depth - self.slots + 1), serving)
         limit, why = self.max_wait_s, f"max wait {self.max_wait_s:g} s"
         if request.deadline_s is not None:
-            margin = self.service_s * (2 if request.priority == "high" else 1)
-            if request.deadline_s - margin < limit:
-                limit = request.deadline_s - margin
-                why = f"deadline {request.deadline_s:g} s - {margin:g} s to serve it"
+            budget = request.deadline_s - self.service_s
+            why_deadline = f"deadline {request.deadline_s:g} s - {self.service_s:g} s to serve it"
+            if request.priority == "high":
+                budget *= HIGH_PRIORITY_FACTOR
+                why_deadline = f"high priority: {HIGH_PRIORITY_FACTOR:g} × ({why_deadline})"
+            if budget < limit:
+                limit, why = budget, why_deadline
         measured = "unmeasured" if rate is None else f"measured {rate:.3f}/s"
-        inputs = f"{request.priority} priority, depth {depth} at {serving:.3f}/s ({measured}): est. wait {_fmt(wait)} s"
+        inputs = (f"{request.priority} priority, depth {depth} on {self.slots} slots at {serving:.3f}/s ({measured}): "
+                  f"est. wait {_fmt(wait)} s")
         if depth >= self.max_depth:
             path: Path = "fallback"
             reason = f"{inputs}; depth reached {self.max_depth}: fallback"
@@ -222,7 +230,7 @@ class DeadlinePolicy:
             path = "primary"
             reason = f"{inputs} <= {limit:g} s ({why}): primary"
         return RouteDecision(path=path, reason=_clip(reason), primary_depth=depth,
-                             threshold=min(self.max_depth, max(0, math.floor(limit * serving))),
+                             threshold=min(self.max_depth, max(0, math.floor(limit * serving) + self.slots - 1)),
                              estimated_wait_s=wait, service_rate=rate, deadline_s=request.deadline_s,
                              priority=request.priority)
 
@@ -232,4 +240,4 @@ def policy_from_settings(settings: RouterSettings) -> RoutingPolicy:
     if settings.policy == "hysteresis":
         return HysteresisPolicy(high=settings.depth_high, low=settings.depth_low)
     return DeadlinePolicy(service_s=settings.primary_service_s, min_rate=settings.primary_min_rate,
-                          max_wait_s=settings.max_wait_s, max_depth=settings.depth_high)
+                          max_wait_s=settings.max_wait_s, max_depth=settings.depth_high, slots=settings.primary_slots)

@@ -26,6 +26,8 @@ class RouterSettings(BaseSettings):
                               description="deadline policy: fallback once a job's estimated wait on primary passes this.")
     primary_service_s: float = Field(40.0, gt=0, le=3600,
                                      description="deadline policy: seconds one image takes on primary (deadline margin).")
+    primary_slots: int = Field(2, ge=1, le=10_000, description="deadline policy: images the primary serves at "
+                               "once (one per free Space): a job waits only once that many are ahead of it.")
     primary_min_rate: float = Field(0.02, gt=0, le=1000, description="deadline policy: images/s the estimated "
                                     "wait assumes at least, whatever the window measured (0 completions is noise).")
     paid_cost_usd: Decimal = Field(Decimal("0.0023"), gt=0,

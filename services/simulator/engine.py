@@ -91,7 +91,8 @@ class _Simulation:
                                     rate_window_s=scenario.rate_window_s, clock=lambda: self.now)
         price = usd(scenario.paid.price_usd)
         self.price_micros = price
-        self.ledger = SimulatedLedger(usd(scenario.cap_usd) if scenario.cap_usd is not None else 0)
+        # A prorated cap is rarely a whole number of micro-dollars; the ledger counts in those.
+        self.ledger = SimulatedLedger(round(scenario.cap_usd * 1_000_000) if scenario.cap_usd is not None else 0)
         self.gate = BudgetGate(self.ledger, cheapest_cost_micros=price) if scenario.cap_usd is not None \
             else UnlimitedPaidCapacity()
         self.peak_depth = 0

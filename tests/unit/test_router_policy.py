@@ -179,8 +179,20 @@ def test_rate_window_measures_committed_growth_over_the_window():
 
 # ---------------------------------------------------------------- the deadline policy (the default)
 
-def _deadline_policy() -> DeadlinePolicy:
-    return DeadlinePolicy(service_s=40.0, min_rate=0.02, max_wait_s=300.0, max_depth=50)
+def _deadline_policy(slots: int = 1) -> DeadlinePolicy:
+    return DeadlinePolicy(service_s=40.0, min_rate=0.02, max_wait_s=300.0, max_depth=50, slots=slots)
+
+
+async def test_a_job_waits_only_once_every_slot_is_taken():
+    policy = _deadline_policy(slots=3)  # 120 s deadline: 80 s of wait at most
+
+    waits = [(await route(_request(deadline_s=120), depth, policy, UnlimitedPaidCapacity(), rate=0.05))
+             for depth in (2, 3, 6, 7)]
+
+    assert [d.estimated_wait_s for d in waits] == [0.0, pytest.approx(20.0), pytest.approx(80.0),
+                                                   pytest.approx(100.0)]
+    assert [d.path for d in waits] == ["primary", "primary", "primary", "fallback"]
+    assert "depth 7 on 3 slots" in waits[-1].reason and waits[2].threshold == 6
 
 
 async def test_without_a_deadline_primary_until_the_wait_passes_max_wait():
@@ -203,14 +215,14 @@ async def test_a_deadline_leaves_one_image_of_service_as_margin():
     assert "100.00" in late.reason and "deadline 120 s - 40 s" in late.reason
 
 
-async def test_high_priority_keeps_twice_the_margin():
-    policy = _deadline_policy()  # 200 s - 2 × 40 s: 120 s of wait for high priority, 160 s for standard
+async def test_high_priority_gets_half_the_wait_a_deadline_leaves():
+    policy = _deadline_policy()  # 200 s - 40 s: 160 s of wait for standard, half that for high priority
 
     standard = await route(_request(deadline_s=200), 7, policy, UnlimitedPaidCapacity(), rate=0.05)  # 140 s
     high = await route(_request(deadline_s=200, priority="high"), 7, policy, UnlimitedPaidCapacity(), rate=0.05)
 
     assert (standard.path, high.path) == ("primary", "fallback")
-    assert "80 s to serve it" in high.reason
+    assert "high priority: 0.5 × (deadline 200 s - 40 s to serve it)" in high.reason
 
 
 async def test_a_window_without_completions_is_not_an_infinite_wait():
@@ -240,8 +252,9 @@ async def test_deadline_policy_refused_and_late_gives_a_placeholder_only_when_al
 
 
 def test_the_router_runs_the_deadline_policy_unless_told_otherwise():
-    default = policy_from_settings(RouterSettings(depth_high=40, max_wait_s=120, primary_min_rate=0.1))
+    default = policy_from_settings(RouterSettings(depth_high=40, max_wait_s=120, primary_min_rate=0.1,
+                                                  primary_slots=3))
     old = policy_from_settings(RouterSettings(policy="hysteresis", depth_high=40, depth_low=30))
 
-    assert default == DeadlinePolicy(service_s=40.0, min_rate=0.1, max_wait_s=120.0, max_depth=40)
+    assert default == DeadlinePolicy(service_s=40.0, min_rate=0.1, max_wait_s=120.0, max_depth=40, slots=3)
     assert isinstance(old, HysteresisPolicy) and (old.high, old.low) == (40, 30)
