@@ -47,8 +47,8 @@ def simulate(
     sweep: Annotated[str, typer.Option(help="policies (the fixed rule's thresholds and the deadline policy's "
                                             "max wait), spaces=1,2,3 or cap=10,30,60 (monthly USD).")] = "policies",
     p95_target: Annotated[float, typer.Option(help="For --sweep spaces: the p95 wait (s) to keep under.")] = 60.0,
-    plot_path: Annotated[Path | None, typer.Option("--plot", help="Where to draw cost vs p95 wait (PNG).")] =
-        Path("simulate.png"),
+    plot_to: Annotated[str, typer.Option("--plot", help="Where to draw cost vs p95 wait (PNG); empty: no plot.")] =
+        "simulate.png",
     markdown: Annotated[bool, typer.Option(help="Print the tables as Markdown (for the README).")] = False,
 ) -> None:
     """Simulate a day of routing: the fixed depth-50 rule, the router's old and new policies, a sweep."""
@@ -85,10 +85,10 @@ def simulate(
                                     f"at the fixed rule's ${fixed.cost_usd:.2f}")
         _table("at the fixed rule's spend", [at_fixed_spend], markdown)
         out.print(verdict(fixed, deadline, summaries[1], at_fixed_spend))
-        if plot_path:
-            plot(summaries + swept, plot_path, title=f"{len(arrivals):,} requests, {spaces} free Spaces: "
-                                                     "paid cost against p95 wait")
-            progress(f"plot written to {plot_path}")
+        if plot_to:
+            plot(summaries + swept, Path(plot_to), title=f"{len(arrivals):,} requests, {spaces} free Spaces: "
+                                                         "paid cost against p95 wait")
+            progress(f"plot written to {plot_to}")
         return
 
     for value in points:

@@ -101,6 +101,15 @@ def test_the_command_prints_every_policy_and_draws_the_plot(tmp_path: Path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_an_empty_plot_option_draws_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+
+    result = CliRunner().invoke(app, ["simulate", "--hours", "0.5", "--plot", ""])
+
+    assert result.exit_code == 0, result.output
+    assert "plot written" not in result.output and list(tmp_path.iterdir()) == []
+
+
 def test_the_spaces_sweep_answers_how_many_keep_p95_under_target():
     result = CliRunner().invoke(app, ["simulate", "--hours", "1", "--sweep", "spaces=1,3", "--p95-target", "60",
                                       "--plot", ""])
