@@ -6,6 +6,7 @@
     keys.py     forgeline keys …              provider keys: state, re-enabling
     schema.py   forgeline schema              JSON Schemas, topics.json and the AsyncAPI document
     diagram.py  forgeline diagram             the architecture picture, SVG and PNG, from the settings
+    simulate.py forgeline simulate            a day of routing on a simulated clock: cost, waits, misses
 
 Each command reads its settings from the environment once, in the command, and hands them down.
 """
@@ -16,7 +17,7 @@ import sys
 
 import typer
 
-from services.cli import dev, diagram, keys, run, schema, topics
+from services.cli import dev, diagram, keys, run, schema, simulate, topics
 from services.cli._console import console
 
 __all__ = ["app", "main"]
@@ -28,6 +29,7 @@ app.add_typer(keys.app, name="keys")
 app.command("run")(run.run)
 app.command("schema")(schema.schema)
 app.command("diagram")(diagram.diagram)
+app.command("simulate")(simulate.simulate)
 app.command("demo")(dev.demo)
 
 
