@@ -247,8 +247,8 @@ async def checked_url(url: str, *, field: str, allow_loopback: bool = False,
     The caller connects to ``Target.addresses`` only, sends ``Host: host_header`` and the
     ``sni_hostname`` extension, and follows no redirect. Raises ``ImageInputError`` like ``fetch``.
     """
-    parsed = SafeFetcher._parse(url, field)
-    return await checked_target(parsed, field, display_url(parsed), allow_loopback=allow_loopback, resolve=resolve)
+    return await checked_target(SafeFetcher._parse(url, field), field, "the URL", allow_loopback=allow_loopback,
+                                resolve=resolve)
 
 
 class SafeFetcher:

@@ -23,6 +23,7 @@ from services.common.contracts import (
     GenerationRequested,
     ImageSpec,
     Priority,
+    WebhookEvent,
 )
 from services.common.jobs import JobStatus, JobView
 
@@ -59,6 +60,8 @@ class GenerationRequestBody(BaseModel):
     deadline_s: float | None = _contract_field(GenerationRequested, "deadline_s")
     reference_image: str | None = _contract_field(GenerationRequested, "reference_image")
     metadata: dict[str, str] = _contract_field(GenerationRequested, "metadata")
+    webhook_url: str | None = _contract_field(GenerationRequested, "webhook_url")
+    webhook_events: tuple[WebhookEvent, ...] | None = _contract_field(GenerationRequested, "webhook_events")
 
     def spec_fields(self) -> dict[str, Any]:
         return self.model_dump(include=set(_SPEC_FIELDS))
