@@ -5,6 +5,7 @@
     topics.py   forgeline topics …            create, wait for and list the Kafka topics
     keys.py     forgeline keys …              provider keys: state, re-enabling
     schema.py   forgeline schema              JSON Schemas of every topic's messages
+    jobs.py     forgeline submit|status|compare  the HTTP API for people: an image, a job, a score
 
 Each command reads its settings from the environment once, in the command, and hands them down.
 """
@@ -15,7 +16,7 @@ import sys
 
 import typer
 
-from services.cli import dev, keys, run, schema, topics
+from services.cli import dev, jobs, keys, run, schema, topics
 from services.cli._console import console
 
 __all__ = ["app", "main"]
@@ -27,6 +28,9 @@ app.add_typer(keys.app, name="keys")
 app.command("run")(run.run)
 app.command("schema")(schema.schema)
 app.command("demo")(dev.demo)
+app.command("submit")(jobs.submit)
+app.command("status")(jobs.status)
+app.command("compare")(jobs.compare)
 
 
 def main() -> None:
