@@ -42,7 +42,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-async def submit_all(url: str, n: int, run_id: str, width: int, concurrency: int, submitted: dict[str, float]) -> None:
+async def submit_all(url: str, n: int, run_id: str, width: int, concurrency: int, submitted: dict[str, float],
+                     extra: dict | None = None) -> None:
+    """POST ``n`` distinct prompts (with ``extra`` fields) from ``concurrency`` clients; ``submitted``: job → when."""
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(n):
         queue.put_nowait(i)
@@ -52,7 +54,7 @@ async def submit_all(url: str, n: int, run_id: str, width: int, concurrency: int
         async def worker() -> None:
             while not queue.empty():
                 i = queue.get_nowait()
-                body = {"prompt": f"bench {run_id} sword {i}", "width": width, "height": width}
+                body = {"prompt": f"bench {run_id} sword {i}", "width": width, "height": width, **(extra or {})}
                 response = await http.post("/v1/generations", json=body)
                 if response.status_code != 202:
                     raise RuntimeError(f"job {i}: HTTP {response.status_code}: {response.text[:300]}")

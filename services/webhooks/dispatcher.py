@@ -48,6 +48,7 @@ class Dispatcher:
         """Claim and send due deliveries until cancelled (a cancelled attempt's claim lapses: it is sent again)."""
         try:
             while True:
+                self._woken.clear()  # before claiming: a wake that comes during the claim is not lost
                 free = self._settings.concurrency - len(self._in_flight)
                 claimed: list[tuple[str, str]] = []
                 if free > 0:
@@ -61,7 +62,6 @@ class Dispatcher:
                     task.add_done_callback(self._done)
                 if free > 0 and len(claimed) == free:
                     continue  # there may be more due right now
-                self._woken.clear()
                 try:
                     await asyncio.wait_for(self._woken.wait(), self._settings.poll_s)
                 except TimeoutError:
