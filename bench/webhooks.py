@@ -20,19 +20,17 @@ import asyncio
 import statistics
 import tempfile
 import time
-import uuid
 from datetime import datetime
 from pathlib import Path
 
 import httpx
 import uvicorn
-from e2e import collect, percentile, submit_all
+from e2e import collect, fresh_run, percentile, submit_all
 from standardwebhooks import Webhook
+from starlette.requests import Request
 
-from services import devstack
 from services.common.kafka import make_admin
-from services.common.settings import KafkaSettings, TopicSettings
-from services.common.topics import Topics, create_topics, delete_topics
+from services.common.topics import Topics, delete_topics
 from services.devstack.pipeline import Pipeline
 from services.devstack.process import free_ports
 
@@ -48,12 +46,7 @@ class Receiver:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await Request(scope, receive).body()
         now = time.time()
         try:
             payload = Webhook(self.secret).verify(body, {k.decode(): v.decode() for k, v in scope["headers"]})
@@ -77,18 +70,8 @@ async def main() -> None:
     parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP submitters")
     args = parser.parse_args()
 
-    stack = devstack.DevStackSettings()
-    if not all(s.answers for s in devstack.status(stack)):
-        raise SystemExit("the local stack is not running: start it with `forgeline dev up` (or `make up`)")
-    env = devstack.env(stack)
-    run_id = uuid.uuid4().hex[:8]
-    prefix = f"bench-{run_id}"
-    kafka = KafkaSettings(bootstrap=env["FORGELINE_KAFKA_BOOTSTRAP"])
-    topic_settings = TopicSettings(prefix=prefix, partitions=3)
-    admin = make_admin(kafka)
-    await admin.start()
-    await create_topics(admin, topic_settings)
-    await admin.close()
+    env, run_id, kafka, topic_settings = await fresh_run(3)
+    prefix = topic_settings.prefix
 
     receiver = Receiver()
     ingest_port, receiver_port = free_ports(2)

@@ -16,6 +16,7 @@ import httpx
 import pytest
 import uvicorn
 from standardwebhooks import Webhook
+from starlette.requests import Request
 
 from services.devstack.process import free_ports
 
@@ -58,12 +59,7 @@ class Receiver:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await Request(scope, receive).body()
         path = scope["path"]
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         verified = None
