@@ -118,6 +118,21 @@ Seed = Annotated[int | None, Field(ge=0, le=2**32 - 1), BeforeValidator(_whole_n
 ImageContentType = Literal["image/png", "image/jpeg", "image/webp"]
 Path = Literal["primary", "fallback"]
 Priority = Literal["standard", "high"]
+#: The job events a webhook may ask for (Replicate's ``webhook_events_filter``): the terminal topics'.
+WebhookEvent = Literal["completed", "failed"]
+WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("completed", "failed")
+WebhookUrl = Annotated[
+    str | None,
+    Field(None, max_length=2048, pattern=r"^https?://",
+          description="Where the job's terminal event is POSTed, signed per Standard Webhooks v1 with the "
+                      "tenant's signing secret. https, on a public address.",
+          examples=["https://game.example.com/hooks/forgeline"]),
+]
+WebhookEvents = Annotated[
+    tuple[WebhookEvent, ...] | None,
+    Field(None, min_length=1, description="Which of the job's events go to webhook_url; all of them when unset.",
+          examples=[["completed", "failed"]]),
+]
 
 
 METADATA_MAX_ENTRIES = 32
@@ -383,6 +398,8 @@ class _GenerationJob(Event):
                     "stores data: URLs in S3 and sends the stored reference instead, keeping messages small).")
     metadata: Metadata = Field(default_factory=dict, description="Echoed back on the result; ≤ 32 entries.")
     timings: StageTimes = Field(default_factory=StageTimes)
+    webhook_url: WebhookUrl = None
+    webhook_events: WebhookEvents = None
 
     _check_metadata = field_validator("metadata")(_metadata_is_small)
 
@@ -430,7 +447,13 @@ def _job_fields(job: _GenerationJob) -> dict[str, Any]:
         "reference_image": job.reference_image,
         "metadata": job.metadata,
         "timings": job.timings,
+        **webhook_fields(job),
     }
+
+
+def webhook_fields(job: _GenerationJob | GenerationCompleted | GenerationFailed) -> dict[str, Any]:
+    """The job's webhook, carried from the request to its terminal event (where the webhooks service reads it)."""
+    return {"webhook_url": job.webhook_url, "webhook_events": job.webhook_events}
 
 
 class GenerationGenerated(_GenerationJob):
@@ -474,6 +497,8 @@ class GenerationCompleted(Event):
         None, description="How close the image is to the request's reference_image (when it had one).")
     comparison_error: ErrorInfo | None = Field(
         None, description="Why a requested comparison could not be made; the image is still delivered.")
+    webhook_url: WebhookUrl = None
+    webhook_events: WebhookEvents = None
 
     _check_metadata = field_validator("metadata")(_metadata_is_small)
 
@@ -486,6 +511,7 @@ class GenerationCompleted(Event):
                                          "deterministic", "placeholder"}),
             job_id=request.job_id, tenant=request.tenant, trace=request.trace.child(), spec=request.spec,
             path=None, cached=True, metadata=request.metadata, timings=request.timings.with_stage("completed"),
+            **webhook_fields(request),
         )
 
 
@@ -506,6 +532,8 @@ class GenerationFailed(Event):
     error: ErrorInfo
     metadata: Metadata = Field(default_factory=dict)
     timings: StageTimes = Field(default_factory=StageTimes)
+    webhook_url: WebhookUrl = None
+    webhook_events: WebhookEvents = None
 
     _check_metadata = field_validator("metadata")(_metadata_is_small)
 

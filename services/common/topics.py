@@ -130,6 +130,10 @@ class GroupIds:
     def comparer(self) -> str:
         return f"{self.prefix}.comparer"
 
+    @property
+    def webhooks(self) -> str:
+        return f"{self.prefix}.webhooks"
+
 
 def topic_configs(settings: TopicSettings, *, dlq: bool) -> dict[str, str]:
     """Broker-side configuration of one topic."""

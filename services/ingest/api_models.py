@@ -24,6 +24,7 @@ from services.common.contracts import (
     GenerationRequested,
     ImageSpec,
     Priority,
+    WebhookEvent,
 )
 from services.common.jobs import JobStatus, JobView
 from services.ingest.validation import EXCERPT_CHARS, problems
@@ -99,6 +100,8 @@ class GenerationRequestBody(BaseModel):
     reference_image: ReferenceImage | None = _contract_field(GenerationRequested, "reference_image")
     metadata: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=32)] = _contract_field(
         GenerationRequested, "metadata")
+    webhook_url: str | None = _contract_field(GenerationRequested, "webhook_url")
+    webhook_events: tuple[WebhookEvent, ...] | None = _contract_field(GenerationRequested, "webhook_events")
 
     @field_validator(*_NUMBER_FIELDS, mode="before")
     @classmethod

@@ -36,6 +36,7 @@ from services.ingest.middleware import BodyLimit, RequestLog
 from services.ingest.routes import router
 from services.ingest.settings import IngestSettings
 from services.ingest.validation import BodyNotParsed, body_not_parsed, request_validation_error
+from services.ingest.webhooks import router as webhooks_router
 from services.providers.catalog import load_providers_file
 
 # Ingest only reads the result cache; storage writes it with its own TTL. This bounds
@@ -57,6 +58,7 @@ When the API runs with keys, send yours as `Authorization: Bearer <key>` or `X-A
 TAGS = [
     {"name": "generations", "description": "Request images and follow their jobs."},
     {"name": "comparisons", "description": "Score a generated image against a target, with prompt advice."},
+    {"name": "webhooks", "description": "Signed push delivery of job events (Standard Webhooks v1)."},
     {"name": "operations", "description": "Health, readiness, metrics and pipeline status."},
 ]
 
@@ -104,6 +106,7 @@ def create_app(deps: IngestDeps | None) -> FastAPI:
         app.openapi = functools.partial(_without_security, app.openapi)  # type: ignore[method-assign]
     app.include_router(router)
     app.include_router(dashboard.router)
+    app.include_router(webhooks_router)
     _add_error_handlers(app)
     # Last added is outermost: the log sees the final status, including the limit's 413.
     app.add_middleware(BodyLimit, limit=lambda path: app.state.deps.settings.body_limit(path))

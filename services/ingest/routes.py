@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.common.jobs import JobView
-from services.ingest import comparisons, handlers, status
+from services.ingest import comparisons, handlers, status, webhooks
 from services.ingest.api_models import (
     Accepted,
     ComparisonRequestBody,
@@ -133,8 +133,8 @@ def _finished(result: handlers.SubmitResult) -> GenerationResult:
 @router.get("/v1/generations/{job_id}", tags=["generations"], summary="A job's status", response_model=JobView,
             responses={**_CALLER_ERRORS, **_NOT_FOUND})
 async def get_generation(job_id: str, tenant: TenantDep, deps: DepsDep) -> JobView:
-    """The job's status, route, timings and, once completed, the image URL."""
-    return await handlers.get_job(job_id, tenant, deps)
+    """The job's status, route, timings, once completed the image URL, and its webhook deliveries."""
+    return await webhooks.with_deliveries(await handlers.get_job(job_id, tenant, deps), deps)
 
 
 @router.get(
