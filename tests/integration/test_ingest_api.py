@@ -195,9 +195,9 @@ async def test_publish_failure_without_a_key_is_503_and_marks_the_job_failed(con
         assert view is not None and view.status == "failed" and view.error["code"] == "ingest_unavailable"
 
 
-async def test_a_retry_of_a_job_still_queued_long_after_its_publish_resends_it(connections: Connections, topics):
-    """The first try's 503 could not even record that its publish failed (Redis blinked too): a
-    retry that finds the job still queued after the publish timeout re-sends it, same job id."""
+async def test_a_retry_of_a_job_whose_first_request_died_mid_publish_resends_it(connections: Connections, topics):
+    """ingest was killed between queueing a job and Kafka's acknowledgement: its claim is still
+    pending. The client's retry waits out the publish timeout, then re-sends the same job."""
     async with api(connections, IngestSettings(publish_timeout_s=1.0)) as client:
         broken = make_producer(connections.kafka)
         await broken.start()
@@ -209,13 +209,16 @@ async def test_a_retry_of_a_job_still_queued_long_after_its_publish_resends_it(c
         assert first.status_code == 503
         key = client.deps.keys.key("idem", "public", hashlib.sha256(b"order-47").hexdigest())
         claim = json.loads(await client.deps.redis.get(key))
-        await client.deps.redis.set(key, json.dumps({"job_id": claim["job_id"], "body": claim["body"]}), xx=True)
-        await asyncio.sleep(2.2)  # past the publish timeout: the first request's publish is settled
+        # As a killed process leaves it: sent, never confirmed nor refused.
+        await client.deps.redis.set(key, json.dumps(claim | {"state": "pending"}), xx=True)
 
         retry = await client.http.post("/v1/generations", json={"prompt": "order 47"},
                                        headers={"Idempotency-Key": "order-47"})
+        again = await client.http.post("/v1/generations", json={"prompt": "order 47"},
+                                       headers={"Idempotency-Key": "order-47"})
 
         assert retry.status_code == 202 and retry.json()["job_id"] == claim["job_id"]
+        assert again.json()["job_id"] == claim["job_id"] and again.json()["idempotent_replay"] is True
         assert await requested_count(client.deps) == 1
 
 
