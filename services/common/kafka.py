@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import RecordMetadata
 
+from services.common import tracing
 from services.common.contracts import SCHEMA_VERSION, Event
 from services.common.settings import KafkaSettings
 
@@ -84,21 +85,28 @@ def make_admin(settings: KafkaSettings) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(**_connection_args(settings))
 
 
-def event_headers(event: Event) -> list[tuple[str, bytes]]:
+def event_headers(event: Event, traceparent: str | None = None) -> list[tuple[str, bytes]]:
+    """``traceparent``: the producer span's (:func:`services.common.tracing.producing`); None: the event's."""
     return [
         (H_CONTENT_TYPE, CONTENT_TYPE.encode()),
         (H_SCHEMA, type(event).__name__.encode()),
         (H_SCHEMA_VERSION, str(SCHEMA_VERSION).encode()),
         (H_TENANT, event.tenant.encode()),
-        (H_TRACEPARENT, event.trace.traceparent.encode()),
+        (H_TRACEPARENT, (traceparent or event.trace.traceparent).encode()),
     ]
 
 
 async def send_event(producer: AIOKafkaProducer, topic: str, event: Event) -> RecordMetadata:
-    """Produce ``event`` keyed by its job id and wait until the broker has acknowledged it."""
-    return await producer.send_and_wait(
-        topic, value=event.to_json_bytes(), key=event.job_id.encode(), headers=event_headers(event)
-    )
+    """Produce ``event`` keyed by its job id and wait until the broker has acknowledged it.
+
+    Used where a job starts (ingest, clients): with tracing on, the event's body takes the producer
+    span's context too, so every later event of the job, derived from it, is in the same trace.
+    """
+    with tracing.producing(topic, event) as traceparent:
+        event = tracing.stamped(event, traceparent)
+        return await producer.send_and_wait(
+            topic, value=event.to_json_bytes(), key=event.job_id.encode(), headers=event_headers(event)
+        )
 
 
 def headers_of(record: ConsumerRecord) -> dict[str, str]:
