@@ -13,8 +13,8 @@ plus a span per Redis command (sanitised: command names only) and per outgoing H
 are small on purpose: :func:`consumed` (the consumer loop, around a record), :func:`producing` (every
 produce), :func:`instrument_app` (ingest) and :func:`start` (the process's start-up).
 
-Off by default, and then free: no OpenTelemetry module is imported, every hook returns at its first
-line. On when ``FORGELINE_TRACING_ENABLED=true``, or when an OTLP endpoint is set
+Off by default, and then free: no tracer provider, exporter or instrumentation is loaded, and every
+hook returns at its first line. On when ``FORGELINE_TRACING_ENABLED=true``, or when an OTLP endpoint is set
 (``FORGELINE_TRACING_OTLP_ENDPOINT``, ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
 ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``); ``OTEL_SDK_DISABLED=true`` turns it off whatever else says.
 The SDK reads its other standard variables itself (``OTEL_EXPORTER_OTLP_HEADERS``,
