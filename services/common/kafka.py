@@ -45,7 +45,8 @@ HEADER_MEANINGS: dict[str, str] = {
     H_SCHEMA: "The payload's contract model, e.g. GenerationRequested (one per topic; see the topic's schema).",
     H_SCHEMA_VERSION: "The payload's schema_version, as decimal text.",
     H_TENANT: "The tenant (game backend) the job belongs to: the payload's tenant field.",
-    H_TRACEPARENT: "W3C trace context of the event: the payload's trace.traceparent.",
+    H_TRACEPARENT: "W3C trace context of the event: the payload's trace.traceparent; with tracing on, the same "
+                   "trace with the parent-id of the span that sent the record (continue the trace from it).",
 }
 DLQ_HEADER_MEANINGS: dict[str, str] = {
     H_DLQ_REASON: "Why the record could not be processed, e.g. the contract error naming each bad field "

@@ -100,6 +100,7 @@ async def test_each_job_is_one_connected_trace_across_the_services(running_pipel
         _check_hop(trace, p.topics.name("generation.generated"), "storage")
         if last_hop == "comparer":
             _check_hop(trace, p.topics.name("comparison.requested"), "comparer")
+        _check_hop(trace, p.topics.name("generation.completed"), "webhooks")  # a subscriber continues it too
         # The provider call: our span under the generator's record, the HTTP calls to the Space under it.
         provider = _only(trace, service="generator-primary", name="provider space-traced")
         assert provider.parent_span_id == generating.span_id
@@ -123,4 +124,5 @@ async def test_each_job_is_one_connected_trace_across_the_services(running_pipel
     per_service = defaultdict(int)
     for s in traces[second]:
         per_service[s.service] += 1
-    assert set(per_service) == {"ingest", "router", "generator-primary", "storage", "comparer"}, dict(per_service)
+    assert set(per_service) == {"ingest", "router", "generator-primary", "storage", "comparer",
+                                "webhooks"}, dict(per_service)
