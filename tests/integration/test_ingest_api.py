@@ -362,7 +362,13 @@ async def test_pipeline_status_reports_depth_routes_and_cache(client: Api, produ
     await deps.redis.hset(deps.keys.key("stats", "routes"), mapping={"primary": 3, "fallback": 1})
     await deps.cache.get("0" * 64)  # one miss
 
-    response = await client.http.get("/v1/status")
+    # On a broker that just started, the group coordinator may not be elected yet: /v1/status says
+    # so with a 503 ("retry shortly"), as a client would see it; retry as the message says.
+    for _ in range(40):
+        response = await client.http.get("/v1/status")
+        if response.status_code != 503:
+            break
+        await asyncio.sleep(0.5)
 
     assert response.status_code == 200, response.text
     status = response.json()
