@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
+from services.common import tracing
 from services.common.bootstrap import Infra
 from services.common.cache import LruTtlCache, RedisResultCache
 from services.common.route_stats import RedisRouteStats
@@ -111,6 +112,7 @@ def create_app(deps: IngestDeps | None) -> FastAPI:
     # Last added is outermost: the log sees the final status, including the limit's 413.
     app.add_middleware(BodyLimit, limit=lambda path: app.state.deps.settings.body_limit(path))
     app.add_middleware(RequestLog)
+    tracing.instrument_app(app)  # outermost: the server span covers the whole request
     return app
 
 
