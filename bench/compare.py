@@ -3,7 +3,9 @@
 Three parts, in this order:
 
 1. The perceptual comparer in this process, one comparison at a time (one core): latency per
-   comparison at several image sizes, on distinct pairs of procedural icons (same prompt, two seeds).
+   comparison at several image sizes, decoding included, on distinct pairs of procedural icons (same
+   prompt, two seeds), next to the pure-Python comparer it replaced, read from git at
+   :data:`BASELINE_COMMIT` and run on the same pairs in turn; the ratio is of the medians.
 2. The input checks: ``decode_data_url`` (base64, magic bytes, header checks, full decode) of a PNG.
 3. Its own ingest and comparer processes on a fresh topic prefix against the running local stack
    (``forgeline dev up``): N distinct pairs (so no cache hits) through ``POST /v1/comparisons?wait=60``
@@ -25,9 +27,11 @@ import argparse
 import asyncio
 import base64
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import types
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, nullcontext
@@ -51,6 +55,7 @@ from services.fakeproviders.server import serve_fake
 from services.providers.procedural import render_icon
 
 SERVICES = ("comparer", "ingest")
+BASELINE_COMMIT = "2d774104e95137a363a8152eba64fda0d8a75f96"  # the last commit with the pure-Python comparer
 FAKE_VLM_KEY = "sk-bench-fake-vlm-key-0001"
 PROMPTS = ("flaming obsidian greatsword", "frost potion in a round flask", "oak shield with iron rim",
            "glowing amethyst ring", "leather boots of speed", "ancient scroll with wax seal")
@@ -104,23 +109,43 @@ class Row:
 
 # --- 1 and 2: in this process -----------------------------------------------------------------
 
+def baseline_comparer() -> types.ModuleType:
+    """The hand-written comparer this one replaced (pure Python over lists), read from git at BASELINE_COMMIT."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        text = subprocess.run(["git", "-C", str(root), "show", f"{BASELINE_COMMIT}:services/comparer/perceptual.py"],
+                              capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SystemExit(f"cannot read the baseline comparer from git ({BASELINE_COMMIT[:10]}): {exc}") from None
+    module = sys.modules["perceptual_baseline"] = types.ModuleType("perceptual_baseline")  # dataclasses look here
+    exec(compile(text, f"perceptual_baseline@{BASELINE_COMMIT[:10]}.py", "exec"), module.__dict__)
+    return module
+
+
 def bench_perceptual(sizes: list[int], n: int, run_id: str) -> list[Row]:
-    print(f"\n1. perceptual comparer alone: {n} distinct pairs per size, one at a time", flush=True)
+    print(f"\n1. perceptual comparer alone against the pure-Python one it replaced ({BASELINE_COMMIT[:10]}): "
+          f"{n} distinct PNG pairs per size, one at a time, decoding included, the two taking turns", flush=True)
+    baseline = baseline_comparer()
     warm = pair(run_id, 10**6, 64)
-    perceptual.compare(*warm)  # first call pays for lazy imports
+    for comparer in (perceptual, baseline):
+        comparer.compare(*warm)  # first call pays for lazy imports
     rows = []
     for size in sizes:
-        ms = []
+        ms: dict[str, list[float]] = {"now": [], "before": []}
         counter = Counter()
         for i in range(n):
             target, generated, prompt = pair(run_id, i, size)
-            started = time.perf_counter()
-            perceptual.compare(target, generated, prompt)
-            ms.append((time.perf_counter() - started) * 1000)
+            for name, comparer in (("now", perceptual), ("before", baseline)):
+                started = time.perf_counter()
+                comparer.compare(target, generated, prompt)
+                ms[name].append((time.perf_counter() - started) * 1000)
             counter.show(f"  {size}²: {i + 1:4d}/{n}")
-        rows.append(Row(f"perceptual {size}²", ms, rate=1000 / statistics.fmean(ms)))
-        counter.done(f"  {size}²: p50 {percentile(ms, 50):7.1f} ms  p95 {percentile(ms, 95):7.1f} ms  "
-                     f"{rows[-1].rate:6.1f} comparisons/s on one core")
+        now, before = statistics.median(ms["now"]), statistics.median(ms["before"])
+        rows.append(Row(f"perceptual {size}²", ms["now"], rate=1000 / statistics.fmean(ms["now"]),
+                        note=f"{before / now:.1f}× faster than before ({before:.1f} ms)"))
+        rows.append(Row(f"perceptual {size}², before", ms["before"], rate=1000 / statistics.fmean(ms["before"])))
+        counter.done(f"  {size}²: p50 {now:7.1f} ms, before {before:7.1f} ms: {before / now:5.1f}× faster  "
+                     f"({rows[-2].rate:6.1f} comparisons/s on one core)")
     return rows
 
 

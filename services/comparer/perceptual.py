@@ -2,7 +2,7 @@
 
 It needs no network and no API key, so it serves when the VLM comparer cannot (and in tests).
 Both images are decoded, flattened onto white if they have transparency, converted to RGB and
-resized to :data:`DETAIL_SIZE`² and :data:`SIZE`². The score follows what a player notices
+resized to :data:`SIZE`². The score follows what a player notices
 rather than pixel alignment: a small shift or crop of the same item stays close, a blurred or
 recoloured one does not. The generated image is first aligned to the target (phase correlation
 of the luminance, at most :data:`MAX_SHIFT` of the side, kept only when it improves the coarse
@@ -16,8 +16,8 @@ structure); then five measurements:
 - **pHash** (imagehash): similarity = max(0, 1 − Hamming distance / 32), since two unrelated
   images differ in about 32 of the 64 bits;
 - **placement**: 1 − shift / :data:`MAX_SHIFT`, the price of the alignment;
-- **detail**: the square root of the generated image's RMS Sobel gradient of L* over the target's, at
-  :data:`DETAIL_SIZE`² (or the smaller image's side), at most 1: a blurred copy loses detail; added
+- **detail**: the square root of the generated image's RMS gradient of L* over the target's (at the
+  smaller image's side when one is under :data:`SIZE`), at most 1: a blurred copy loses detail; added
   noise is left to SSIM.
 
 Score = 100 × (weighted sum of the first four, :data:`WEIGHTS`) × detail. Identical images score
@@ -41,7 +41,6 @@ from dataclasses import dataclass
 import imagehash
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
-from scipy import ndimage
 from skimage.color import rgb2lab
 from skimage.metrics import structural_similarity
 from skimage.registration import phase_cross_correlation
@@ -51,10 +50,9 @@ from services.common.contracts import ComparisonResult, quality_band
 __all__ = ["METHOD", "SIZE", "WEIGHTS", "PerceptualComparer", "compare"]
 
 METHOD = "perceptual"
-SIZE = 128  # structure, alignment and the written differences are measured at SIZE × SIZE
+SIZE = 128  # every measurement is taken at SIZE × SIZE
 COARSE_SIZE = 32
 COLOUR_SIZE = 32
-DETAIL_SIZE = 256
 MAX_SHIFT = 0.15  # share of the side the alignment may move the generated image
 COLOUR_SCALE = 40.0  # ΔE over which the colour term falls by a factor e
 JUST_NOTICEABLE = 2.3  # ΔE a person does not see; JPEG's chroma noise stays under it
@@ -64,6 +62,7 @@ PHASH_SLACK = 4  # bits that flip under any re-encoding
 WEIGHTS = {"structure": 0.50, "colour": 0.35, "phash": 0.05, "placement": 0.10}
 MAX_ITEMS = 5
 MAX_PIXELS = 64_000_000  # refuse larger images before decoding them
+ORIENTATION = 0x0112  # the EXIF tag
 
 # Thresholds for the written differences.
 LUMA_DELTA = 12.0  # mean luminance, 0–255
@@ -80,16 +79,17 @@ HUES: tuple[tuple[float, str], ...] = (
     (255, "blue"), (290, "purple"), (335, "magenta"), (360, "red"),
 )
 _HUE_UPPER = np.array([upper * 256 / 360 for upper, _name in HUES])
+_HUE_INDEX = np.searchsorted(_HUE_UPPER, np.arange(256), side="right")  # PIL's 0–255 hue → index in HUES
 _SRGB = np.arange(256) / 255
 #: each 8-bit sRGB value's share of the luminance Y, per channel (linear light × Rec. 709 weights)
-_LINEAR_Y = np.where(_SRGB > 0.04045, ((_SRGB + 0.055) / 1.055) ** 2.4, _SRGB / 12.92)[:, None] * [0.2126, 0.7152, 0.0722]
+_LINEAR_Y = (np.where(_SRGB > 0.04045, ((_SRGB + 0.055) / 1.055) ** 2.4, _SRGB / 12.92)[:, None]
+             * np.array([0.2126, 0.7152, 0.0722])).astype(np.float32)
 
 
 @dataclass(frozen=True)
 class _Image:
     rgb: Image.Image  # SIZE × SIZE
     lightness: np.ndarray  # SIZE × SIZE CIELAB L*: the structure, which a change of hue leaves alone
-    big: Image.Image  # DETAIL_SIZE × DETAIL_SIZE, for the detail
     side: int  # the decoded image's shorter side
     mean: float
     std: float
@@ -102,18 +102,19 @@ def _decode(raw: bytes, role: str) -> Image.Image:
     if not isinstance(raw, bytes | bytearray | memoryview) or len(raw) == 0:
         raise ValueError(f"{role} image is empty or not bytes")
     try:
-        with Image.open(io.BytesIO(raw)) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise ValueError(f"{role} image is too large ({image.width}×{image.height})")
-            image.draft("RGB", (DETAIL_SIZE, DETAIL_SIZE))  # JPEG decodes at a fraction of its size
-            image.load()
-            image = ImageOps.exif_transpose(image) or image
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                rgba = image.convert("RGBA")
-                flat = Image.new("RGB", rgba.size, (255, 255, 255))
-                flat.paste(rgba, mask=rgba.getchannel("A"))
-                return flat
-            return image.convert("RGB")
+        image = Image.open(io.BytesIO(raw))  # in memory: nothing to close, and closing would drop the pixels
+        if image.width * image.height > MAX_PIXELS:
+            raise ValueError(f"{role} image is too large ({image.width}×{image.height})")
+        image.draft("RGB", (SIZE, SIZE))  # JPEG decodes at a fraction of its size
+        image.load()
+        if image.getexif().get(ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            flat = Image.new("RGB", rgba.size, (255, 255, 255))
+            flat.paste(rgba, mask=rgba.getchannel("A"))
+            return flat
+        return image if image.mode == "RGB" else image.convert("RGB")
     except ValueError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -121,14 +122,15 @@ def _decode(raw: bytes, role: str) -> Image.Image:
 
 
 def _gradient(lightness: np.ndarray) -> float:
-    return float(np.sqrt((ndimage.sobel(lightness, 0) ** 2 + ndimage.sobel(lightness, 1) ** 2).mean()))
+    """RMS of the differences between neighbouring pixels: the energy of the finest detail."""
+    return float(np.sqrt(np.square(np.diff(lightness, axis=0)).mean() + np.square(np.diff(lightness, axis=1)).mean()))
 
 
 def _lightness(rgb: Image.Image) -> np.ndarray:
     """CIELAB L* (0–100, D65) of every pixel, through a table: rgb2lab of the whole image costs 10× more."""
     pixels = np.asarray(rgb)
     y = _LINEAR_Y[pixels[..., 0], 0] + _LINEAR_Y[pixels[..., 1], 1] + _LINEAR_Y[pixels[..., 2], 2]
-    return np.where(y > 216 / 24389, 116 * np.cbrt(y) - 16, y * 24389 / 27)
+    return np.where(y > 216 / 24389, 116 * np.cbrt(y) - 16, y * np.float32(24389 / 27))
 
 
 def _dominant_hue(hsv: np.ndarray) -> str | None:
@@ -138,7 +140,7 @@ def _dominant_hue(hsv: np.ndarray) -> str | None:
     colourful = (s >= 64) & (v >= 48)
     if colourful.sum() < MIN_COLOURFUL * h.size:
         return None
-    names = np.searchsorted(_HUE_UPPER, h[colourful], side="right")
+    names = _HUE_INDEX[h[colourful]]
     weights = np.bincount(names, weights=s[colourful].astype(float) * v[colourful], minlength=len(HUES))
     merged: dict[str, float] = {}
     for (_upper, name), weight in zip(HUES, weights, strict=True):
@@ -148,15 +150,17 @@ def _dominant_hue(hsv: np.ndarray) -> str | None:
 
 def _prepare(raw: bytes, role: str) -> _Image:
     decoded = _decode(raw, role)
-    big = decoded.resize((DETAIL_SIZE, DETAIL_SIZE), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    rgb = big.reduce(DETAIL_SIZE // SIZE)
+    factor = min(decoded.size) // SIZE
+    rgb = decoded.reduce(factor) if factor >= 2 else decoded  # a box filter first: cheap, and no aliasing
+    if rgb.size != (SIZE, SIZE):
+        rgb = rgb.resize((SIZE, SIZE), Image.Resampling.BILINEAR)
     grey = rgb.convert("L")
     luma = np.asarray(grey, dtype=np.float64)
     hsv = np.asarray(rgb.convert("HSV"))
     std = float(luma.std())
     # mean edge strength per unit of luminance spread, so a darker copy does not read as blurrier
     edges = float(np.asarray(grey.filter(ImageFilter.FIND_EDGES), dtype=np.float64)[1:-1, 1:-1].mean())
-    return _Image(rgb, _lightness(rgb), big, min(decoded.size), float(luma.mean()), std,
+    return _Image(rgb, _lightness(rgb), min(decoded.size), float(luma.mean()), std,
                   float(hsv[..., 1].mean()), edges / max(std, 1.0), _dominant_hue(hsv))
 
 
@@ -205,7 +209,8 @@ def _align(t: _Image, g: _Image) -> tuple[_Alignment, float]:
     if (dy, dx) == (0, 0) or max(abs(dy), abs(dx)) > MAX_SHIFT * SIZE:
         return plain, plain_ssim
     moved = _Alignment.by(dy, dx)
-    moved_ssim = _ssim(_shrink(t.lightness[moved.target], COARSE_SIZE), _shrink(g.lightness[moved.generated], COARSE_SIZE))
+    moved_ssim = _ssim(_shrink(t.lightness[moved.target], COARSE_SIZE),
+                       _shrink(g.lightness[moved.generated], COARSE_SIZE))
     return (moved, moved_ssim) if moved_ssim > plain_ssim else (plain, plain_ssim)
 
 
@@ -228,11 +233,10 @@ def _phash(image: _Image) -> imagehash.ImageHash:
 def _detail(t: _Image, g: _Image) -> float:
     """How much of the target's fine detail the generated image keeps (1: all of it, or more), measured at
     the finest scale both images have, so a smaller image is not blamed for its size."""
-    side = max(SIZE, min(DETAIL_SIZE, t.side, g.side))
+    side = min(SIZE, t.side, g.side)
 
     def gradient(image: _Image) -> float:
-        big = image.big if side == DETAIL_SIZE else image.big.resize((side, side), Image.Resampling.BOX)
-        return _gradient(_lightness(big))
+        return _gradient(image.lightness if side == SIZE else _shrink(image.lightness, side))
 
     kept = (gradient(g) + DETAIL_FLOOR) / (gradient(t) + DETAIL_FLOOR)
     return min(1.0, math.sqrt(kept) + DETAIL_SLACK)
