@@ -8,8 +8,10 @@ recoloured one does not. The generated image is first aligned to the target (pha
 of the luminance, at most :data:`MAX_SHIFT` of the side, kept only when it improves the coarse
 structure); then five measurements:
 
-- **structure**: SSIM of the aligned luminance (scikit-image, Gaussian windows), the mean of
-  SSIM at :data:`SIZE`² and at :data:`COARSE_SIZE`², so that fine misalignment costs little;
+- **structure**: SSIM (scikit-image: 7×7 windows, sample covariances) of the aligned CIELAB
+  lightness L*, the mean of SSIM at :data:`SIZE`² and at :data:`COARSE_SIZE`², so that fine
+  misalignment costs little; L* is what a change of hue leaves alone, so a recolour is judged by
+  the colour term alone;
 - **colour**: CIELAB ΔE between the aligned images at :data:`COLOUR_SIZE`², each target pixel
   against the closest of its neighbours in the generated one, mapped to 1 / (1 + (ΔE / 15)²);
   a red sword and a cyan one have the same luminance, and this term tells them apart;
@@ -52,6 +54,7 @@ __all__ = ["METHOD", "SIZE", "WEIGHTS", "PerceptualComparer", "compare"]
 METHOD = "perceptual"
 SIZE = 128  # every measurement is taken at SIZE × SIZE
 COARSE_SIZE = 32
+WINDOW = 7  # SSIM window side
 COLOUR_SIZE = 32
 MAX_SHIFT = 0.15  # share of the side the alignment may move the generated image
 COLOUR_SCALE = 40.0  # ΔE over which the colour term falls by a factor e
@@ -165,13 +168,13 @@ def _prepare(raw: bytes, role: str) -> _Image:
 
 
 def _ssim(a: np.ndarray, b: np.ndarray, *, full: bool = False):
-    return structural_similarity(a, b, data_range=100, gaussian_weights=True, sigma=1.5,
-                                 use_sample_covariance=False, full=full)
+    """Wang et al.'s SSIM in scikit-image's default form: uniform 7×7 windows, sample covariances."""
+    return structural_similarity(a, b, data_range=100, win_size=WINDOW, full=full)
 
 
 def _shrink(pixels: np.ndarray, side: int) -> np.ndarray:
     image = Image.fromarray(pixels.astype(np.float32))  # mode F: any range, one channel
-    return np.asarray(image.resize((side, side), Image.Resampling.BOX), dtype=np.float64)
+    return np.asarray(image.resize((side, side), Image.Resampling.BOX), dtype=np.float32)
 
 
 def _shrink_rgb(pixels: np.ndarray, side: int) -> np.ndarray:
@@ -221,9 +224,9 @@ def _colour_difference(t: _Image, g: _Image, where: _Alignment) -> float:
 
     a, b = lab(t.rgb, where.target), lab(g.rgb, where.generated)
     padded = np.pad(b, ((1, 1), (1, 1), (0, 0)), mode="edge")
-    nearest = np.min([np.linalg.norm(a - padded[y:y + COLOUR_SIZE, x:x + COLOUR_SIZE], axis=-1)
+    squared = np.min([np.square(a - padded[y:y + COLOUR_SIZE, x:x + COLOUR_SIZE]).sum(axis=-1)
                       for y in range(3) for x in range(3)], axis=0)
-    return float(np.maximum(nearest - JUST_NOTICEABLE, 0).mean())
+    return float(np.maximum(np.sqrt(squared) - JUST_NOTICEABLE, 0).mean())
 
 
 def _phash(image: _Image) -> imagehash.ImageHash:
