@@ -2,30 +2,31 @@
 
 It needs no network and no API key, so it serves when the VLM comparer cannot (and in tests).
 Both images are decoded, flattened onto white if they have transparency, converted to RGB and
-resized to :data:`SIZE`². The score follows what a player notices
-rather than pixel alignment: a small shift or crop of the same item stays close, a blurred or
-recoloured one does not. The generated image is first aligned to the target (phase correlation
-of the luminance, at most :data:`MAX_SHIFT` of the side, kept only when it improves the coarse
-structure); then five measurements:
+resized to :data:`SIZE`². The score follows what a player notices rather than pixel alignment: a
+small shift or crop of the same item stays close, a blurred or recoloured one does not. The
+generated image is first aligned to the target (phase correlation of the lightness, at most
+:data:`MAX_SHIFT` of the side, kept only when it improves the coarse structure); then five
+measurements:
 
 - **structure**: SSIM (scikit-image: 7×7 windows, sample covariances) of the aligned CIELAB
   lightness L*, the mean of SSIM at :data:`SIZE`² and at :data:`COARSE_SIZE`², so that fine
   misalignment costs little; L* is what a change of hue leaves alone, so a recolour is judged by
   the colour term alone;
 - **colour**: CIELAB ΔE between the aligned images at :data:`COLOUR_SIZE`², each target pixel
-  against the closest of its neighbours in the generated one, mapped to 1 / (1 + (ΔE / 15)²);
-  a red sword and a cyan one have the same luminance, and this term tells them apart;
-- **pHash** (imagehash): similarity = max(0, 1 − Hamming distance / 32), since two unrelated
-  images differ in about 32 of the 64 bits;
+  against the closest of its 3×3 neighbours in the generated one, less the just-noticeable
+  :data:`JUST_NOTICEABLE`, mapped to e^(−ΔE / :data:`COLOUR_SCALE`): it keeps falling up to the
+  opposite hue, and it is what tells a red sword from a cyan one of the same lightness;
+- **pHash** (imagehash, of L*): max(0, 1 − (Hamming distance − :data:`PHASH_SLACK`) / 28), since
+  two unrelated images differ in about 32 of the 64 bits and a few flip under any re-encoding;
 - **placement**: 1 − shift / :data:`MAX_SHIFT`, the price of the alignment;
 - **detail**: the square root of the generated image's RMS gradient of L* over the target's (at the
-  smaller image's side when one is under :data:`SIZE`), at most 1: a blurred copy loses detail; added
-  noise is left to SSIM.
+  smaller image's side when one is under :data:`SIZE`), plus :data:`DETAIL_SLACK`, at most 1: a
+  blurred copy loses detail; added noise is left to SSIM.
 
 Score = 100 × (weighted sum of the first four, :data:`WEIGHTS`) × detail. Identical images score
-100. ``tests/distortions.py`` builds the calibration set these weights were chosen on (blur,
-noise, JPEG, hue rotation, crop, shift; unrelated pairs) and ``tests/unit/test_perceptual.py``
-checks its rules.
+100. ``tests/distortions.py`` builds the calibration set these numbers were chosen on (blur,
+noise, JPEG, hue rotation, crop, shift; unrelated pairs) and
+``tests/unit/test_perceptual_calibration.py`` checks its rules.
 
 Differences are read from measurements (mean luminance, luminance spread, saturation, edge
 energy, dominant hue, SSIM of the image halves), each with a prompt improvement; both lists
