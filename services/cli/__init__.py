@@ -4,6 +4,7 @@
     dev.py      forgeline dev …, demo         the local stack, fake providers, the demo
     topics.py   forgeline topics …            create, wait for and list the Kafka topics
     keys.py     forgeline keys …              provider keys: state, re-enabling
+    tenants.py  forgeline tenants …           tenants, their limits and API keys
     schema.py   forgeline schema              JSON Schemas of every topic's messages
     diagram.py  forgeline diagram             the architecture picture, SVG and PNG, from the settings
 
@@ -16,7 +17,7 @@ import sys
 
 import typer
 
-from services.cli import dev, diagram, keys, run, schema, topics
+from services.cli import dev, diagram, keys, run, schema, tenants, topics
 from services.cli._console import console
 
 __all__ = ["app", "main"]
@@ -25,6 +26,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Forgeline: i
 app.add_typer(dev.app, name="dev")
 app.add_typer(topics.app, name="topics")
 app.add_typer(keys.app, name="keys")
+app.add_typer(tenants.app, name="tenants")
 app.command("run")(run.run)
 app.command("schema")(schema.schema)
 app.command("diagram")(diagram.diagram)

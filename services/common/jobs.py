@@ -30,6 +30,7 @@ from services.common.contracts import (
 )
 from services.common.errors import Retryable
 from services.common.ports import JobStore, RecentJobs, TerminalGuard
+from services.common.ratelimit import in_flight_key
 from services.common.redis import KeySpace, hashtag
 
 JobStatus = Literal["queued", "routed", "generating", "stored", "completed", "failed"]
@@ -132,11 +133,17 @@ class RedisJobStore:
         return job_key(self._keys, job_id) + ":events"
 
     async def update(self, job_id: str, status: JobStatus, **fields: Any) -> bool:
-        """Move ``job_id`` to ``status`` with ``fields``; False when the change was stale."""
+        """Move ``job_id`` to ``status`` with ``fields``; False when the change was stale.
+
+        A terminal status also frees the job's in-flight slot under its tenant's cap (``ratelimit``);
+        a separate call, as the slot set lives in the tenant's hash slot, not the job's.
+        """
         applied = await self._update(
             keys=[self._hash(job_id), self._stream(job_id)],
             args=[status, RANK[status], self._ttl_s, json.dumps(encode_fields(fields)), utcnow().isoformat()],
         )
+        if status in TERMINAL and fields.get("tenant"):
+            await self._redis.zrem(in_flight_key(self._keys, fields["tenant"]), job_id)
         return bool(applied)
 
     async def get(self, job_id: str) -> JobView | None:

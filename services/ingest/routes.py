@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -24,11 +24,16 @@ from services.ingest.api_models import (
     ValidationErrorBody,
 )
 from services.ingest.auth import DepsDep, TenantDep
+from services.ingest.limits import admitted
 
 router = APIRouter()
 
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": MessageBody, "description": "API keys are configured and none was sent, or it is unknown."},
+}
+_LIMITED: dict[int | str, dict[str, Any]] = {
+    429: {"model": MessageBody, "description": "The tenant's rate limit (`Retry-After`, `RateLimit-Policy`, "
+                                               "`RateLimit`) or its cap on jobs in flight was reached."},
 }
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": MessageBody, "description": "No such job (or it belongs to another tenant, or it expired)."},
@@ -49,7 +54,8 @@ def events_url(job_id: str) -> str:
     summary="Request an image",
     status_code=202,
     response_model=Accepted,
-    responses={
+    dependencies=[Depends(admitted)],
+    responses={**_LIMITED,
         200: {"model": GenerationResult,
               "description": "Already done: served from the result cache, or a repeated Idempotency-Key of a "
                              "finished job. The image URL is in the body; no job runs."},
@@ -156,7 +162,8 @@ async def _sse(changes: AsyncIterator[tuple[str, JobView] | None]) -> AsyncItera
     summary="Score an image against a target",
     status_code=202,
     response_model=ComparisonView,
-    responses={
+    dependencies=[Depends(admitted)],
+    responses={**_LIMITED,
         200: {"model": ComparisonView, "description": "With `?wait=N`: the comparison ended within N seconds."},
         **_AUTH_ERRORS,
         413: {"model": MessageBody, "description": "An image is over 10 MB, or the body over its limit."},
