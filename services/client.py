@@ -37,7 +37,7 @@ from services.common.lag import topic_partitions
 from services.common.settings import KafkaSettings, TopicSettings
 from services.common.topics import Topics
 
-TERMINAL = frozenset({"completed", "failed"})
+TERMINAL = frozenset({"completed", "failed", "canceled"})
 
 
 class ForgelineError(Exception):

@@ -33,10 +33,11 @@ from services.common.ports import JobStore, RecentJobs, TerminalGuard
 from services.common.ratelimit import in_flight_key
 from services.common.redis import KeySpace, hashtag
 
-JobStatus = Literal["queued", "routed", "generating", "stored", "completed", "failed"]
-TERMINAL: frozenset[str] = frozenset({"completed", "failed"})
+JobStatus = Literal["queued", "routed", "generating", "stored", "completed", "failed", "canceled"]
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "canceled"})
 #: Stage order; the update rule compares these (``tests/fakes.py``'s store uses the same table).
-RANK: dict[str, int] = {"queued": 0, "routed": 1, "generating": 2, "stored": 3, "completed": 4, "failed": 4}
+RANK: dict[str, int] = {"queued": 0, "routed": 1, "generating": 2, "stored": 3, "completed": 4, "failed": 4,
+                        "canceled": 4}
 
 # KEYS: job hash, job event stream.  ARGV: status, rank, ttl seconds, fields (JSON object), now (ISO).
 # Returns 1 when the change was applied, 0 when it was stale: a lower rank only fills in missing fields,
@@ -286,6 +287,8 @@ def _terminal_status(event: Terminal) -> tuple[JobStatus, dict[str, Any]]:
     fields: dict[str, Any] = {"tenant": event.tenant, "error": event.error.model_dump(mode="json")}
     if isinstance(event, GenerationFailed):
         fields["timings"] = event.timings.model_dump(mode="json")
+        if event.canceled:
+            return "canceled", fields
     return "failed", fields
 
 

@@ -27,6 +27,7 @@ _NOT_READY = {3, 5}
 
 TopicKey = Literal[
     "generation.requested",
+    "generation.cancel",
     "generation.primary",
     "generation.fallback",
     "generation.generated",
@@ -50,6 +51,8 @@ class TopicSpec:
 TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec("generation.requested", contracts.GenerationRequested,
               "Image requests, from ingest or produced by game backends directly."),
+    TopicSpec("generation.cancel", contracts.GenerationCancelRequested,
+              "Cancellations of jobs, from game backends that speak Kafka; the router ends each job canceled."),
     TopicSpec("generation.primary", contracts.GenerationRouted, "Jobs routed to the free primary path."),
     TopicSpec("generation.fallback", contracts.GenerationRouted, "Jobs routed to the paid fallback path."),
     TopicSpec("generation.generated", contracts.GenerationGenerated, "Generated image bytes, on their way to storage."),

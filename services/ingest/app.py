@@ -23,7 +23,7 @@ from services.common.cache import LruTtlCache, RedisResultCache
 from services.common.ratelimit import RateLimiter
 from services.common.route_stats import RedisRouteStats
 from services.common.tenants import TenantStore
-from services.ingest import dashboard, limits
+from services.ingest import cancel, dashboard, limits
 from services.ingest.deps import IngestDeps, provider_handles
 from services.ingest.errors import (
     InvalidRequest,
@@ -82,6 +82,7 @@ async def build_deps(settings: IngestSettings, infra: Infra) -> IngestDeps:
         blobs=infra.blobs,
         tenants=TenantStore(infra.redis, infra.keys, lookup_ttl_s=settings.tenant_lookup_ttl_s),
         limiter=RateLimiter(infra.redis, infra.keys),
+        guard=infra.terminal_guard(),
     )
 
 
@@ -102,6 +103,7 @@ def create_app(deps: IngestDeps | None) -> FastAPI:
     app.state.deps = deps
     app.include_router(router)
     app.include_router(dashboard.router)
+    app.include_router(cancel.router)
     _add_error_handlers(app)
     limits.install(app)
     # Last added is outermost: the log sees the final status, including the limit's 413.

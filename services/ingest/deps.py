@@ -11,7 +11,16 @@ from redis.asyncio import Redis
 
 from services.common.breaker import RedisCircuitBreaker
 from services.common.contracts import Path
-from services.common.ports import BlobStore, Breaker, BudgetLedger, JobStore, KeyPool, ResultCache, RouteStats
+from services.common.ports import (
+    BlobStore,
+    Breaker,
+    BudgetLedger,
+    JobStore,
+    KeyPool,
+    ResultCache,
+    RouteStats,
+    TerminalGuard,
+)
 from services.common.ratelimit import RateLimiter
 from services.common.redis import KeySpace
 from services.common.settings import Connections
@@ -78,6 +87,7 @@ class IngestDeps:
     blobs: BlobStore | None = None  # where uploaded input images go (claim check); None: data: URLs stay inline
     tenants: TenantStore | None = None  # None: no keys in Redis and no limits (tests of other parts)
     limiter: RateLimiter | None = None
+    guard: TerminalGuard | None = None  # for cancellations: a cancelled job's one terminal event
 
     @property
     def auth_enabled(self) -> bool:

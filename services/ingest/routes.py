@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.common.jobs import JobView
+from services.common.jobs import TERMINAL, JobView
 from services.ingest import comparisons, handlers, status
 from services.ingest.api_models import (
     Accepted,
@@ -101,7 +101,7 @@ def _finished(result: handlers.SubmitResult) -> GenerationResult:
             content_type=done.content_type, size_bytes=done.size_bytes, provider=done.provider,
             deterministic=done.deterministic, placeholder=done.placeholder, metadata=result.metadata or {}, **urls)
     view = result.view
-    assert view is not None and view.status in ("completed", "failed")
+    assert view is not None and view.status in TERMINAL
     stored = view.result or {}
     return GenerationResult(
         job_id=result.job_id, status=view.status, cached=view.cached, url=view.url, sha256=stored.get("sha256"),
