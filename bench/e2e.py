@@ -42,7 +42,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-async def submit_all(url: str, n: int, run_id: str, width: int, concurrency: int, submitted: dict[str, float]) -> None:
+async def submit_all(url: str, n: int, run_id: str, width: int, concurrency: int, submitted: dict[str, float],
+                     extra: dict | None = None) -> None:
+    """POST ``n`` distinct prompts (with ``extra`` fields) from ``concurrency`` clients; ``submitted``: job → when."""
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(n):
         queue.put_nowait(i)
@@ -52,7 +54,7 @@ async def submit_all(url: str, n: int, run_id: str, width: int, concurrency: int
         async def worker() -> None:
             while not queue.empty():
                 i = queue.get_nowait()
-                body = {"prompt": f"bench {run_id} sword {i}", "width": width, "height": width}
+                body = {"prompt": f"bench {run_id} sword {i}", "width": width, "height": width, **(extra or {})}
                 response = await http.post("/v1/generations", json=body)
                 if response.status_code != 202:
                     raise RuntimeError(f"job {i}: HTTP {response.status_code}: {response.text[:300]}")
@@ -89,6 +91,22 @@ def seconds(later: datetime | None, earlier: datetime | None) -> float | None:
     return (later - earlier).total_seconds() if later and earlier else None
 
 
+async def fresh_run(partitions: int) -> tuple[dict[str, str], str, KafkaSettings, TopicSettings]:
+    """The running local stack's environment, a run id, and topics under a prefix of this run only."""
+    stack = devstack.DevStackSettings()
+    if not all(s.answers for s in devstack.status(stack)):
+        raise SystemExit("the local stack is not running: start it with `forgeline dev up` (or `make up`)")
+    env = devstack.env(stack)
+    run_id = uuid.uuid4().hex[:8]
+    kafka = KafkaSettings(bootstrap=env["FORGELINE_KAFKA_BOOTSTRAP"])
+    topic_settings = TopicSettings(prefix=f"bench-{run_id}", partitions=partitions)
+    admin = make_admin(kafka)
+    await admin.start()
+    await create_topics(admin, topic_settings)
+    await admin.close()
+    return env, run_id, kafka, topic_settings
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=1000, help="jobs to push (default 1000)")
@@ -99,18 +117,8 @@ async def main() -> None:
     parser.add_argument("--partitions", type=int, default=6)
     args = parser.parse_args()
 
-    stack = devstack.DevStackSettings()
-    if not all(s.answers for s in devstack.status(stack)):
-        raise SystemExit("the local stack is not running: start it with `forgeline dev up` (or `make up`)")
-    env = devstack.env(stack)
-    run_id = uuid.uuid4().hex[:8]
-    prefix = f"bench-{run_id}"
-    kafka = KafkaSettings(bootstrap=env["FORGELINE_KAFKA_BOOTSTRAP"])
-    topic_settings = TopicSettings(prefix=prefix, partitions=args.partitions)
-    admin = make_admin(kafka)
-    await admin.start()
-    await create_topics(admin, topic_settings)
-    await admin.close()
+    env, run_id, kafka, topic_settings = await fresh_run(args.partitions)
+    prefix = topic_settings.prefix
 
     (port,) = free_ports(1)
     url = f"http://127.0.0.1:{port}"

@@ -104,12 +104,18 @@ class ForgelineClient:
     async def status(self, job_id: str) -> JobResult:
         return JobResult.from_json(self._checked(await self._http.get(f"/v1/generations/{job_id}")))
 
+    async def cancel(self, job_id: str, reason: str | None = None) -> JobResult:
+        """End the job ``canceled`` (``ForgelineError`` with the API's words when it has ended already)."""
+        body = {"reason": reason} if reason else None
+        return JobResult.from_json(self._checked(await self._http.post(f"/v1/generations/{job_id}/cancel",
+                                                                       json=body)))
+
     async def wait(self, job_id: str, *, timeout_s: float = 300.0) -> JobResult:
         """Wait for a terminal status via server-sent events; poll if the stream breaks."""
         deadline = time.monotonic() + timeout_s
         try:
             async with asyncio.timeout(timeout_s):
-                async for view in self._events(job_id):
+                async for view in self.events(job_id):
                     if view["status"] in TERMINAL:
                         return self._final(JobResult.from_json(view))
         except (httpx.HTTPError, json.JSONDecodeError):
@@ -152,7 +158,8 @@ class ForgelineClient:
             raise ForgelineError(f"comparison {view['comparison_id']} not finished after {wait_s:.0f} s")
         return view
 
-    async def _events(self, job_id: str):
+    async def events(self, job_id: str):
+        """Each status change of the job as JSON, from the first, until it ends (server-sent events)."""
         async with self._http.stream("GET", f"/v1/generations/{job_id}/events",
                                      timeout=httpx.Timeout(30.0, read=60.0)) as response:
             if response.status_code != 200:

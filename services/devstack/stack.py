@@ -167,7 +167,7 @@ def ingest_url(settings: DevStackSettings) -> str:
 
 
 def pipeline(settings: DevStackSettings, env_overrides: Mapping[str, str] | None = None) -> Pipeline:
-    """The six service processes, configured for this stack, calling fake providers on loopback.
+    """The seven service processes, configured for this stack, calling fake providers on loopback.
 
     The primary path is a fake Hugging Face Space that takes ``primary_latency_s`` an image, one
     image at a time; the fallback path is a fast fake Replicate (paid: it counts against the

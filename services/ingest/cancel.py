@@ -19,11 +19,12 @@ from services.common.contracts import GenerationFailed
 from services.common.jobs import TERMINAL, JobView, TerminalBeingPublished, terminal_outcome
 from services.common.kafka import send_event
 from services.ingest import handlers
-from services.ingest.api_models import MessageBody
+from services.ingest.api_models import MessageBody, ValidationErrorBody
 from services.ingest.auth import DepsDep, TenantDep
 from services.ingest.errors import Unavailable
+from services.ingest.validation import Utf8JsonRoute
 
-router = APIRouter()
+router = APIRouter(route_class=Utf8JsonRoute)
 
 
 class CancelBody(BaseModel):
@@ -37,6 +38,7 @@ class CancelBody(BaseModel):
         401: {"model": MessageBody, "description": "API keys are configured and none was sent, or it is unknown."},
         404: {"model": MessageBody, "description": "No such job (or it belongs to another tenant, or it expired)."},
         409: {"model": MessageBody, "description": "The job has ended already (or is ending right now)."},
+        422: {"model": ValidationErrorBody, "description": "`reason` is empty or longer than 500 characters."},
         503: {"model": MessageBody, "description": "Kafka did not acknowledge the cancellation; retry."},
     },
 )
