@@ -133,6 +133,12 @@ class RedisJobStore:
     def _hash(self, job_id: str) -> str:
         return job_key(self._keys, job_id)
 
+    async def mark_forwarded(self, job_id: str) -> None:
+        await self._redis.set(self._hash(job_id) + ":forwarded", b"1", ex=self._ttl_s)
+
+    async def forwarded(self, job_id: str) -> bool:
+        return bool(await self._redis.exists(self._hash(job_id) + ":forwarded"))
+
     def _stream(self, job_id: str) -> str:
         return job_key(self._keys, job_id) + ":events"
 

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from aiokafka.errors import KafkaError
@@ -191,9 +192,21 @@ async def _claim_idempotency_key(claim: _Claim, deps: IngestDeps) -> SubmitResul
     view = await deps.jobs.get(earlier["job_id"])
     # No view yet: the first request claimed the key and is writing the job right now.
     status: JobStatus = view.status if view is not None else "queued"
-    if earlier.get("unconfirmed") and status == "queued":
+    if status == "queued" and view is not None and (earlier.get("unconfirmed") or _publish_settled(view, deps)):
+        # Still queued after its first request's publish either failed or had all the time it may
+        # take: the record may never have reached Kafka. Re-send it (the router drops a copy of a
+        # job it already routed).
         return SubmitResult(earlier["job_id"], status, "unconfirmed", view=view)
     return SubmitResult(earlier["job_id"], status, "replayed", view=view)
+
+
+def _publish_settled(view: JobView, deps: IngestDeps) -> bool:
+    """True when the request that queued ``view`` has finished publishing, one way or the other."""
+    accepted = view.timings.get("accepted_at")
+    if accepted is None:
+        return False
+    age_s = (utcnow() - datetime.fromisoformat(str(accepted))).total_seconds()
+    return age_s > deps.settings.publish_timeout_s + 1.0
 
 
 async def _complete_from_cache(request: GenerationRequested, cached: GenerationCompleted, deps: IngestDeps) -> None:
