@@ -42,6 +42,7 @@ from services.ingest.errors import (
     describe,
 )
 from services.ingest.images import checked_image
+from services.ingest.limits import take_slot
 from services.ingest.webhook_checks import check_job_webhook
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ async def _serve_or_queue(request: GenerationRequested, deps: IngestDeps, *, kee
             JOBS.labels("cached").inc()
             return SubmitResult(request.job_id, "completed", "cached", completed=cached, metadata=request.metadata)
 
+    await take_slot(request.tenant, request.job_id, deps)
     # Status before the event: a client polling right after the 202 must find the job, with
     # the tenant that GET checks (the router's update may land first and does not carry it all).
     await deps.jobs.update(request.job_id, "queued", tenant=request.tenant,
