@@ -13,7 +13,7 @@ from typing import Annotated
 
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Body, HTTPException
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.contracts import GenerationFailed
 from services.common.jobs import TERMINAL, JobView, TerminalBeingPublished, terminal_outcome
@@ -28,6 +28,8 @@ router = APIRouter(route_class=Utf8JsonRoute)
 
 
 class CancelBody(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "the player left the match"}]})
+
     reason: str = Field("canceled by the client", min_length=1, max_length=500,
                         description="Why: kept on the job's error and its terminal event.")
 
