@@ -17,9 +17,12 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from services.common import tracing
 from services.common.bootstrap import Infra
@@ -154,6 +157,18 @@ def _add_error_handlers(app: FastAPI) -> None:
             {"detail": f"the job store (Redis) did not answer ({type(exc).__name__}); retry shortly"},
             status_code=503, headers={"Retry-After": "5"})
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code != 405:
+            return await http_exception_handler(request, exc)
+        # Starlette names only the first matching route's methods; a path served by several
+        # routes (GET and POST /v1/webhooks/endpoints) allows all of theirs.
+        path = request.url.path
+        allowed = sorted({method.upper() for template, operations in request.app.openapi()["paths"].items()
+                          if compile_path(template)[0].match(path) for method in operations})
+        return JSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": ", ".join(allowed)})
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, request_validation_error)
     app.add_exception_handler(BodyNotParsed, body_not_parsed)
     app.add_exception_handler(InvalidRequest, invalid)

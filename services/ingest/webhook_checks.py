@@ -28,6 +28,8 @@ async def check_url_allowed(url: str, *, field: str, deps: IngestDeps) -> None:
     except ImageFetchUnavailable:
         return
     except ImageInputError as exc:
+        if exc.code == "fetch_failed":  # the name does not resolve from here (now): decided per attempt
+            return
         raise _invalid(field, exc.reason, exc.code) from None
 
 

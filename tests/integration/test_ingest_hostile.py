@@ -304,3 +304,12 @@ async def test_auth_on_refuses_before_reading_fields(connections: Connections, t
 
     assert anonymous.status_code in (401, 422) and len(anonymous.content) < SMALL_BODY
     assert problem_at(keyed, "body", "deadline_s")["type"] == "finite_number"
+
+
+async def test_a_wrong_method_names_every_method_the_path_allows(client: Api):
+    """Starlette's 405 names one route's methods; a path served by several routes allows them all."""
+    response = await client.http.request("OPTIONS", "/v1/webhooks/endpoints")
+    unknown = await client.http.get("/v1/nothing-here")
+
+    assert response.status_code == 405 and response.headers["allow"] == "GET, POST"
+    assert unknown.status_code == 404
