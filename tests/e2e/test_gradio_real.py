@@ -102,7 +102,9 @@ async def test_the_pipeline_on_a_real_one_slot_space(real_spaces, running_pipeli
             ],
             "fallback": [{"name": "procedural", "type": "procedural"}],
         }))
-        env = {"FORGELINE_GENERATOR_PROVIDERS_FILE": str(providers)}
+        # Every job on the free path, however deep its queue gets: the test is the Space's, not the router's.
+        env = {"FORGELINE_GENERATOR_PROVIDERS_FILE": str(providers), "FORGELINE_ROUTER_DEPTH_HIGH": "1000",
+               "FORGELINE_ROUTER_DEPTH_LOW": "999", "FORGELINE_ROUTER_MAX_WAIT_S": "86400"}
         async with running_pipeline(env=env) as p, httpx.AsyncClient(base_url=p.ingest_url, timeout=30) as http:
             asks = [{"prompt": f"axe {version} {i}", "width": 64, "height": 64, "seed": i} for i in range(9)]
             asks.append({"prompt": f"huge seed {version}", "width": 64, "height": 64, "seed": 2**32 - 1})
