@@ -1,6 +1,7 @@
 """What the spend journal costs a paid call, and how long rebuilding a lost ledger takes.
 
-Starts its own Redis and S3 (moto) from the dev stack's components, in a throwaway state folder
+Starts its own Redis and S3 (``--s3-server``: S3Proxy, as the dev stack runs, or moto) from the
+dev stack's components, in a throwaway state folder
 on free ports, and stops them at the end. Then, in the same run:
 
 1. baseline: ``--calls`` reserve + settle cycles on the Redis ledger alone;
@@ -26,7 +27,7 @@ from services.common.settings import RedisSettings, S3Settings
 from services.common.spend_journal import S3SpendJournal
 from services.devstack.process import free_ports
 from services.devstack.redis import RedisComponent
-from services.devstack.s3 import S3Component
+from services.devstack.s3 import s3_component
 from services.devstack.settings import DevStackSettings
 
 COST = usd("0.0023")
@@ -77,11 +78,13 @@ async def run(redis_url: str, s3: S3Settings, calls: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=500)
+    parser.add_argument("--s3-server", choices=("s3proxy", "moto"), default="s3proxy")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="forgeline-bench-") as state:
         redis_port, s3_port = free_ports(2)
-        settings = DevStackSettings(state_dir=Path(state), redis_port=redis_port, s3_port=s3_port)
-        redis, s3 = RedisComponent(settings), S3Component(settings)
+        settings = DevStackSettings(state_dir=Path(state), redis_port=redis_port, s3_port=s3_port,
+                                    s3_server=args.s3_server)
+        redis, s3 = RedisComponent(settings), s3_component(settings)
         redis.start()
         s3.start()
         try:

@@ -55,8 +55,9 @@ percentile = kafka_ceiling.percentile
 
 
 async def submit_all(url: str, jobs: list[int], tag: str, width: int, concurrency: int, rate: float | None,
-                     submitted: dict[str, float]) -> None:
-    """POST every job, ``concurrency`` at a time; with ``rate``, job i starts no sooner than i / rate s in."""
+                     submitted: dict[str, float], extra: dict | None = None) -> None:
+    """POST a distinct prompt (with ``extra`` fields) per job, ``concurrency`` at a time; with ``rate``, the n-th
+    starts no sooner than n / rate s in. ``submitted``: job id → when it was accepted."""
     queue: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
     for n, i in enumerate(jobs):
         queue.put_nowait((n, i))
@@ -69,7 +70,7 @@ async def submit_all(url: str, jobs: list[int], tag: str, width: int, concurrenc
                 n, i = queue.get_nowait()
                 if rate:
                     await asyncio.sleep(max(0.0, began + n / rate - time.monotonic()))
-                body = {"prompt": f"{tag} sword {i}", "width": width, "height": width}
+                body = {"prompt": f"{tag} sword {i}", "width": width, "height": width, **(extra or {})}
                 response = await http.post("/v1/generations", json=body)
                 if response.status_code != 202:
                     raise RuntimeError(f"job {i}: HTTP {response.status_code}: {response.text[:300]}")
@@ -175,6 +176,22 @@ def middle(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
 
+async def fresh_run(partitions: int) -> tuple[dict[str, str], str, KafkaSettings, TopicSettings]:
+    """The running local stack's environment, a run id, and topics under a prefix of this run only."""
+    stack = devstack.DevStackSettings()
+    if not all(s.answers for s in devstack.status(stack)):
+        raise SystemExit("the local stack is not running: start it with `forgeline dev up` (or `make up`)")
+    env = devstack.env(stack)
+    run_id = uuid.uuid4().hex[:8]
+    kafka = KafkaSettings(bootstrap=env["FORGELINE_KAFKA_BOOTSTRAP"])
+    topic_settings = TopicSettings(prefix=f"bench-{run_id}", partitions=partitions)
+    admin = make_admin(kafka)
+    await admin.start()
+    await create_topics(admin, topic_settings)
+    await admin.close()
+    return env, run_id, kafka, topic_settings
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=1000, help="jobs per run (default 1000)")
@@ -193,18 +210,8 @@ async def main() -> None:
     parser.add_argument("--partitions", type=int, default=6)
     args = parser.parse_args()
 
-    stack = devstack.DevStackSettings()
-    if not all(s.answers for s in devstack.status(stack)):
-        raise SystemExit("the local stack is not running: start it with `forgeline dev up` (or `make up`)")
-    env = devstack.env(stack)
-    run_id = uuid.uuid4().hex[:8]
-    prefix = f"bench-{run_id}"
-    kafka = KafkaSettings(bootstrap=env["FORGELINE_KAFKA_BOOTSTRAP"])
-    topic_settings = TopicSettings(prefix=prefix, partitions=args.partitions)
-    admin = make_admin(kafka)
-    await admin.start()
-    await create_topics(admin, topic_settings)
-    await admin.close()
+    env, run_id, kafka, topic_settings = await fresh_run(args.partitions)
+    prefix = topic_settings.prefix
 
     (port,) = free_ports(1)
     url = f"http://127.0.0.1:{port}"

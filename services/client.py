@@ -109,7 +109,7 @@ class ForgelineClient:
         deadline = time.monotonic() + timeout_s
         try:
             async with asyncio.timeout(timeout_s):
-                async for view in self._events(job_id):
+                async for view in self.events(job_id):
                     if view["status"] in TERMINAL:
                         return self._final(JobResult.from_json(view))
         except (httpx.HTTPError, json.JSONDecodeError):
@@ -152,7 +152,8 @@ class ForgelineClient:
             raise ForgelineError(f"comparison {view['comparison_id']} not finished after {wait_s:.0f} s")
         return view
 
-    async def _events(self, job_id: str):
+    async def events(self, job_id: str):
+        """Each status change of the job as JSON, from the first, until it ends (server-sent events)."""
         async with self._http.stream("GET", f"/v1/generations/{job_id}/events",
                                      timeout=httpx.Timeout(30.0, read=60.0)) as response:
             if response.status_code != 200:

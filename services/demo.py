@@ -1,6 +1,6 @@
 """`forgeline demo` (what `make demo` runs): the pipeline end to end on the local stack.
 
-1. Start the stack (Kafka, Redis, S3) and the six services as supervised background processes,
+1. Start the stack (Kafka, Redis, S3) and the seven services as supervised background processes,
    with a deliberately slow, single-slot primary path (see ``DevStackSettings``).
 2. Submit sample prompts at once over HTTP, like a game backend would.
 3. Follow every job until it finishes, with a live progress table.

@@ -6,7 +6,7 @@ Each service is resolved once per session, in this order:
    ``FORGELINE_REDIS_URL``, ``FORGELINE_S3_ENDPOINT_URL``);
 2. testcontainers, when a Docker engine answers;
 3. the project's own local launchers (``forgeline dev up``): a Kafka broker from Maven
-   Central jars, Debian's redis-server, and moto's S3 server.
+   Central jars, Debian's redis-server, and S3Proxy (``FORGELINE_DEV_S3_SERVER=moto``: moto).
 
 A service that cannot be had is a test failure with the reason, never a skip. What the
 session started, it stops at the end; a stack that was already running is left running.

@@ -4,8 +4,10 @@
     dev.py      forgeline dev …, demo         the local stack, fake providers, the demo
     topics.py   forgeline topics …            create, wait for and list the Kafka topics
     keys.py     forgeline keys …              provider keys: state, re-enabling
-    schema.py   forgeline schema              JSON Schemas of every topic's messages
+    schema.py   forgeline schema              JSON Schemas, topics.json and the AsyncAPI document
     diagram.py  forgeline diagram             the architecture picture, SVG and PNG, from the settings
+    simulate.py forgeline simulate            a day of routing on a simulated clock: cost, waits, misses
+    jobs.py     forgeline submit|status|compare  the HTTP API for people: an image, a job, a score
 
 Each command reads its settings from the environment once, in the command, and hands them down.
 """
@@ -16,7 +18,7 @@ import sys
 
 import typer
 
-from services.cli import dev, diagram, keys, run, schema, topics
+from services.cli import dev, diagram, jobs, keys, run, schema, simulate, topics
 from services.cli._console import console
 
 __all__ = ["app", "main"]
@@ -28,7 +30,11 @@ app.add_typer(keys.app, name="keys")
 app.command("run")(run.run)
 app.command("schema")(schema.schema)
 app.command("diagram")(diagram.diagram)
+app.command("simulate")(simulate.simulate)
 app.command("demo")(dev.demo)
+app.command("submit")(jobs.submit)
+app.command("status")(jobs.status)
+app.command("compare")(jobs.compare)
 
 
 def main() -> None:

@@ -16,30 +16,27 @@ from services.common.settings import KafkaSettings, TopicSettings
 app = typer.Typer(no_args_is_help=True, help="The local stack: a real Kafka broker, Redis and an S3 endpoint.")
 
 
-def _components(only: list[str] | None) -> list[str]:
-    from services.devstack import COMPONENT_NAMES
-
-    chosen = only or list(COMPONENT_NAMES)
-    unknown = sorted(set(chosen) - set(COMPONENT_NAMES))
-    if unknown:
-        raise fail(f"unknown component(s): {', '.join(unknown)}", f"choose from {', '.join(COMPONENT_NAMES)}")
-    return chosen
-
-
 @app.command("up")
 def dev_up(
-    only: Annotated[list[str] | None, typer.Option("--only", help="Start just these components.")] = None,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Start just these components (kafka, redis, s3, "
+                                                   "or one broker: kafka-2).")] = None,
     with_pipeline: Annotated[bool, typer.Option("--pipeline", help="Also start the five services.")] = False,
+    brokers: Annotated[int | None, typer.Option("--brokers", min=1, max=5, help="KRaft nodes; 3 is a quorum whose "
+                                                "topics have replication factor 3 and min.insync.replicas=2. Fixed "
+                                                "once formatted (`dev reset` to change it).")] = None,
 ) -> None:
     """Start Kafka, Redis and S3 in the background (idempotent); with --pipeline, the services too."""
     from services import devstack
 
     settings = read_settings(devstack.DevStackSettings)
+    if brokers is not None:
+        settings = settings.model_copy(update={"kafka_brokers": brokers})
     try:
-        devstack.up(settings, components=_components(only), progress=progress)
+        devstack.up(settings, components=only, progress=progress)
         if with_pipeline:
-            stack_kafka = KafkaSettings(bootstrap=devstack.env(settings)["FORGELINE_KAFKA_BOOTSTRAP"])
-            create_topics_or_fail(stack_kafka, read_settings(TopicSettings))
+            cluster = devstack.KafkaCluster(settings)
+            create_topics_or_fail(KafkaSettings(bootstrap=cluster.bootstrap),
+                                  cluster.topic_settings(read_settings(TopicSettings)))
             devstack.pipeline(settings).start(progress=progress)
     except devstack.DevStackError as exc:
         raise fail(str(exc)) from None
@@ -55,18 +52,21 @@ def dev_down(
     from services import devstack
 
     settings = read_settings(devstack.DevStackSettings)
-    if not only:
-        devstack.pipeline(settings).stop(progress=progress)
-    devstack.down(settings, components=_components(only), progress=progress)
+    try:
+        if not only:
+            devstack.pipeline(settings).stop(progress=progress)
+        devstack.down(settings, components=only, progress=progress)
+    except devstack.DevStackError as exc:
+        raise fail(str(exc)) from None
 
 
 @app.command("reset")
 def dev_reset() -> None:
-    """Stop everything and delete the local broker's data (all topics and offsets)."""
+    """Stop everything and delete what it keeps: every topic and offset, Redis's data and the S3 objects."""
     from services import devstack
 
     devstack.reset(read_settings(devstack.DevStackSettings), progress=progress)
-    console.print("the next `forgeline dev up` starts from an empty broker")
+    console.print("the next `forgeline dev up` starts from an empty broker, Redis and bucket")
 
 
 @app.command("status")
@@ -75,7 +75,10 @@ def dev_status() -> None:
     from services import devstack
 
     settings = read_settings(devstack.DevStackSettings)
-    statuses = devstack.status(settings)
+    try:
+        statuses = devstack.status(settings)
+    except devstack.DevStackError as exc:
+        raise fail(str(exc)) from None
     _print_status(statuses, devstack.pipeline(settings).status())
     if not all(s.answers for s in statuses):
         raise typer.Exit(code=1)

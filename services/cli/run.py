@@ -46,6 +46,7 @@ SERVICES: dict[str, ServiceEntry] = {
                               reads_providers_file=True),
     "storage": ServiceEntry("services.storage.app", "services.storage.settings:StorageSettings"),
     "comparer": ServiceEntry("services.comparer.app", "services.comparer.settings:ComparerSettings"),
+    "webhooks": ServiceEntry("services.webhooks.app", "services.webhooks.settings:WebhooksSettings"),
 }
 
 Service = Enum("Service", {name: name for name in SERVICES}, type=str)  # type: ignore[misc]

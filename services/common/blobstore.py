@@ -96,7 +96,13 @@ def ensure_bucket(client, bucket: str, *, public_read: bool) -> bool:
             if code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
                 raise BlobStoreError(f"cannot create bucket {bucket!r}: {create_exc}") from create_exc
     if public_read:
-        client.put_bucket_policy(Bucket=bucket, Policy=public_read_policy(bucket))
+        try:
+            client.put_bucket_policy(Bucket=bucket, Policy=public_read_policy(bucket))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NotImplemented":
+                raise
+            # Stores without bucket policies (S3Proxy, the dev stack's endpoint) take the canned ACL.
+            client.put_bucket_acl(Bucket=bucket, ACL="public-read")
     return created
 
 

@@ -12,24 +12,34 @@ Rules:
   and consumers accept both during the migration.
 - Values are validated when a model is built, so a producer cannot emit a bad message and a
   consumer learns exactly which field of a bad message is wrong (``ContractError``).
+- Consumers decode strictly and the published schemas say so: a message the schema accepts is
+  one the consumers accept, and the other way round. No ``"42"`` for a number, no ``"true"`` for a
+  boolean, times are RFC 3339 with a zone, and every limit is a schema keyword, not a sentence.
+  A whole number written as ``256.0`` is the integer 256, as it is to JSON Schema.
 """
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import json
+import re
 import secrets
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self, TypeVar
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -49,11 +59,147 @@ Tenant = Annotated[
     StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$"),
     Field(description="The game backend (customer) a job belongs to.", examples=["studio-alpha"]),
 ]
-Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
-Dimension = Annotated[int, Field(ge=64, le=2048, multiple_of=8, description="Pixels; 64–2048, a multiple of 8.")]
+
+
+def _whole_number(value: Any) -> Any:
+    """JSON Schema's ``integer`` includes ``256.0``; strict pydantic does not. Follow the schema."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _integer(**limits: Any) -> Any:
+    """An integer as JSON Schema means it: ``256`` or ``256.0``, never ``"256"`` or ``true``.
+
+    The limits come before the validator, so they stay schema keywords.
+    """
+    return Annotated[int, Field(**limits), BeforeValidator(_whole_number)]
+
+
+Count = _integer(ge=0)
+PositiveCount = _integer(ge=1)
+
+#: RFC 3339 date-time with a zone, the only form consumers accept (pydantic alone also takes
+#: ``2025-01-31 12:00Z`` or a Unix time in a string, which JSON Schema's ``date-time`` does not).
+RFC3339 = (r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+           r"(\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")
+_RFC3339 = re.compile(RFC3339)
+
+
+def _rfc3339(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    if not _RFC3339.match(value):
+        raise ValueError("must be an RFC 3339 date-time with a time zone, like 2025-01-31T12:00:00Z")
+    return datetime.fromisoformat(value)  # a day the month does not have is refused here
+
+
+Timestamp = Annotated[
+    AwareDatetime,
+    BeforeValidator(_rfc3339),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": RFC3339}),
+]
+
+#: Text limits apply to the text as sent (so they are the schema's), then it is stored stripped.
+NOT_BLANK = r"\S"
+
+
+def _stripped_text(min_length: int, max_length: int) -> Any:
+    constraints = StringConstraints(min_length=min_length, max_length=max_length,
+                                    pattern=NOT_BLANK if min_length else None)
+    return Annotated[str, constraints, AfterValidator(str.strip)]
+
+
+Prompt = _stripped_text(1, 2000)
+NegativePrompt = _stripped_text(0, 2000)
+Style = _stripped_text(1, 64)
+Dimension = _integer(ge=64, le=2048, multiple_of=8, description="Pixels; 64–2048, a multiple of 8.")
+Seed = Annotated[int | None, Field(ge=0, le=2**32 - 1), BeforeValidator(_whole_number)]
 ImageContentType = Literal["image/png", "image/jpeg", "image/webp"]
 Path = Literal["primary", "fallback"]
 Priority = Literal["standard", "high"]
+#: The job events a webhook may ask for (Replicate's ``webhook_events_filter``): the terminal topics'.
+WebhookEvent = Literal["completed", "failed"]
+WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("completed", "failed")
+WebhookUrl = Annotated[
+    str | None,
+    Field(None, max_length=2048, pattern=r"^https?://",
+          description="Where the job's terminal event is POSTed, signed per Standard Webhooks v1 with the "
+                      "tenant's signing secret. https, on a public address.",
+          examples=["https://game.example.com/hooks/forgeline"]),
+]
+WebhookEvents = Annotated[
+    tuple[WebhookEvent, ...] | None,
+    Field(None, min_length=1, description="Which of the job's events go to webhook_url; all of them when unset.",
+          examples=[["completed", "failed"]]),
+]
+
+
+METADATA_MAX_ENTRIES = 32
+METADATA_KEY_MAX = 64
+METADATA_VALUE_MAX = 512
+
+
+def _metadata_is_small(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > METADATA_MAX_ENTRIES:
+        raise ValueError("at most 32 entries")
+    for key, item in value.items():
+        if not 1 <= len(key) <= METADATA_KEY_MAX or len(item) > METADATA_VALUE_MAX:
+            raise ValueError(f"entry {key[:64]!r}: keys are 1–64 characters, values at most 512")
+        if _has_lone_surrogate(key):  # values are checked as strings; keys are not
+            raise ValueError(f"entry {key[:64]!r}: the key is not valid Unicode (a lone surrogate)")
+    return value
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+#: Free-form labels echoed on the result. The check runs as a validator of each model that carries
+#: them (so ingest's request body reports it with the contract's other checks); the schema gets its limits.
+Metadata = Annotated[
+    dict[str, str],
+    Field(json_schema_extra={
+        "maxProperties": METADATA_MAX_ENTRIES,
+        "propertyNames": {"minLength": 1, "maxLength": METADATA_KEY_MAX},
+        "additionalProperties": {"type": "string", "maxLength": METADATA_VALUE_MAX},
+    }),
+]
+
+REFERENCE_URL_MAX = 14_000_000
+REFERENCE_URL_SCHEMES = ("data:image/", "https://")
+ReferenceUrl = Annotated[str, WithJsonSchema({
+    "type": "string", "maxLength": REFERENCE_URL_MAX,
+    "pattern": "^(" + "|".join(re.escape(scheme) for scheme in REFERENCE_URL_SCHEMES) + ")"})]
+
+
+IMAGE_MAX_BYTES = 9 * 1024 * 1024
+#: Padded base64 in either alphabet (Forgeline writes the URL-safe one).
+BASE64 = r"^([A-Za-z0-9+/_-]{4})*([A-Za-z0-9+/_-]{2}==|[A-Za-z0-9+/_-]{3}=)?$"
+_URL_SAFE_TO_STANDARD = str.maketrans("-_", "+/")
+
+
+def _base64(value: Any, info: ValidationInfo) -> Any:
+    """Decode the JSON string ourselves: pydantic would also take unpadded base64, which ``BASE64`` does not."""
+    if info.mode != "json" or not isinstance(value, str):
+        return value
+    try:
+        return binascii.a2b_base64(value.translate(_URL_SAFE_TO_STANDARD), strict_mode=True)
+    except binascii.Error as exc:
+        raise ValueError(f"must be padded base64: {exc}") from None
+
+
+ImageBytes = Annotated[
+    bytes,
+    BeforeValidator(_base64),
+    Field(max_length=IMAGE_MAX_BYTES),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64", "pattern": BASE64,
+                    "maxLength": 4 * ((IMAGE_MAX_BYTES + 2) // 3)}),
+]
 
 
 def new_job_id() -> str:
@@ -65,15 +211,33 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def printable(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (and "…"), with lone surrogates and control characters escaped:
+    safe for a log line, a Kafka header or a JSON response, whatever a hostile input held."""
+    head = text[:limit]
+    if not head.isprintable():  # escapes grow the text: cut again after escaping
+        head = "".join(ch if ch.isprintable() else ch.encode("unicode_escape", "backslashreplace").decode("ascii")
+                       for ch in head)
+    return head if len(head) <= limit and len(text) <= limit else head[:limit] + "…"
+
+
 class ContractError(Permanent, ValueError):
     """A message does not match its contract (permanent: it never will). ``problems`` maps each bad
-    field to the reason."""
+    field to the reason.
+
+    The message stays short whatever the input (it becomes a dead letter's reason header and a
+    log line): at most ``MAX_PROBLEMS`` fields, each name and reason cut and escaped.
+    """
+
+    MAX_PROBLEMS = 10
 
     def __init__(self, model: str, problems: dict[str, str]) -> None:
         self.model = model
-        self.problems = problems
-        detail = "; ".join(f"{field}: {reason}" for field, reason in problems.items())
-        super().__init__(f"invalid {model}: {detail}")
+        self.problems = {printable(field, 80): printable(reason, 200)
+                         for field, reason in list(problems.items())[:self.MAX_PROBLEMS]}
+        detail = "; ".join(f"{field}: {reason}" for field, reason in self.problems.items())
+        more = len(problems) - len(self.problems)
+        super().__init__(f"invalid {model}: {detail}" + (f"; and {more} more" if more > 0 else ""))
 
     @classmethod
     def from_validation_error(cls, model: str, exc: ValidationError) -> ContractError:
@@ -120,7 +284,7 @@ class Event(_Model):
     schema_version: Literal[1] = Field(SCHEMA_VERSION, description="Version of this message's schema.")
     job_id: JobId
     tenant: Tenant
-    created_at: AwareDatetime = Field(default_factory=utcnow, description="When this event was made (UTC).")
+    created_at: Timestamp = Field(default_factory=utcnow, description="When this event was made (UTC).")
     trace: TraceContext = Field(default_factory=TraceContext.new)
 
     def to_json_bytes(self) -> bytes:
@@ -130,7 +294,7 @@ class Event(_Model):
     def from_json_bytes(cls, raw: bytes | str) -> Self:
         """Decode and validate; a bad message raises ``ContractError`` naming each bad field."""
         try:
-            return cls.model_validate_json(raw)
+            return cls.model_validate_json(raw, strict=True)
         except ValidationError as exc:
             raise ContractError.from_validation_error(cls.__name__, exc) from None
 
@@ -140,7 +304,25 @@ class Event(_Model):
 # --------------------------------------------------------------------------------------------
 
 
-class StoredImage(_Model):
+def _kind_is_required(schema: dict[str, Any]) -> None:
+    schema["required"] = ["kind", *schema.get("required", [])]
+
+
+class _ImageRef(_Model):
+    """Base of the image references: ``kind`` tells them apart, so a message must name it (Python
+    callers may leave it to the default)."""
+
+    model_config = ConfigDict(json_schema_extra=_kind_is_required)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_on_the_wire(cls, data: Any, info: ValidationInfo) -> Any:
+        if info.mode == "json" and isinstance(data, dict) and "kind" not in data:
+            raise ValueError(f"needs \"kind\": {cls.model_fields['kind'].default!r}")
+        return data
+
+
+class StoredImage(_ImageRef):
     """An input image Forgeline keeps in its own bucket (claim check): messages stay small."""
 
     kind: Literal["stored"] = "stored"
@@ -153,12 +335,12 @@ class ImageSpec(_Model):
     """What to draw. Two jobs with equal specs produce the same image, so the spec is the cache key."""
 
     prompt: Prompt = Field(description="What to draw, 1–2,000 characters.", examples=["flaming obsidian greatsword"])
-    negative_prompt: Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)] | None = Field(
+    negative_prompt: NegativePrompt | None = Field(
         None, description="What to avoid.", examples=["blurry, text, watermark"])
     width: Dimension = 512
     height: Dimension = 512
-    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Fixes the randomness; same seed, same image.")
-    style: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)] | None = Field(
+    seed: Seed = Field(None, description="Fixes the randomness; same seed, same image.")
+    style: Style | None = Field(
         None, examples=["pixel-art", "painterly"])
 
     def cache_key(self) -> str:
@@ -178,11 +360,11 @@ class ImageSpec(_Model):
 class StageTimes(_Model):
     """When a job passed each stage; each service adds its own, so subscribers see the whole path."""
 
-    accepted_at: AwareDatetime | None = None
-    routed_at: AwareDatetime | None = None
-    generated_at: AwareDatetime | None = None
-    stored_at: AwareDatetime | None = None
-    completed_at: AwareDatetime | None = None
+    accepted_at: Timestamp | None = None
+    routed_at: Timestamp | None = None
+    generated_at: Timestamp | None = None
+    stored_at: Timestamp | None = None
+    completed_at: Timestamp | None = None
 
     def with_stage(self, stage: str, at: datetime | None = None) -> StageTimes:
         return self.model_copy(update={f"{stage}_at": at or utcnow()})
@@ -193,9 +375,9 @@ class RouteDecision(_Model):
 
     path: Path
     reason: str = Field(max_length=500, examples=["primary depth 12 < 50"])
-    primary_depth: int = Field(ge=0, description="Messages waiting for the primary generators when decided.")
-    threshold: int = Field(ge=0, description="The depth threshold in force for this decision.")
-    decided_at: AwareDatetime = Field(default_factory=utcnow)
+    primary_depth: Count = Field(description="Messages waiting for the primary generators when decided.")
+    threshold: Count = Field(description="The depth threshold in force for this decision.")
+    decided_at: Timestamp = Field(default_factory=utcnow)
     estimated_wait_s: float | None = Field(
         None, ge=0, description="Primary depth / measured primary rate when decided (may be infinite).")
     service_rate: float | None = Field(None, ge=0, description="Measured primary images per second when decided.")
@@ -210,30 +392,24 @@ class _GenerationJob(Event):
     spec: ImageSpec
     priority: Priority = "standard"
     deadline_s: float | None = Field(None, gt=0, le=86_400, description="Seconds after acceptance the caller waits.")
-    reference_image: str | StoredImage | None = Field(
+    reference_image: ReferenceUrl | StoredImage | None = Field(
         None,
         description="Target image for a comparison after generation: a data: URL or an https URL (ingest "
                     "stores data: URLs in S3 and sends the stored reference instead, keeping messages small).")
-    metadata: dict[str, str] = Field(default_factory=dict, description="Echoed back on the result; ≤ 32 entries.")
+    metadata: Metadata = Field(default_factory=dict, description="Echoed back on the result; ≤ 32 entries.")
     timings: StageTimes = Field(default_factory=StageTimes)
+    webhook_url: WebhookUrl = None
+    webhook_events: WebhookEvents = None
+
+    _check_metadata = field_validator("metadata")(_metadata_is_small)
 
     @field_validator("reference_image")
     @classmethod
     def _reference_is_a_url(cls, value: str | StoredImage | None) -> str | StoredImage | None:
-        if isinstance(value, str) and len(value) > 14_000_000:
+        if isinstance(value, str) and len(value) > REFERENCE_URL_MAX:
             raise ValueError("at most 14,000,000 characters; give an https URL for larger images")
-        if isinstance(value, str) and not value.startswith(("data:image/", "https://")):
+        if isinstance(value, str) and not value.startswith(REFERENCE_URL_SCHEMES):
             raise ValueError("must be a data:image/... URL or an https:// URL")
-        return value
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata_is_small(cls, value: dict[str, str]) -> dict[str, str]:
-        if len(value) > 32:
-            raise ValueError("at most 32 entries")
-        for key, item in value.items():
-            if not 1 <= len(key) <= 64 or len(item) > 512:
-                raise ValueError(f"entry {key[:64]!r}: keys are 1–64 characters, values at most 512")
         return value
 
 
@@ -271,7 +447,13 @@ def _job_fields(job: _GenerationJob) -> dict[str, Any]:
         "reference_image": job.reference_image,
         "metadata": job.metadata,
         "timings": job.timings,
+        **webhook_fields(job),
     }
+
+
+def webhook_fields(job: _GenerationJob | GenerationCompleted | GenerationFailed) -> dict[str, Any]:
+    """The job's webhook, carried from the request to its terminal event (where the webhooks service reads it)."""
+    return {"webhook_url": job.webhook_url, "webhook_events": job.webhook_events}
 
 
 class GenerationGenerated(_GenerationJob):
@@ -279,13 +461,13 @@ class GenerationGenerated(_GenerationJob):
 
 
     decision: RouteDecision
-    image: bytes = Field(description="The image bytes (base64 in JSON).", max_length=9 * 1024 * 1024)
+    image: ImageBytes = Field(description="The image bytes (base64 in JSON), at most 9 MiB.")
     content_type: ImageContentType
     provider: str = Field(min_length=1, max_length=100, examples=["procedural", "replicate"])
     model: str | None = Field(None, max_length=200)
     deterministic: bool = Field(description="True when the same spec always gives the same bytes.")
     placeholder: bool = Field(False, description="True for a stand-in made when no real provider could serve.")
-    attempts: int = Field(1, ge=1)
+    attempts: PositiveCount = 1
 
     @classmethod
     def from_routed(cls, routed: GenerationRouted, **image: Any) -> GenerationGenerated:
@@ -302,19 +484,23 @@ class GenerationCompleted(Event):
     object_key: str = Field(min_length=1, max_length=1024)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the image bytes.")
     content_type: ImageContentType
-    size_bytes: int = Field(ge=1)
+    size_bytes: PositiveCount
     spec: ImageSpec
     path: Path | None = Field(None, description="The path that generated it; None for a cache hit.")
     provider: str
     deterministic: bool
     placeholder: bool = False
     cached: bool = Field(False, description="True when served from the result cache.")
-    metadata: dict[str, str] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     timings: StageTimes = Field(default_factory=StageTimes)
     comparison: ComparisonResult | None = Field(
         None, description="How close the image is to the request's reference_image (when it had one).")
     comparison_error: ErrorInfo | None = Field(
         None, description="Why a requested comparison could not be made; the image is still delivered.")
+    webhook_url: WebhookUrl = None
+    webhook_events: WebhookEvents = None
+
+    _check_metadata = field_validator("metadata")(_metadata_is_small)
 
 
     @classmethod
@@ -325,6 +511,7 @@ class GenerationCompleted(Event):
                                          "deterministic", "placeholder"}),
             job_id=request.job_id, tenant=request.tenant, trace=request.trace.child(), spec=request.spec,
             path=None, cached=True, metadata=request.metadata, timings=request.timings.with_stage("completed"),
+            **webhook_fields(request),
         )
 
 
@@ -343,8 +530,12 @@ class GenerationFailed(Event):
 
 
     error: ErrorInfo
-    metadata: dict[str, str] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     timings: StageTimes = Field(default_factory=StageTimes)
+    webhook_url: WebhookUrl = None
+    webhook_events: WebhookEvents = None
+
+    _check_metadata = field_validator("metadata")(_metadata_is_small)
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,18 +543,18 @@ class GenerationFailed(Event):
 # --------------------------------------------------------------------------------------------
 
 
-class DataUrlImage(_Model):
+class DataUrlImage(_ImageRef):
     kind: Literal["data_url"] = "data_url"
     data_url: str = Field(pattern=r"^data:image/(png|jpeg|webp);base64,", max_length=14_000_000)
 
 
-class HttpsImage(_Model):
+class HttpsImage(_ImageRef):
     kind: Literal["url"] = "url"
     url: str = Field(pattern=r"^https?://", max_length=2048,
                      description="Fetched with SSRF protection; plain http only where a test allows it.")
 
 
-class JobImage(_Model):
+class JobImage(_ImageRef):
     kind: Literal["job"] = "job"
     job_id: JobId
 
@@ -391,8 +582,21 @@ def quality_band(score: float) -> tuple[QualityBand, str]:
     return QUALITY_BANDS[-1][1], QUALITY_BANDS[-1][2]
 
 
+def _band_follows_score(schema: dict[str, Any]) -> None:
+    """The score → band rule of ``quality_band`` as schema keywords (``if`` score in range ``then`` band)."""
+    rules, upper = [], None
+    for lowest, band, colour in QUALITY_BANDS:
+        score_range: dict[str, Any] = {"minimum": lowest} | ({"exclusiveMaximum": upper} if upper is not None else {})
+        rules.append({"if": {"properties": {"score": score_range}, "required": ["score"]},
+                      "then": {"properties": {"band": {"const": band}, "band_color": {"const": colour}}}})
+        upper = lowest
+    schema["allOf"] = rules
+
+
 class ComparisonResult(_Model):
     """How close a generated image is to a target, and how to get closer."""
+
+    model_config = ConfigDict(json_schema_extra=_band_follows_score)
 
     score: float = Field(ge=0, le=100)
     band: QualityBand

@@ -46,7 +46,7 @@ from services.common.images import (
     validate_image_bytes,
 )
 
-__all__ = ["Resolver", "SafeFetcher", "check_url"]
+__all__ = ["Resolver", "SafeFetcher", "Target", "check_url", "checked_target", "checked_url", "display_url"]
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -172,7 +172,7 @@ _REDIRECTS = {301, 302, 303, 307, 308}
 _ACCEPT = "image/png, image/jpeg, image/webp"
 
 
-def _display(url: httpx.URL) -> str:
+def display_url(url: httpx.URL) -> str:
     """``scheme://host[:port]/path`` with no userinfo, query or fragment, cut short."""
     path = url.path if len(url.path) <= 80 else url.path[:79] + "…"
     port = f":{url.port}" if url.port is not None else ""
@@ -181,13 +181,74 @@ def _display(url: httpx.URL) -> str:
 
 
 @dataclass(frozen=True)
-class _Target:
+class Target:
     """A checked URL: where to connect (the validated addresses) and what to call the host."""
 
     url: httpx.URL
     addresses: tuple[IPAddress, ...]
     host_header: str
     sni_hostname: str | None
+
+
+async def checked_target(url: httpx.URL, field: str, where: str, *, allow_loopback: bool = False,
+                         resolve: Resolver = _getaddrinfo) -> Target:
+    """Apply the scheme, userinfo and address rules to ``url``; resolve its host once (``where`` names it
+    in messages). Connect only to the returned addresses. Raises ``ImageInputError``."""
+    def refuse(reason: str) -> ImageRejected:
+        return ImageRejected(field, f"{where} refused: {reason}", code="url_refused")
+
+    host, port, literal = _static_check(url, field, where, allow_loopback=allow_loopback)
+    if literal is not None:
+        addresses: tuple[IPAddress, ...] = (literal,)
+    else:
+        addresses = await _lookup(resolve, host, port, field, where)
+    for ip in addresses:
+        problem = _refusal(ip, allow_loopback=allow_loopback)
+        if problem is not None:
+            if literal is None:
+                # Which internal address a name has is not the caller's business, unless it is metadata.
+                kind = problem.split(" is ", 1)[1]
+                metadata = ip in _METADATA or _embedded_ipv4(ip) in _METADATA
+                problem = f"{host} resolves to {f'{ip}, {kind}' if metadata else kind}"
+            raise refuse(problem)
+    if url.scheme == "http" and not all(_is_loopback(ip) for ip in addresses):
+        raise refuse("plain http is only allowed to loopback; use https")
+    host_header = url.netloc.decode("ascii")
+    sni = host if url.scheme == "https" and literal is None else None
+    return Target(url=url, addresses=addresses, host_header=host_header, sni_hostname=sni)
+
+
+async def _lookup(resolve: Resolver, host: str, port: int, field: str, where: str) -> tuple[IPAddress, ...]:
+    try:
+        found = await resolve(host, port)
+    except socket.gaierror as exc:
+        transient = exc.errno in (socket.EAI_AGAIN, getattr(socket, "EAI_SYSTEM", None))
+        error = ImageFetchUnavailable if transient else ImageRejected
+        raise error(field, f"{where}: host {host} could not be resolved", code="fetch_failed") from None
+    except OSError:
+        raise ImageFetchUnavailable(field, f"{where}: host {host} could not be resolved",
+                                    code="fetch_failed") from None
+    addresses = []
+    for text in found:
+        try:
+            addresses.append(ipaddress.ip_address(text.split("%", 1)[0]))
+        except ValueError:
+            raise ImageRejected(field, f"{where}: host {host} resolved to something that is not an "
+                                "address", code="fetch_failed") from None
+    if not addresses:
+        raise ImageFetchUnavailable(field, f"{where}: host {host} has no addresses", code="fetch_failed")
+    return tuple(dict.fromkeys(addresses))
+
+
+async def checked_url(url: str, *, field: str, allow_loopback: bool = False,
+                      resolve: Resolver = _getaddrinfo) -> Target:
+    """``url`` checked and its host resolved once, for a caller that sends its own request (a webhook).
+
+    The caller connects to ``Target.addresses`` only, sends ``Host: host_header`` and the
+    ``sni_hostname`` extension, and follows no redirect. Raises ``ImageInputError`` like ``fetch``.
+    """
+    return await checked_target(SafeFetcher._parse(url, field), field, "the URL", allow_loopback=allow_loopback,
+                                resolve=resolve)
 
 
 class SafeFetcher:
@@ -224,14 +285,14 @@ class SafeFetcher:
             async with asyncio.timeout(self._timeout_s):
                 data = await self._fetch(first, field)
         except TimeoutError:
-            raise ImageFetchUnavailable(field, f"{_display(first)} did not answer within {self._timeout_s:g}s",
+            raise ImageFetchUnavailable(field, f"{display_url(first)} did not answer within {self._timeout_s:g}s",
                                         code="fetch_timeout") from None
         return await asyncio.to_thread(validate_image_bytes, data, field=field, max_bytes=self._max_bytes)
 
     async def _fetch(self, first: httpx.URL, field: str) -> bytes:
         current = first
         for hop in range(self._max_redirects + 1):
-            where = _display(current) if hop == 0 else f"redirect to {_display(current)}"
+            where = display_url(current) if hop == 0 else f"redirect to {display_url(current)}"
             target = await self._check(current, field, where)
             response = await self._open(target, field, where)
             try:
@@ -248,7 +309,7 @@ class SafeFetcher:
                 return await self._body(response, field, where)
             finally:
                 await response.aclose()
-        raise ImageRejected(field, f"{_display(first)} redirected more than "
+        raise ImageRejected(field, f"{display_url(first)} redirected more than "
                             f"{self._max_redirects} times", code="url_refused")
 
     @staticmethod
@@ -263,53 +324,10 @@ class SafeFetcher:
             raise ImageRejected(field, "is not an absolute URL", code="bad_url")
         return parsed
 
-    async def _check(self, url: httpx.URL, field: str, where: str) -> _Target:
-        """Apply the scheme, userinfo and address rules to ``url``; resolve its host once."""
-        def refuse(reason: str) -> ImageRejected:
-            return ImageRejected(field, f"{where} refused: {reason}", code="url_refused")
+    async def _check(self, url: httpx.URL, field: str, where: str) -> Target:
+        return await checked_target(url, field, where, allow_loopback=self._allow_loopback, resolve=self._resolve)
 
-        host, port, literal = _static_check(url, field, where, allow_loopback=self._allow_loopback)
-        if literal is not None:
-            addresses: tuple[IPAddress, ...] = (literal,)
-        else:
-            addresses = await self._lookup(host, port, field, where)
-        for ip in addresses:
-            problem = _refusal(ip, allow_loopback=self._allow_loopback)
-            if problem is not None:
-                if literal is None:
-                    # Which internal address a name has is not the caller's business, unless it is metadata.
-                    kind = problem.split(" is ", 1)[1]
-                    metadata = ip in _METADATA or _embedded_ipv4(ip) in _METADATA
-                    problem = f"{host} resolves to {f'{ip}, {kind}' if metadata else kind}"
-                raise refuse(problem)
-        if url.scheme == "http" and not all(_is_loopback(ip) for ip in addresses):
-            raise refuse("plain http is only allowed to loopback; use https")
-        host_header = url.netloc.decode("ascii")
-        sni = host if url.scheme == "https" and literal is None else None
-        return _Target(url=url, addresses=addresses, host_header=host_header, sni_hostname=sni)
-
-    async def _lookup(self, host: str, port: int, field: str, where: str) -> tuple[IPAddress, ...]:
-        try:
-            found = await self._resolve(host, port)
-        except socket.gaierror as exc:
-            transient = exc.errno in (socket.EAI_AGAIN, getattr(socket, "EAI_SYSTEM", None))
-            error = ImageFetchUnavailable if transient else ImageRejected
-            raise error(field, f"{where}: host {host} could not be resolved", code="fetch_failed") from None
-        except OSError:
-            raise ImageFetchUnavailable(field, f"{where}: host {host} could not be resolved",
-                                        code="fetch_failed") from None
-        addresses = []
-        for text in found:
-            try:
-                addresses.append(ipaddress.ip_address(text.split("%", 1)[0]))
-            except ValueError:
-                raise ImageRejected(field, f"{where}: host {host} resolved to something that is not an "
-                                    "address", code="fetch_failed") from None
-        if not addresses:
-            raise ImageFetchUnavailable(field, f"{where}: host {host} has no addresses", code="fetch_failed")
-        return tuple(dict.fromkeys(addresses))
-
-    async def _open(self, target: _Target, field: str, where: str) -> httpx.Response:
+    async def _open(self, target: Target, field: str, where: str) -> httpx.Response:
         """Send the request to the checked addresses in turn (pinned: never resolved again)."""
         extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else {}
         headers = {"Host": target.host_header, "Accept": _ACCEPT, "Accept-Encoding": "identity",

@@ -86,6 +86,9 @@ class JobView(BaseModel):
     result: dict[str, Any] | None = None
     comparison_id: str | None = None  # a generation with a reference image: its comparison
     generation_job_id: str | None = None  # a comparison a generation asked for: that generation
+    # Webhook deliveries (ingest's DeliveryView: time, status and latency of every attempt); kept apart
+    # from the job hash, since they go on after the job ended.
+    deliveries: list[dict[str, Any]] = []
 
     @classmethod
     def from_hash(cls, job_id: str, raw: dict[str, str]) -> JobView:

@@ -37,6 +37,26 @@ H_DLQ_PARTITION = "forgeline-dlq-original-partition"
 H_DLQ_OFFSET = "forgeline-dlq-original-offset"
 H_DLQ_CONSUMER_GROUP = "forgeline-dlq-consumer-group"
 
+#: What each header means, for the published documents (``forgeline schema``). Forgeline's consumers
+#: read only the value; the headers let routers and subscribers filter without decoding it.
+HEADER_MEANINGS: dict[str, str] = {
+    H_CONTENT_TYPE: f"How the value is encoded: always {CONTENT_TYPE} (UTF-8).",
+    H_SCHEMA: "The payload's contract model, e.g. GenerationRequested (one per topic; see the topic's schema).",
+    H_SCHEMA_VERSION: "The payload's schema_version, as decimal text.",
+    H_TENANT: "The tenant (game backend) the job belongs to: the payload's tenant field.",
+    H_TRACEPARENT: "W3C trace context of the event: the payload's trace.traceparent.",
+}
+DLQ_HEADER_MEANINGS: dict[str, str] = {
+    H_DLQ_REASON: "Why the record could not be processed, e.g. the contract error naming each bad field "
+                  "(at most 4,000 characters).",
+    H_DLQ_ERROR_CLASS: "The error's class name (ContractError for a value that does not match its schema).",
+    H_DLQ_TOPIC: "The topic the record was read from.",
+    H_DLQ_PARTITION: "Its partition there, as decimal text.",
+    H_DLQ_OFFSET: "Its offset there, as decimal text.",
+    H_DLQ_CONSUMER_GROUP: "The consumer group that gave up on it.",
+}
+DLQ_REASON_MAX = 4000
+
 # The broker refuses larger requests than max.message.bytes; leave room for the batch framing.
 _BATCH_OVERHEAD = 64 * 1024
 
@@ -122,7 +142,7 @@ async def send_to_dlq(
     The original key, value and headers are kept byte for byte so the message can be replayed.
     """
     extra: Mapping[str, str] = {
-        H_DLQ_REASON: letter.reason[:4000],
+        H_DLQ_REASON: letter.reason[:DLQ_REASON_MAX],
         H_DLQ_ERROR_CLASS: letter.error_class,
         H_DLQ_TOPIC: record.topic,
         H_DLQ_PARTITION: str(record.partition),

@@ -45,19 +45,29 @@ class TopicSpec:
     key: TopicKey
     model: type[contracts.Event]
     description: str
+    producers: tuple[str, ...]
+    #: The service whose consumer group reads it (``GroupIds.of``); None: only subscribers outside Forgeline.
+    consumer: str | None = None
 
 
 TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec("generation.requested", contracts.GenerationRequested,
-              "Image requests, from ingest or produced by game backends directly."),
-    TopicSpec("generation.primary", contracts.GenerationRouted, "Jobs routed to the free primary path."),
-    TopicSpec("generation.fallback", contracts.GenerationRouted, "Jobs routed to the paid fallback path."),
-    TopicSpec("generation.generated", contracts.GenerationGenerated, "Generated image bytes, on their way to storage."),
-    TopicSpec("generation.completed", contracts.GenerationCompleted, "Published images: subscribe here for results."),
-    TopicSpec("generation.failed", contracts.GenerationFailed, "Jobs that ended without an image."),
-    TopicSpec("comparison.requested", contracts.ComparisonRequested, "Requests to score an image against a target."),
-    TopicSpec("comparison.completed", contracts.ComparisonCompleted, "Comparison scores."),
-    TopicSpec("comparison.failed", contracts.ComparisonFailed, "Comparisons that could not be made."),
+              "Image requests, from ingest or produced by game backends directly.",
+              ("ingest", "game backends"), "router"),
+    TopicSpec("generation.primary", contracts.GenerationRouted, "Jobs routed to the free primary path.",
+              ("router",), "generator.primary"),
+    TopicSpec("generation.fallback", contracts.GenerationRouted, "Jobs routed to the paid fallback path.",
+              ("router",), "generator.fallback"),
+    TopicSpec("generation.generated", contracts.GenerationGenerated, "Generated image bytes, on their way to storage.",
+              ("generator",), "storage"),
+    TopicSpec("generation.completed", contracts.GenerationCompleted, "Published images: subscribe here for results.",
+              ("storage", "router", "comparer")),
+    TopicSpec("generation.failed", contracts.GenerationFailed, "Jobs that ended without an image.",
+              ("generator", "storage")),
+    TopicSpec("comparison.requested", contracts.ComparisonRequested, "Requests to score an image against a target.",
+              ("ingest", "storage"), "comparer"),
+    TopicSpec("comparison.completed", contracts.ComparisonCompleted, "Comparison scores.", ("comparer",)),
+    TopicSpec("comparison.failed", contracts.ComparisonFailed, "Comparisons that could not be made.", ("comparer",)),
 )
 
 SPECS_BY_KEY: dict[str, TopicSpec] = {spec.key: spec for spec in TOPIC_SPECS}
@@ -101,6 +111,10 @@ class GroupIds:
     def from_settings(cls, settings: TopicSettings) -> GroupIds:
         return cls(settings.prefix)
 
+    def of(self, consumer: str) -> str:
+        """The group of a ``TopicSpec.consumer``: ``router``, ``generator.primary``…"""
+        return f"{self.prefix}.{consumer}"
+
     @property
     def router(self) -> str:
         return f"{self.prefix}.router"
@@ -115,6 +129,10 @@ class GroupIds:
     @property
     def comparer(self) -> str:
         return f"{self.prefix}.comparer"
+
+    @property
+    def webhooks(self) -> str:
+        return f"{self.prefix}.webhooks"
 
 
 def topic_configs(settings: TopicSettings, *, dlq: bool) -> dict[str, str]:

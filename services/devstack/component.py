@@ -76,6 +76,10 @@ class Component:
     def provision(self, progress: Progress) -> None:
         """Idempotent setup once the server answers (e.g. create a bucket); runs on every ``up``."""
 
+    def data_paths(self) -> list[Path]:
+        """What the server keeps across restarts, which ``dev reset`` deletes."""
+        return []
+
     # -- lifecycle
 
     def say(self, progress: Progress) -> Progress:
@@ -96,15 +100,19 @@ class Component:
 
     def start(self, progress: Progress = silent) -> bool:
         """Make the server run and answer; True if this call started it, False if it already ran."""
+        launched = self.launch(progress)
+        self.ready(progress, launched=launched)
+        return launched
+
+    def launch(self, progress: Progress = silent) -> bool:
+        """Start the process without waiting for it to answer; False if ours was running already.
+
+        Servers that only answer together (the nodes of a Kafka quorum) are all launched, then
+        each is waited for with ``ready``.
+        """
         say = self.say(progress)
         pid = self.process.pid()
         if pid is not None:
-            if self.answers():
-                say(f"already running (pid {pid}) at {self.address}")
-            else:  # e.g. another `up` is still starting it
-                say(f"running (pid {pid}) but not answering yet")
-                self._wait_ready(say)
-            self.provision(say)
             return False
         if self.process.clear_stale():
             say(f"removed a stale pid file ({self.process.pid_path})")
@@ -112,6 +120,19 @@ class Component:
         argv = self.prepare(say)
         pid = self.process.start(argv, marker=self.marker)
         say(f"started (pid {pid}); waiting for it to answer at {self.address}…")
+        return True
+
+    def ready(self, progress: Progress = silent, *, launched: bool) -> None:
+        """Wait until the server answers, then provision it; a server this call launched is stopped on failure."""
+        say = self.say(progress)
+        if not launched:
+            if self.answers():
+                say(f"already running (pid {self.process.pid()}) at {self.address}")
+            else:  # e.g. another `up` is still starting it
+                say(f"running (pid {self.process.pid()}) but not answering yet")
+                self._wait_ready(say)
+            self.provision(say)
+            return
         try:
             took = self._wait_ready(say)
             self.provision(say)
@@ -119,7 +140,6 @@ class Component:
             self.process.stop(timeout=self.stop_timeout)  # no half-started server left behind
             raise
         say(f"ready at {self.address} in {took:.1f}s ({self.answer().detail}); log: {self.process.log_path}")
-        return True
 
     def check_ports(self) -> None:
         """Raise if a port this server needs is held by a process this stack did not start."""

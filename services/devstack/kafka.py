@@ -1,8 +1,9 @@
-"""The dev stack's Kafka: one KRaft broker+controller JVM built from Maven Central jars.
+"""The dev stack's Kafka: KRaft nodes (broker and controller in one JVM each) from Maven Central jars.
 
-The jars are resolved once by Maven (``infra/local/pom.xml`` pins the version) into
-``<cache_dir>/kafka-<version>/libs``; later starts reuse them without running Maven. An
-extracted Kafka distribution in ``KAFKA_HOME`` replaces the download.
+One node by default; ``forgeline dev up --brokers 3`` runs three, a quorum of three controllers
+(see ``services/devstack/cluster.py``). The jars are resolved once by Maven (``infra/local/pom.xml``
+pins the version) into ``<cache_dir>/kafka-<version>/libs``; later starts reuse them without
+running Maven. An extracted Kafka distribution in ``KAFKA_HOME`` replaces the download.
 """
 
 from __future__ import annotations
@@ -11,12 +12,7 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
-import json
-import re
-import shutil
-import tempfile
 import uuid
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,65 +20,67 @@ from typing import Any, TypeVar
 from services.common.settings import MAX_MESSAGE_BYTES
 from services.devstack.component import Answer, Component
 from services.devstack.errors import DevStackError, Progress
-from services.devstack.host import (
-    ensure_command,
-    ensure_commands,
-    exclusive_lock,
-    run_streaming,
-)
+from services.devstack.host import ensure_command, run_streaming
+from services.devstack.maven import JAVA_PACKAGE, infra_dir, maven_libs, pom_property
 from services.devstack.settings import DevStackSettings
 
 T = TypeVar("T")
 
-POM_NAMESPACE = "http://maven.apache.org/POM/4.0.0"
-#: Written last into a finished download; a libs folder without it is never used.
-LIBS_COMPLETE_MARKER = ".forgeline-complete"
-JAVA_PACKAGE = "default-jre-headless"
-MAVEN_PACKAGE = "maven"
-
-
-def infra_dir() -> Path:
-    """``infra/local/`` of this checkout (pom.xml and log4j2.properties)."""
-    path = Path(__file__).resolve().parents[2] / "infra" / "local"
-    if not (path / "pom.xml").is_file():
-        raise DevStackError(
-            f"{path / 'pom.xml'} is missing; the dev stack runs from a Forgeline source checkout "
-            "(git clone, then `pip install -e '.[dev]'`)."
-        )
-    return path
+#: Broker n listens on kafka_port + PORT_STRIDE·(n−1) and kafka_controller_port + PORT_STRIDE·(n−1).
+PORT_STRIDE = 2
 
 
 def kafka_version(pom: Path | None = None) -> str:
     """The Kafka version pinned in ``infra/local/pom.xml`` (its ``kafka.version`` property)."""
-    pom = pom or infra_dir() / "pom.xml"
-    element = ET.parse(pom).getroot().find(f"{{{POM_NAMESPACE}}}properties/{{{POM_NAMESPACE}}}kafka.version")
-    version = (element.text or "").strip() if element is not None else ""
-    if not version:
-        raise DevStackError(f"{pom} has no <properties><kafka.version>; put the Kafka version there")
-    return version
+    return pom_property(pom or infra_dir() / "pom.xml", "kafka.version")
 
 
-def render_server_properties(settings: DevStackSettings) -> str:
-    """server.properties of a single-node KRaft cluster (broker and controller in one JVM)."""
+def broker_name(node_id: int) -> str:
+    """Broker 1 is ``kafka`` (the folder a one-node stack always had); the others ``kafka-<n>``."""
+    return "kafka" if node_id == 1 else f"kafka-{node_id}"
+
+
+def broker_ports(settings: DevStackSettings, node_id: int) -> tuple[int, int]:
+    """The client and controller ports of broker ``node_id``."""
+    offset = PORT_STRIDE * (node_id - 1)
+    return settings.kafka_port + offset, settings.kafka_controller_port + offset
+
+
+def replication(brokers: int) -> tuple[int, int]:
+    """Replication factor and min.insync.replicas for a cluster of ``brokers``: (1, 1) alone, (3, 2) from three.
+
+    Two in sync of three replicas is what production runs: one broker may die (a leader election)
+    while every acks=all write still lands on two.
+    """
+    factor = min(brokers, 3)
+    return factor, max(1, factor - 1)
+
+
+def render_server_properties(settings: DevStackSettings, node_id: int = 1, brokers: int = 1) -> str:
+    """server.properties of node ``node_id`` of a KRaft cluster of ``brokers`` combined broker+controller nodes."""
     host = settings.host
-    data_dir = settings.state_dir / "kafka" / "data"
+    port, controller_port = broker_ports(settings, node_id)
+    voters = ",".join(f"{n}@{host}:{broker_ports(settings, n)[1]}" for n in range(1, brokers + 1))
+    factor, min_isr = replication(brokers)
     props = {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@{host}:{settings.kafka_controller_port}",
-        "listeners": f"PLAINTEXT://{host}:{settings.kafka_port},CONTROLLER://{host}:{settings.kafka_controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{host}:{settings.kafka_port}",
+        "node.id": str(node_id),
+        "controller.quorum.voters": voters,
+        "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{host}:{port}",
         "controller.listener.names": "CONTROLLER",
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "inter.broker.listener.name": "PLAINTEXT",
-        "log.dirs": str(data_dir),
-        # One broker: every internal topic must make do with a single replica.
-        "offsets.topic.replication.factor": "1",
+        "log.dirs": str(settings.state_dir / broker_name(node_id) / "data"),
+        # Internal topics replicate as far as the cluster allows (one broker: a single replica).
+        "offsets.topic.replication.factor": str(factor),
         "offsets.topic.num.partitions": "10",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        "transaction.state.log.replication.factor": str(factor),
+        "transaction.state.log.min.isr": str(min_isr),
+        "share.coordinator.state.topic.replication.factor": str(factor),
+        "share.coordinator.state.topic.min.isr": str(min_isr),
+        "default.replication.factor": str(factor),
+        "min.insync.replicas": str(min_isr),
         # Tests start consumers and expect them to join at once.
         "group.initial.rebalance.delay.ms": "0",
         "num.partitions": "1",
@@ -108,40 +106,6 @@ def new_cluster_id() -> str:
             return candidate
 
 
-_DOWNLOADED = re.compile(r"Downloaded from \S+: (?P<url>\S+) \((?P<size>[^)]*)\)")
-
-
-def _maven_line(line: str) -> str | None:
-    """Which Maven output lines the user sees: finished jar downloads and errors."""
-    match = _DOWNLOADED.search(line)
-    if match and match["url"].endswith(".jar"):
-        size = match["size"].split(" at ")[0]
-        return f"downloaded {match['url'].rsplit('/', 1)[-1]} ({size})"
-    if line.startswith("[ERROR]"):
-        return line
-    return None
-
-
-def run_maven(mvn: str, pom: Path, output_dir: Path, *, log_path: Path, progress: Progress) -> None:
-    """Copy the runtime dependencies of ``pom`` (downloading them as needed) into ``output_dir``."""
-    run_streaming(
-        [
-            mvn,
-            "-B",
-            "-Dstyle.color=never",
-            "dependency:copy-dependencies",
-            f"-DoutputDirectory={output_dir}",
-            "-DincludeScope=runtime",
-            "-f",
-            str(pom),
-        ],
-        progress=progress,
-        show=_maven_line,
-        log_path=log_path,
-        heartbeat="still downloading Kafka jars",
-    )
-
-
 def cached_libs_dir(settings: DevStackSettings, version: str) -> Path:
     return settings.cache_dir / f"kafka-{version}" / "libs"
 
@@ -156,37 +120,9 @@ def kafka_libs(settings: DevStackSettings, progress: Progress) -> Path:
                 "distribution, or unset KAFKA_HOME to use the jars from Maven Central."
             )
         return libs
-    pom = infra_dir() / "pom.xml"
-    version = kafka_version(pom)
-    libs = cached_libs_dir(settings, version)
-    if (libs / LIBS_COMPLETE_MARKER).is_file():
-        return libs
-    mvn = ensure_commands({"java": JAVA_PACKAGE, "mvn": MAVEN_PACKAGE}, progress)["mvn"]
-    home = libs.parent
-    home.mkdir(parents=True, exist_ok=True)
-    # Two `up`s on a cold machine (e.g. a test run and a shell) must not both download.
-    waiting = "another process is downloading the Kafka jars; waiting for it…"
-    with exclusive_lock(home / ".download.lock", progress=progress, waiting=waiting):
-        if (libs / LIBS_COMPLETE_MARKER).is_file():  # the other process finished it
-            return libs
-        progress(f"first start: downloading Kafka {version} jars with Maven (~43 MB) into {home}…")
-        # Download beside the target and rename when complete: an interrupted download is
-        # never mistaken for a whole one.
-        partial = Path(tempfile.mkdtemp(prefix="libs.partial-", dir=home))
-        try:
-            run_maven(mvn, pom, partial, log_path=home / "maven.log", progress=progress)
-            jars = sorted(p.name for p in partial.glob("*.jar"))
-            if not any(name.startswith("kafka_2.13-") for name in jars):
-                raise DevStackError(f"Maven finished but copied no kafka_2.13 jar; see {home / 'maven.log'}")
-            partial.chmod(0o755)  # mkdtemp makes it private; the jars are not secret
-            (partial / LIBS_COMPLETE_MARKER).write_text(json.dumps({"kafka_version": version, "jars": jars}) + "\n")
-            if libs.exists():  # an incomplete folder without the marker, e.g. made by hand
-                shutil.rmtree(libs)
-            partial.rename(libs)
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
-        progress(f"Kafka {version}: {len(jars)} jars ready in {libs}")
-    return libs
+    version = kafka_version()
+    return maven_libs(cached_libs_dir(settings, version), pom=infra_dir() / "pom.xml", what=f"Kafka {version}",
+                      size="~43 MB", expect="kafka_2.13-", progress=progress)
 
 
 def _run_coroutine(coroutine_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -200,8 +136,12 @@ def _run_coroutine(coroutine_factory: Callable[[], Coroutine[Any, Any, T]]) -> T
         return pool.submit(lambda: asyncio.run(coroutine_factory())).result()
 
 
-async def describe_cluster(bootstrap: str, timeout_s: float = 5.0) -> Answer:
-    """Ask the broker for cluster metadata (a real Kafka request, not just a TCP connect)."""
+async def describe_cluster(bootstrap: str, timeout_s: float = 5.0, node_id: int | None = None) -> Answer:
+    """Ask the broker for cluster metadata (a real Kafka request, not just a TCP connect).
+
+    With ``node_id``, that broker must be among the registered ones (in a cluster, a broker
+    answers before the controllers have let it in).
+    """
     from aiokafka.admin import (
         AIOKafkaAdminClient,  # heavy; only needed when a broker is checked
     )
@@ -222,31 +162,44 @@ async def describe_cluster(bootstrap: str, timeout_s: float = 5.0) -> Answer:
     brokers = cluster.get("brokers") or []
     if not brokers:
         return Answer(False, "metadata response lists no brokers yet")
+    if node_id is not None and node_id not in {broker.get("node_id") for broker in brokers}:
+        return Answer(False, f"broker {node_id} is not registered yet ({len(brokers)} broker(s) are)")
     return Answer(True, f"cluster {cluster.get('cluster_id')}, {len(brokers)} broker(s)")
 
 
 class KafkaComponent(Component):
-    name = "kafka"
+    """One KRaft node of the dev stack's cluster (broker and controller in one JVM)."""
+
     marker = "kafka.Kafka"
     start_timeout = 90.0  # ~4 s normally; a cold JVM on a busy CI box is much slower
     stop_timeout = 30.0  # controlled shutdown takes a few seconds; SIGKILL only if it hangs
 
-    def __init__(self, settings: DevStackSettings) -> None:
-        super().__init__(state_dir=settings.state_dir, host=settings.host, port=settings.kafka_port)
+    def __init__(self, settings: DevStackSettings, node_id: int = 1, *, brokers: int = 1,
+                 cluster_id: Callable[[], str] = new_cluster_id) -> None:
+        port, self.controller_port = broker_ports(settings, node_id)
+        self.name = broker_name(node_id)
+        super().__init__(state_dir=settings.state_dir, host=settings.host, port=port)
         self.settings = settings
+        self.node_id = node_id
+        self.brokers = brokers
+        self._cluster_id = cluster_id  # called only when this node's storage is formatted
 
     @property
     def data_dir(self) -> Path:
         return self.process.dir / "data"
+
+    def data_paths(self) -> list[Path]:
+        return [self.data_dir]
 
     @property
     def properties_path(self) -> Path:
         return self.process.dir / "server.properties"
 
     def ports(self) -> dict[int, str]:
+        nth = "" if self.node_id == 1 else f" (+{PORT_STRIDE * (self.node_id - 1)} for broker {self.node_id})"
         return {
-            self.settings.kafka_port: self.settings.env_name("kafka_port"),
-            self.settings.kafka_controller_port: self.settings.env_name("kafka_controller_port"),
+            self.port: self.settings.env_name("kafka_port") + nth,
+            self.controller_port: self.settings.env_name("kafka_controller_port") + nth,
         }
 
     def prepare(self, progress: Progress) -> list[str]:
@@ -256,12 +209,12 @@ class KafkaComponent(Component):
         if not log4j.is_file():
             raise DevStackError(f"{log4j} is missing; restore it from git")
         self.process.dir.mkdir(parents=True, exist_ok=True)
-        self.properties_path.write_text(render_server_properties(self.settings))
+        self.properties_path.write_text(render_server_properties(self.settings, self.node_id, self.brokers))
         jvm = [java, f"-Dlog4j2.configurationFile={log4j}", "-Djava.awt.headless=true", "-cp", classpath]
         if not (self.data_dir / "meta.properties").is_file():
             progress(f"formatting storage in {self.data_dir}…")
             run_streaming(
-                [*jvm, "kafka.tools.StorageTool", "format", "-t", new_cluster_id(), "-c", str(self.properties_path)],
+                [*jvm, "kafka.tools.StorageTool", "format", "-t", self._cluster_id(), "-c", str(self.properties_path)],
                 progress=progress,
                 show=lambda line: None,
                 log_path=self.process.dir / "format.log",
@@ -271,4 +224,5 @@ class KafkaComponent(Component):
         return [*jvm[:1], f"-Xmx{self.settings.kafka_heap}", *jvm[1:], "kafka.Kafka", str(self.properties_path)]
 
     def check(self) -> Answer:
-        return _run_coroutine(lambda: describe_cluster(self.address))
+        node = self.node_id if self.brokers > 1 else None
+        return _run_coroutine(lambda: describe_cluster(self.address, node_id=node))

@@ -1,4 +1,5 @@
-"""The pipeline's own processes on the local stack: ingest, router, both generators, storage, comparer.
+"""The pipeline's own processes on the local stack: ingest, router, both generators, storage, comparer,
+webhooks.
 
 Each runs ``forgeline run <service>`` as a supervised background process (pid file, log,
 ownership check, clean stop), exactly what a Kubernetes Deployment runs. ``make demo`` and the
@@ -36,6 +37,7 @@ SERVICES: tuple[ServiceProcess, ...] = (
                    metrics_port_env="FORGELINE_GENERATOR_METRICS_PORT"),
     ServiceProcess("storage", ("run", "storage"), metrics_port_env="FORGELINE_STORAGE_METRICS_PORT"),
     ServiceProcess("comparer", ("run", "comparer"), metrics_port_env="FORGELINE_COMPARER_METRICS_PORT"),
+    ServiceProcess("webhooks", ("run", "webhooks"), metrics_port_env="FORGELINE_WEBHOOKS_METRICS_PORT"),
     ServiceProcess("ingest", ("run", "ingest")),
 )
 SERVICE_NAMES = tuple(s.name for s in SERVICES)

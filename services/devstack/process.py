@@ -101,6 +101,15 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def free_port_run(count: int, attempts: int = 50) -> int:
+    """The first of ``count`` consecutive loopback ports nobody listens on (a cluster's brokers +2 apart)."""
+    for _ in range(attempts):
+        (first,) = free_ports(1)
+        if first + count < 65536 and all(port_free("127.0.0.1", first + i) for i in range(count)):
+            return first
+    raise DevStackError(f"found no {count} consecutive free ports on 127.0.0.1 in {attempts} tries")
+
+
 def port_free(host: str, port: int) -> bool:
     """Whether a server could bind ``host:port`` now.
 
@@ -298,8 +307,14 @@ class BackgroundProcess:
             time.sleep(0.02)
         return proc.pid
 
-    def stop(self, *, timeout: float = 10.0, progress: Progress = silent) -> int | None:
-        """SIGTERM our process group, SIGKILL it after ``timeout`` seconds; remove the pid file.
+    def kill(self, *, timeout: float = 5.0) -> int | None:
+        """SIGKILL our process group at once, as a crash or the OOM killer would; the pid, or None if
+        ours was not running. Waits until the group is gone and removes the pid file, so ``start``
+        can run it again at once."""
+        return self.stop(hard=True, timeout=timeout)
+
+    def stop(self, *, timeout: float = 10.0, progress: Progress = silent, hard: bool = False) -> int | None:
+        """SIGTERM our process group, SIGKILL it after ``timeout`` seconds (at once if ``hard``); remove the pid file.
 
         Returns the pid that was stopped, or None when ours was not running (a stale pid file is
         removed; a process that is not ours is never signalled).
@@ -328,13 +343,16 @@ class BackgroundProcess:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
 
-        send(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
+        first = signal.SIGKILL if hard else signal.SIGTERM
+        send(first)
+        began = time.monotonic()
+        deadline = began + timeout
         next_report = time.monotonic() + 5.0
         while not gone():
             now = time.monotonic()
             if now >= deadline:
-                progress(f"{self.name} (pid {pid}) ignored SIGTERM for {timeout:.0f}s; sending SIGKILL")
+                progress(f"{self.name} (pid {pid}) still runs {now - began:.0f}s after {first.name}; "
+                         "sending SIGKILL")
                 send(signal.SIGKILL)
                 kill_deadline = time.monotonic() + 5.0
                 while not gone():
@@ -343,7 +361,7 @@ class BackgroundProcess:
                     time.sleep(0.1)
                 break
             if now >= next_report:
-                progress(f"waiting for {self.name} (pid {pid}) to shut down… {now - deadline + timeout:.0f}s")
+                progress(f"waiting for {self.name} (pid {pid}) to shut down… {now - began:.0f}s")
                 next_report += 5.0
             time.sleep(0.1)
         self.pid_path.unlink(missing_ok=True)
@@ -357,22 +375,4 @@ class BackgroundProcess:
         if pid is None:
             raise DevStackError(f"{self.name} is not running")
         _signal_group(pid, sig)
-        return pid
-
-    def kill(self, *, timeout: float = 10.0) -> int:
-        """SIGKILL our process group at once, as a crash or the OOM killer would; returns the pid.
-
-        Waits until the group is gone and removes the pid file, so ``start`` can run it again at once.
-        """
-        pid = self.signal(signal.SIGKILL)
-        deadline = time.monotonic() + timeout
-        while True:
-            _reap(pid)
-            stat = _proc_stat(pid)
-            if (stat is None or stat.state == "Z") and not _group_alive(pid):
-                break
-            if time.monotonic() >= deadline:
-                raise DevStackError(f"{self.name} (pid {pid}) survived SIGKILL for {timeout:.0f}s; check `ps -g {pid}`")
-            time.sleep(0.05)
-        self.pid_path.unlink(missing_ok=True)
         return pid

@@ -1,13 +1,21 @@
-"""The dev stack's S3: moto's server mode, an in-memory S3 API (data is gone after a stop).
+"""The dev stack's S3 endpoint: S3Proxy on disk by default, or moto in memory.
 
-On every ``up`` the bucket is ensured with a public-read policy and checked the way a browser
-uses it: an anonymous GET of an uploaded object must return its bytes.
+S3Proxy (``FORGELINE_DEV_S3_SERVER=s3proxy``, the default) stores objects as files under
+``<state_dir>/s3/data``, so every URL a completed event carries still answers after ``dev down``
+and ``dev up``; ``dev reset`` deletes them. moto (``=moto``) keeps objects in memory and forgets
+them on stop; it starts without a JVM. Like moto, the local S3Proxy checks no signatures
+(``s3proxy.authorization=none``): it listens on loopback only, and anonymous reads of the bucket
+are what a CDN in front of it would do anyway.
+
+On every ``up`` the bucket is ensured with public read and checked the way a browser uses it: an
+anonymous GET of an uploaded object must return its bytes.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+from pathlib import Path
 
 import httpx
 from pydantic import AnyHttpUrl, SecretStr
@@ -16,9 +24,11 @@ from services.common.blobstore import ensure_bucket, make_s3_client
 from services.common.settings import S3Settings
 from services.devstack.component import Answer, Component
 from services.devstack.errors import DevStackError, Progress
+from services.devstack.host import ensure_command
+from services.devstack.maven import JAVA_PACKAGE, infra_dir, maven_libs, pom_property
 from services.devstack.settings import DevStackSettings
 
-# moto accepts any credentials; fixed ones keep `forgeline dev env` output stable.
+# Neither server checks credentials; fixed ones keep `forgeline dev env` output stable.
 ACCESS_KEY_ID = "forgeline"
 SECRET_ACCESS_KEY = "forgeline-secret"
 REGION = "us-east-1"
@@ -42,9 +52,15 @@ def s3_settings(settings: DevStackSettings) -> S3Settings:
     )
 
 
-class S3Component(Component):
+def s3_component(settings: DevStackSettings) -> S3Endpoint:
+    """The S3 server ``settings.s3_server`` names."""
+    return S3ProxyComponent(settings) if settings.s3_server == "s3proxy" else MotoComponent(settings)
+
+
+class S3Endpoint(Component):
+    """What both S3 servers share: the address, the readiness check and the public bucket."""
+
     name = "s3"
-    marker = "moto.server"
 
     def __init__(self, settings: DevStackSettings) -> None:
         super().__init__(state_dir=settings.state_dir, host=settings.host, port=settings.s3_port)
@@ -54,20 +70,16 @@ class S3Component(Component):
     def endpoint(self) -> str:
         return endpoint_url(self.settings)
 
+    @property
+    def data_dir(self) -> Path:
+        """S3Proxy's objects; listed for moto too, so ``dev reset`` clears them whichever server runs."""
+        return self.process.dir / "data"
+
+    def data_paths(self) -> list[Path]:
+        return [self.data_dir]
+
     def ports(self) -> dict[int, str]:
         return {self.port: self.settings.env_name("s3_port")}
-
-    def prepare(self, progress: Progress) -> list[str]:
-        # Server mode needs moto's [server] extra (flask, flask-cors), not just moto.
-        missing = [m for m in ("moto", "flask", "flask_cors") if importlib.util.find_spec(m) is None]
-        if missing:
-            raise DevStackError(
-                f"the S3 endpoint needs moto's server mode ({', '.join(missing)} not importable); "
-                "run `pip install 'forgeline[dev]'` (or `pip install 'moto[server]'`)."
-            )
-        self.process.dir.mkdir(parents=True, exist_ok=True)
-        # The same interpreter as ours, so it finds the moto we just checked for.
-        return [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)]
 
     def check(self) -> Answer:
         try:
@@ -99,3 +111,62 @@ class S3Component(Component):
                 f"s3: anonymous GET {url} returned HTTP {response.status_code}, not the uploaded bytes; "
                 f"see {self.process.log_path}"
             )
+
+
+def s3proxy_pom() -> Path:
+    return infra_dir() / "s3proxy" / "pom.xml"
+
+
+def s3proxy_version() -> str:
+    """The S3Proxy version pinned in ``infra/local/s3proxy/pom.xml``."""
+    return pom_property(s3proxy_pom(), "s3proxy.version")
+
+
+def render_s3proxy_properties(settings: DevStackSettings, data_dir: Path) -> str:
+    """S3Proxy's configuration: the filesystem backend under ``data_dir``, on this stack's address."""
+    props = {
+        "s3proxy.endpoint": endpoint_url(settings),
+        "s3proxy.authorization": "none",
+        "jclouds.provider": "filesystem",
+        "jclouds.filesystem.basedir": str(data_dir),
+    }
+    header = "# Written by `forgeline dev up` from DevStackSettings; edits are overwritten.\n"
+    return header + "".join(f"{key}={value}\n" for key, value in props.items())
+
+
+class S3ProxyComponent(S3Endpoint):
+    marker = "org.gaul.s3proxy.Main"
+    start_timeout = 60.0  # ~2 s normally; a cold JVM on a busy machine is slower
+
+    @property
+    def properties_path(self) -> Path:
+        return self.process.dir / "s3proxy.conf"
+
+    def prepare(self, progress: Progress) -> list[str]:
+        java = ensure_command("java", JAVA_PACKAGE, progress)
+        version = s3proxy_version()
+        libs = maven_libs(
+            self.settings.cache_dir / f"s3proxy-{version}" / "libs",
+            pom=s3proxy_pom(), what=f"S3Proxy {version}", size="~55 MB, one jar", expect="s3proxy-", progress=progress,
+        )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.properties_path.write_text(render_s3proxy_properties(self.settings, self.data_dir))
+        return [java, f"-Xmx{self.settings.s3_heap}", "-Djava.awt.headless=true", "-cp", f"{libs}/*",
+                self.marker, "--properties", str(self.properties_path)]
+
+
+class MotoComponent(S3Endpoint):
+    marker = "moto.server"
+
+    def prepare(self, progress: Progress) -> list[str]:
+        # Server mode needs moto's [server] extra (flask, flask-cors), not just moto.
+        missing = [m for m in ("moto", "flask", "flask_cors") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise DevStackError(
+                f"the S3 endpoint needs moto's server mode ({', '.join(missing)} not importable); "
+                "run `pip install 'forgeline[dev]'` (or `pip install 'moto[server]'`), or use S3Proxy "
+                "(unset FORGELINE_DEV_S3_SERVER)."
+            )
+        self.process.dir.mkdir(parents=True, exist_ok=True)
+        # The same interpreter as ours, so it finds the moto we just checked for.
+        return [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)]

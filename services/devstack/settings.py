@@ -7,6 +7,7 @@ Every value has a default that works on a developer machine; override with
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings
@@ -25,13 +26,21 @@ class DevStackSettings(BaseSettings):
     )
     cache_dir: Path = Field(
         Path("~/.cache/forgeline"),
-        description="Downloaded Kafka jars; kept apart from state_dir so tests with a throwaway state reuse them.",
+        description="Downloaded Kafka and S3Proxy jars; kept apart from state_dir so throwaway test states reuse them.",
     )
     host: str = Field("127.0.0.1", description="Interface every component binds to (loopback: nothing is exposed).")
-    kafka_port: int = Field(19092, gt=0, lt=65536)
-    kafka_controller_port: int = Field(19093, gt=0, lt=65536)
+    kafka_port: int = Field(19092, gt=0, lt=65536, description="Broker 1's port; broker n's is this + 2(n-1).")
+    kafka_controller_port: int = Field(19093, gt=0, lt=65536, description="Broker 1's controller port (+ 2(n-1)).")
+    kafka_brokers: int | None = Field(
+        None, ge=1, le=5,
+        description="KRaft nodes (`dev up --brokers 3`); unset: as many as the state dir was formatted with, or 1.",
+    )
     redis_port: int = Field(16379, gt=0, lt=65536)
     s3_port: int = Field(19000, gt=0, lt=65536)
+    s3_server: Literal["s3proxy", "moto"] = Field(
+        "s3proxy", description="s3proxy keeps objects on disk under state_dir; moto keeps them in memory only."
+    )
+    s3_heap: str = Field("256m", pattern=r"^[0-9]+[kKmMgG]$", description="JVM -Xmx of S3Proxy.")
     s3_bucket: str = Field("forgeline-dev", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
     ingest_port: int = Field(18080, gt=0, lt=65536, description="Port of the local pipeline's ingest API.")
     # The local pipeline mimics the production shape at a small scale: a slow free path with

@@ -1,4 +1,4 @@
-"""The local stack as a whole: start, stop and inspect Kafka, Redis and S3 together.
+"""The local stack as a whole: start, stop and inspect Kafka (one node or a cluster), Redis and S3 together.
 
 ``up`` is idempotent and returns what it started, so a test fixture can stop exactly that::
 
@@ -13,36 +13,44 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 
+from services.devstack.cluster import KafkaCluster
 from services.devstack.component import Component, ComponentStatus
 from services.devstack.errors import DevStackError, Progress, silent
 from services.devstack.host import exclusive_lock
-from services.devstack.kafka import KafkaComponent
+from services.devstack.kafka import KafkaComponent, replication
 from services.devstack.pipeline import Pipeline, ServiceProcess
 from services.devstack.redis import RedisComponent
 from services.devstack.s3 import (
     ACCESS_KEY_ID,
     REGION,
     SECRET_ACCESS_KEY,
-    S3Component,
     endpoint_url,
+    s3_component,
 )
 from services.devstack.settings import DevStackSettings
 from services.fakeproviders.server import fake_urls, sample_providers_file
 
-#: Start order; ``down`` goes the other way.
+#: Start order; ``down`` goes the other way. "kafka" stands for every broker of the cluster.
 COMPONENT_NAMES: tuple[str, ...] = ("kafka", "redis", "s3")
 
 
 def components(settings: DevStackSettings, names: Sequence[str] | None = None) -> list[Component]:
-    """The selected components (all by default), in start order."""
-    wanted = list(COMPONENT_NAMES) if names is None else list(names)
-    unknown = sorted(set(wanted) - set(COMPONENT_NAMES))
+    """The selected components (all by default), in start order.
+
+    A name is a group of ``COMPONENT_NAMES`` ("kafka": every broker) or one broker (``kafka-2``).
+    """
+    brokers: list[Component] = list(KafkaCluster(settings).brokers)
+    every: list[Component] = [*brokers, RedisComponent(settings), s3_component(settings)]
+    if names is None:
+        return every
+    known = {*COMPONENT_NAMES, *(c.name for c in every)}
+    unknown = sorted(set(names) - known)
     if unknown:
-        raise DevStackError(f"unknown component(s) {', '.join(unknown)}; choose from {', '.join(COMPONENT_NAMES)}")
-    every: list[Component] = [KafkaComponent(settings), RedisComponent(settings), S3Component(settings)]
-    return [c for c in every if c.name in wanted]
+        raise DevStackError(f"unknown component(s) {', '.join(unknown)}; choose from {', '.join(sorted(known))}")
+    return [c for c in every if c.name in names or (c in brokers and "kafka" in names)]
 
 
 def up(
@@ -52,10 +60,14 @@ def up(
 ) -> list[str]:
     """Start the selected components that are not running yet; return the names this call started.
 
-    Running, answering components are left alone. If one fails, the ones this call started are
-    stopped again before the error propagates, so a failed ``up`` leaves nothing new behind.
+    Every process is launched first and then each is waited for, so the nodes of a Kafka quorum
+    (which answer only once a majority runs) come up together. Running, answering components are
+    left alone. If one fails, the ones this call started are stopped again before the error
+    propagates, so a failed ``up`` leaves nothing new behind.
     """
+    KafkaCluster(settings).check_size()
     selected = _select(settings, components)
+    _check_distinct_ports(selected)
     with _stack_lock(settings, progress):
         # Every port conflict is reported before anything starts (not after Kafka took its 4 s).
         for component in selected:
@@ -63,9 +75,13 @@ def up(
                 component.check_ports()
         started: list[Component] = []
         try:
+            brokers = [c for c in selected if isinstance(c, KafkaComponent)]
+            started += _launch_together(brokers, progress)  # each formats its storage first: a JVM of its own
             for component in selected:
-                if component.start(progress):
+                if component not in brokers and component.launch(progress):
                     started.append(component)
+            for component in selected:
+                component.ready(progress, launched=component in started)
         except BaseException:
             for component in reversed(started):
                 progress(f"{component.name}: stopping again because the stack did not come up")
@@ -82,10 +98,44 @@ def down(
     components: Sequence[str] | None = None,
     progress: Progress = silent,
 ) -> list[str]:
-    """Stop the selected components this stack started (reverse order); return the names stopped."""
+    """Stop the selected components this stack started (reverse order); return the names stopped.
+
+    The brokers of a cluster stop together: one by one, the last ones would lose their quorum and
+    wait out their whole controlled-shutdown timeout.
+    """
     selected = _select(settings, components)
+    brokers = [c for c in selected if isinstance(c, KafkaComponent)]
+    others = [c for c in reversed(selected) if c not in brokers]
     with _stack_lock(settings, progress):
-        return [c.name for c in reversed(selected) if c.stop(progress)]
+        stopped = [c.name for c in others if c.stop(progress)]
+        with ThreadPoolExecutor(max_workers=max(1, len(brokers)), thread_name_prefix="stop-broker") as pool:
+            results = list(pool.map(lambda broker: broker.stop(progress), reversed(brokers)))
+        return stopped + [broker.name for broker, ran in zip(reversed(brokers), results, strict=True) if ran]
+
+
+def _launch_together(components: Sequence[Component], progress: Progress) -> list[Component]:
+    """Launch ``components`` in parallel; return those launched, or raise after stopping them again."""
+    with ThreadPoolExecutor(max_workers=max(1, len(components)), thread_name_prefix="launch") as pool:
+        futures = [(c, pool.submit(c.launch, progress)) for c in components]
+    launched = [c for c, future in futures if future.exception() is None and future.result()]
+    errors = [future.exception() for _c, future in futures if future.exception() is not None]
+    if errors:
+        for component in launched:
+            component.stop(progress)
+        raise errors[0]
+    return launched
+
+
+def _check_distinct_ports(selected: Sequence[Component]) -> None:
+    owners: dict[int, str] = {}
+    for component in selected:
+        for port, setting in component.ports().items():
+            if port in owners:
+                raise DevStackError(
+                    f"port {port} would be used twice ({owners[port]} and {setting}); choose ports so that "
+                    f"broker n's KAFKA_PORT + 2(n-1) and KAFKA_CONTROLLER_PORT + 2(n-1) collide with nothing"
+                )
+            owners[port] = setting
 
 
 def status(settings: DevStackSettings) -> list[ComponentStatus]:
@@ -95,8 +145,12 @@ def status(settings: DevStackSettings) -> list[ComponentStatus]:
 
 def env(settings: DevStackSettings) -> dict[str, str]:
     """Environment variables that point Forgeline services at this stack."""
+    cluster = KafkaCluster(settings)
+    factor, min_isr = replication(cluster.size)
     return {
-        "FORGELINE_KAFKA_BOOTSTRAP": f"{settings.host}:{settings.kafka_port}",
+        "FORGELINE_KAFKA_BOOTSTRAP": cluster.bootstrap,
+        "FORGELINE_TOPICS_REPLICATION_FACTOR": str(factor),
+        "FORGELINE_TOPICS_MIN_INSYNC_REPLICAS": str(min_isr),
         "FORGELINE_REDIS_URL": f"redis://{settings.host}:{settings.redis_port}/0",
         "FORGELINE_S3_ENDPOINT_URL": endpoint_url(settings),
         "FORGELINE_S3_BUCKET": settings.s3_bucket,
@@ -113,7 +167,7 @@ def ingest_url(settings: DevStackSettings) -> str:
 
 
 def pipeline(settings: DevStackSettings, env_overrides: Mapping[str, str] | None = None) -> Pipeline:
-    """The six service processes, configured for this stack, calling fake providers on loopback.
+    """The seven service processes, configured for this stack, calling fake providers on loopback.
 
     The primary path is a fake Hugging Face Space that takes ``primary_latency_s`` an image, one
     image at a time; the fallback path is a fast fake Replicate (paid: it counts against the
@@ -165,10 +219,17 @@ _select = components
 
 
 def reset(settings: DevStackSettings, progress: Progress = silent) -> None:
-    """Stop everything and delete the broker's data (every topic and offset) and Redis's append-only file."""
+    """Stop everything and delete what the servers keep: every broker's topics and offsets (and the
+    cluster's size), Redis's append-only file and S3Proxy's objects."""
     pipeline(settings).stop(progress=progress)
     down(settings, progress=progress)
-    for data in (KafkaComponent(settings).data_dir, RedisComponent(settings).data_dir):
-        if data.exists():
+    others = _select(settings, ["redis", "s3"])
+    paths = [*KafkaCluster(settings).data_paths(), *(path for c in others for path in c.data_paths())]
+    for data in paths:
+        if data.is_dir():
             shutil.rmtree(data)
-            progress(f"deleted {data}")
+        elif data.exists():
+            data.unlink()
+        else:
+            continue
+        progress(f"deleted {data}")

@@ -11,6 +11,7 @@ from services.common.contracts import (
     GenerationFailed,
     GenerationGenerated,
     GenerationRouted,
+    webhook_fields,
 )
 from services.common.errors import Retryable
 from services.common.jobs import terminal_outcome
@@ -52,7 +53,7 @@ class GenerateHandler:
         except ProviderError as exc:
             failed = GenerationFailed(
                 job_id=routed.job_id, tenant=routed.tenant, trace=routed.trace.child(), metadata=routed.metadata,
-                timings=routed.timings,
+                timings=routed.timings, **webhook_fields(routed),
                 error=ErrorInfo(code=exc.code, message=str(exc), stage="generator",
                                 retryable=isinstance(exc, Retryable), provider=exc.provider),
             )

@@ -13,9 +13,10 @@ import copy
 import hashlib
 import json
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from services.common.contracts import (
     ComparisonRequested,
@@ -23,8 +24,10 @@ from services.common.contracts import (
     GenerationRequested,
     ImageSpec,
     Priority,
+    WebhookEvent,
 )
 from services.common.jobs import JobStatus, JobView
+from services.ingest.validation import EXCERPT_CHARS, problems
 
 _SPEC_FIELDS = ("prompt", "negative_prompt", "width", "height", "seed", "style")
 
@@ -34,31 +37,79 @@ def _contract_field(model: type[BaseModel], name: str) -> Any:
     return copy.deepcopy(model.model_fields[name])
 
 
+# The characters pydantic's ``strip_whitespace`` removes (Unicode White_Space), spelled out so a
+# schema's pattern means the same to every regex engine: "has one other character" is what the
+# contract's "at least one character once stripped" asks.
+_WHITE_SPACE = r"\t\n\x0b\x0c\r\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_HAS_TEXT = f"[^{_WHITE_SPACE}]"
+
+# Numbers are strict: a JSON number, never a string ("512" is a 422) or a boolean, never NaN or
+# Infinity. 512.0 is an integer, as JSON Schema counts them.
+_STRICT = ("Numbers are strict: JSON numbers only (\"512\" and true are refused, never converted), finite "
+           "(NaN and Infinity are refused); an integer may be written 512 or 512.0, as JSON Schema counts them.")
+_NUMBER_FIELDS = ("width", "height", "seed", "deadline_s")
+
+#: A 1×1 PNG, small enough for the documented examples to be posted as they are.
+EXAMPLE_IMAGE = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ"
+                 "/pLvAAAAAElFTkSuQmCC")
+
+
+def _described(model: type[BaseModel], name: str) -> Any:
+    """The contract's description and examples of ``name``, for a field whose constraints the API spells out."""
+    contract = model.model_fields[name]
+    return Field(contract.default, description=contract.description, examples=contract.examples)
+
+
+# Lengths are counted as sent (the contract strips white space after), so the schema says exactly
+# what is accepted.
+PromptText = Annotated[str, StringConstraints(min_length=1, max_length=2000, pattern=_HAS_TEXT)]
+NegativePromptText = Annotated[str, StringConstraints(max_length=2000)]
+StyleText = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_HAS_TEXT)]
+ReferenceImage = Annotated[str, StringConstraints(pattern=r"^(data:image/|https://)", max_length=14_000_000)]
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+
+
 class GenerationRequestBody(BaseModel):
     """What a game backend asks for. Unknown fields are rejected (a misspelt field is a 422, not ignored)."""
 
     model_config = ConfigDict(
         extra="forbid",
         frozen=True,
+        allow_inf_nan=False,
         title="Generation request",
-        json_schema_extra={"examples": [{
-            "prompt": "flaming obsidian greatsword, game icon",
-            "negative_prompt": "blurry, text, watermark",
-            "width": 512, "height": 512, "seed": 42, "style": "painterly",
-            "priority": "standard", "metadata": {"item_id": "sword-017"},
-        }]},
+        json_schema_extra={"description": _STRICT, "examples": [
+            {
+                "prompt": "flaming obsidian greatsword, game icon",
+                "negative_prompt": "blurry, text, watermark",
+                "width": 512, "height": 512, "seed": 42, "style": "painterly",
+                "priority": "standard", "metadata": {"item_id": "sword-017"},
+            },
+            {"prompt": "frost crystal longbow", "deadline_s": 30, "reference_image": EXAMPLE_IMAGE},
+        ]},
     )
 
-    prompt: str = _contract_field(ImageSpec, "prompt")
-    negative_prompt: str | None = _contract_field(ImageSpec, "negative_prompt")
+    prompt: PromptText = _described(ImageSpec, "prompt")
+    negative_prompt: NegativePromptText | None = _described(ImageSpec, "negative_prompt")
     width: int = _contract_field(ImageSpec, "width")
     height: int = _contract_field(ImageSpec, "height")
     seed: int | None = _contract_field(ImageSpec, "seed")
-    style: str | None = _contract_field(ImageSpec, "style")
+    style: StyleText | None = _described(ImageSpec, "style")
     priority: Priority = _contract_field(GenerationRequested, "priority")
     deadline_s: float | None = _contract_field(GenerationRequested, "deadline_s")
-    reference_image: str | None = _contract_field(GenerationRequested, "reference_image")
-    metadata: dict[str, str] = _contract_field(GenerationRequested, "metadata")
+    reference_image: ReferenceImage | None = _contract_field(GenerationRequested, "reference_image")
+    metadata: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=32)] = _contract_field(
+        GenerationRequested, "metadata")
+    webhook_url: str | None = _contract_field(GenerationRequested, "webhook_url")
+    webhook_events: tuple[WebhookEvent, ...] | None = _contract_field(GenerationRequested, "webhook_events")
+
+    @field_validator(*_NUMBER_FIELDS, mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, value: object) -> object:
+        if isinstance(value, str | bool):
+            raise PydanticCustomError("number_type", "Input should be a JSON number, not {kind}",
+                                      {"kind": "a string" if isinstance(value, str) else "a boolean"})
+        return value
 
     def spec_fields(self) -> dict[str, Any]:
         return self.model_dump(include=set(_SPEC_FIELDS))
@@ -77,10 +128,10 @@ class ComparisonRequestBody(BaseModel):
     """Score a generated image against the image that was wanted. Unknown fields are rejected."""
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, title="Comparison request",
+        extra="forbid", frozen=True, strict=True, title="Comparison request",
         json_schema_extra={"examples": [{
-            "target_image": "https://cdn.example.com/concept/sword-017.png",
-            "generated_image": "7f3c2a9e5b1d4c6fa0e8b2d4c6f8a0e2",
+            "target_image": EXAMPLE_IMAGE,
+            "generated_image": EXAMPLE_IMAGE,
             "original_prompt": "flaming obsidian greatsword, game icon",
         }]},
     )
@@ -88,11 +139,12 @@ class ComparisonRequestBody(BaseModel):
     target_image: str = Field(
         min_length=1, max_length=14_000_000,
         description="The image that was wanted: a data:image/(png|jpeg|webp);base64 URL (≤ 10 MB, ≤ 4096×4096) "
-                    "or an https URL.")
+                    "or an https URL. Over 14,000,000 characters: 413.")
     generated_image: str = Field(
         min_length=1, max_length=14_000_000,
-        description="The image to score: a data: URL, an https URL, or the id of a completed generation job.")
-    original_prompt: str = _contract_field(ComparisonRequested, "original_prompt")
+        description="The image to score: a data: URL, an https URL, or the id of a completed generation job. "
+                    "Over 14,000,000 characters: 413.")
+    original_prompt: PromptText = _described(ComparisonRequested, "original_prompt")
 
 
 class ComparisonView(BaseModel):
@@ -111,11 +163,11 @@ class ComparisonView(BaseModel):
 
 
 def contract_errors(exc: ValidationError) -> list[dict[str, Any]]:
-    """A ``GenerationRequested`` validation error in FastAPI's 422 shape, located in the request.
+    """A ``GenerationRequested`` validation error in the API's 422 shape, located in the request.
 
     The input is left out: it may be a 14 MB data URL, and echoing it helps nobody.
     """
-    errors: list[dict[str, Any]] = []
+    located: list[dict[str, Any]] = []
     for error in exc.errors(include_url=False, include_input=False):
         loc: tuple[str | int, ...] = tuple(error["loc"])
         if loc[:1] == ("spec",):
@@ -124,11 +176,8 @@ def contract_errors(exc: ValidationError) -> list[dict[str, Any]]:
             loc = ("header", "Idempotency-Key", *loc[1:])
         else:
             loc = ("body", *loc)
-        item: dict[str, Any] = {"type": error["type"], "loc": list(loc), "msg": error["msg"]}
-        if error.get("ctx"):
-            item["ctx"] = {name: str(value) for name, value in error["ctx"].items()}
-        errors.append(item)
-    return errors
+        located.append({**error, "loc": loc})
+    return problems(located)
 
 
 # ------------------------------------------------------------------------------------- responses
@@ -167,12 +216,15 @@ class GenerationResult(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    """One problem with a request, as FastAPI reports validation errors."""
+    """One problem with a request: where (``loc``), what (``type``), why (``msg``), never the whole input."""
 
-    type: str
-    loc: list[str | int]
-    msg: str
-    ctx: dict[str, Any] | None = None
+    type: str = Field(examples=["string_too_long"])
+    loc: list[str | int] = Field(description="Where: body, header, query or path, then the field.",
+                                 examples=[["body", "prompt"]])
+    msg: str = Field(max_length=301, examples=["String should have at most 2000 characters"])
+    ctx: dict[str, str] | None = Field(None, description="The limit that was broken, e.g. max_length.")
+    input: str | None = Field(None, max_length=EXCERPT_CHARS + 1,
+                              description=f"At most {EXCERPT_CHARS} characters of what was sent, escaped.")
 
 
 class ValidationErrorBody(BaseModel):

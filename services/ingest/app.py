@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Generator
+import functools
+from collections.abc import Callable, Generator
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
@@ -32,6 +35,8 @@ from services.ingest.errors import (
 from services.ingest.middleware import BodyLimit, RequestLog
 from services.ingest.routes import router
 from services.ingest.settings import IngestSettings
+from services.ingest.validation import BodyNotParsed, body_not_parsed, request_validation_error
+from services.ingest.webhooks import router as webhooks_router
 from services.providers.catalog import load_providers_file
 
 # Ingest only reads the result cache; storage writes it with its own TTL. This bounds
@@ -53,6 +58,7 @@ When the API runs with keys, send yours as `Authorization: Bearer <key>` or `X-A
 TAGS = [
     {"name": "generations", "description": "Request images and follow their jobs."},
     {"name": "comparisons", "description": "Score a generated image against a target, with prompt advice."},
+    {"name": "webhooks", "description": "Signed push delivery of job events (Standard Webhooks v1)."},
     {"name": "operations", "description": "Health, readiness, metrics and pipeline status."},
 ]
 
@@ -96,13 +102,27 @@ def create_app(deps: IngestDeps | None) -> FastAPI:
         openapi_tags=TAGS,
     )
     app.state.deps = deps
+    if deps is not None and not deps.auth_enabled:
+        app.openapi = functools.partial(_without_security, app.openapi)  # type: ignore[method-assign]
     app.include_router(router)
     app.include_router(dashboard.router)
+    app.include_router(webhooks_router)
     _add_error_handlers(app)
     # Last added is outermost: the log sees the final status, including the limit's 413.
     app.add_middleware(BodyLimit, limit=lambda path: app.state.deps.settings.body_limit(path))
     app.add_middleware(RequestLog)
     return app
+
+
+def _without_security(build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The OpenAPI document of an API that runs without keys: it must not promise a 401 it never sends."""
+    schema = build()  # FastAPI builds it once and caches it; removing twice is harmless
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            operation.pop("security", None)
+            operation["responses"].pop("401", None)
+    schema.get("components", {}).pop("securitySchemes", None)
+    return schema
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -125,6 +145,8 @@ def _add_error_handlers(app: FastAPI) -> None:
             {"detail": f"the job store (Redis) did not answer ({type(exc).__name__}); retry shortly"},
             status_code=503, headers={"Retry-After": "5"})
 
+    app.add_exception_handler(RequestValidationError, request_validation_error)
+    app.add_exception_handler(BodyNotParsed, body_not_parsed)
     app.add_exception_handler(InvalidRequest, invalid)
     app.add_exception_handler(JobNotFound, not_found)
     app.add_exception_handler(PayloadTooLarge, too_large)

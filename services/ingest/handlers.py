@@ -42,6 +42,7 @@ from services.ingest.errors import (
     describe,
 )
 from services.ingest.images import checked_image
+from services.ingest.webhook_checks import check_job_webhook
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ async def submit(
 ) -> SubmitResult:
     """Accept one generation request. Raises ``InvalidRequest`` or ``Unavailable``."""
     request = _build_request(body, tenant, idempotency_key)
+    await check_job_webhook(request, deps)
     if isinstance(request.reference_image, str):
         checked = await checked_image(request.reference_image, field="reference_image", deps=deps)
         # Stored: the message carries the claim check; an https URL travels as it came.

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.common.jobs import JobView
-from services.ingest import comparisons, handlers, status
+from services.ingest import comparisons, handlers, status, webhooks
 from services.ingest.api_models import (
     Accepted,
     ComparisonRequestBody,
@@ -24,14 +24,36 @@ from services.ingest.api_models import (
     ValidationErrorBody,
 )
 from services.ingest.auth import DepsDep, TenantDep
+from services.ingest.validation import STREAM_ID_PATTERN, Utf8JsonRoute
 
-router = APIRouter()
+router = APIRouter(route_class=Utf8JsonRoute)
 
-_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+Responses = dict[int | str, dict[str, Any]]
+
+# What every route that names its caller can answer besides its own statuses.
+_CALLER_ERRORS: Responses = {
     401: {"model": MessageBody, "description": "API keys are configured and none was sent, or it is unknown."},
+    422: {"model": ValidationErrorBody,
+          "description": "A header, path or query parameter is invalid (e.g. X-Forgeline-Tenant); detail[].loc "
+                         "names it, with at most a short excerpt of what was sent."},
+    503: {"model": MessageBody, "description": "Redis (the job store) or Kafka is unavailable; retry shortly."},
 }
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+_NOT_FOUND: Responses = {
     404: {"model": MessageBody, "description": "No such job (or it belongs to another tenant, or it expired)."},
+}
+_BODY_ERRORS: Responses = {
+    400: {"model": MessageBody, "description": "The body is not UTF-8, or nests too deeply to parse."},
+}
+
+
+# One server-sent event, as OpenAPI 3.2's itemSchema describes a stream's items (the stream's
+# schema: an array of them); `: keepalive` comments are not events.
+_SSE_ITEM: dict[str, Any] = {
+    "type": "object",
+    "required": ["event", "id", "data"],
+    "properties": {"event": {"const": "status"}, "id": {"type": "string", "pattern": STREAM_ID_PATTERN},
+                   "data": {"type": "string", "contentMediaType": "application/json",
+                            "contentSchema": {"$ref": "#/components/schemas/JobView"}}},
 }
 
 
@@ -53,11 +75,14 @@ def events_url(job_id: str) -> str:
         200: {"model": GenerationResult,
               "description": "Already done: served from the result cache, or a repeated Idempotency-Key of a "
                              "finished job. The image URL is in the body; no job runs."},
-        **_AUTH_ERRORS,
-        413: {"model": MessageBody, "description": "The body is larger than the configured limit."},
+        **_CALLER_ERRORS, **_BODY_ERRORS,
+        413: {"model": MessageBody, "description": "The body is larger than the configured limit (14 MiB), or "
+                                                   "reference_image is over 10 MB, whatever its encoding."},
         422: {"model": ValidationErrorBody,
-              "description": "A field is invalid (each one is named in detail[].loc), the JSON is malformed, or "
-                             "the Idempotency-Key was used before with a different body (idempotency_key_reused)."},
+              "description": "A field is invalid (each one is named in detail[].loc, with at most a short excerpt "
+                             "of what was sent): out of range, a string where a number belongs, NaN or Infinity, "
+                             "invalid Unicode, malformed JSON, an unreadable reference_image, or an "
+                             "Idempotency-Key used before with a different body (idempotency_key_reused)."},
         503: {"model": MessageBody, "description": "Kafka or Redis is unavailable; retry with the same "
                                                    "Idempotency-Key."},
     },
@@ -66,11 +91,12 @@ async def create_generation(
     body: GenerationRequestBody,
     tenant: TenantDep,
     deps: DepsDep,
-    idempotency_key: Annotated[str | None, Header(
-        alias="Idempotency-Key",
-        description="Any unique string (a UUID, say). Retrying with the same key returns the same job, never a new "
-                    "one, for as long as the job's status is kept.",
-    )] = None,
+    # Typed str, not str | None: a header is text or absent, and the schema must not offer null.
+    idempotency_key: Annotated[str, Header(
+        alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[!-~]+$",
+        description="Any unique string of 1–255 visible ASCII characters (a UUID, say). Retrying with the same key "
+                    "returns the same job, never a new one, for as long as the job's status is kept.",
+    )] = None,  # type: ignore[assignment]
 ) -> Response:
     """Queue a generation job and return at once (202) with where to follow it.
 
@@ -105,10 +131,10 @@ def _finished(result: handlers.SubmitResult) -> GenerationResult:
 
 
 @router.get("/v1/generations/{job_id}", tags=["generations"], summary="A job's status", response_model=JobView,
-            responses={**_AUTH_ERRORS, **_NOT_FOUND})
+            responses={**_CALLER_ERRORS, **_NOT_FOUND})
 async def get_generation(job_id: str, tenant: TenantDep, deps: DepsDep) -> JobView:
-    """The job's status, route, timings and, once completed, the image URL."""
-    return await handlers.get_job(job_id, tenant, deps)
+    """The job's status, route, timings, once completed the image URL, and its webhook deliveries."""
+    return await webhooks.with_deliveries(await handlers.get_job(job_id, tenant, deps), deps)
 
 
 @router.get(
@@ -117,21 +143,23 @@ async def get_generation(job_id: str, tenant: TenantDep, deps: DepsDep) -> JobVi
     summary="Follow a job (server-sent events)",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+        200: {"content": {"text/event-stream": {"schema": {"type": "array", "items": _SSE_ITEM},
+                                                "itemSchema": _SSE_ITEM}},
               "description": "`event: status` per change (`id:` the change's id, `data:` the job as JSON), from "
                              "the first; `: keepalive` comments while waiting; the stream ends after `completed` "
                              "or `failed`."},
-        **_AUTH_ERRORS, **_NOT_FOUND,
+        **_CALLER_ERRORS, **_NOT_FOUND,
     },
 )
 async def follow_generation(
     job_id: str,
     tenant: TenantDep,
     deps: DepsDep,
-    last_event_id: Annotated[str | None, Header(
-        alias="Last-Event-ID", pattern=r"^\d{1,20}(-\d{1,20})?$",
-        description="Resume after this event id (browsers send it when they reconnect).",
-    )] = None,
+    last_event_id: Annotated[str, Header(
+        alias="Last-Event-ID", pattern=STREAM_ID_PATTERN,
+        description="Resume after this event id (browsers send it when they reconnect): `<ms>` or `<ms>-<seq>`, "
+                    "each a decimal of at most 18446744073709551615 without leading zeros, as Redis streams take it.",
+    )] = None,  # type: ignore[assignment]
 ) -> StreamingResponse:
     """Replay every status change of the job, then stream new ones until it ends."""
     await handlers.get_job(job_id, tenant, deps)  # 404 before the stream starts
@@ -158,8 +186,9 @@ async def _sse(changes: AsyncIterator[tuple[str, JobView] | None]) -> AsyncItera
     response_model=ComparisonView,
     responses={
         200: {"model": ComparisonView, "description": "With `?wait=N`: the comparison ended within N seconds."},
-        **_AUTH_ERRORS,
-        413: {"model": MessageBody, "description": "An image is over 10 MB, or the body over its limit."},
+        **_CALLER_ERRORS, **_BODY_ERRORS,
+        413: {"model": MessageBody, "description": "An image is over 10 MB (whatever its encoding), or the body over "
+                                                   "its limit (28 MiB)."},
         422: {"model": ValidationErrorBody,
               "description": "A field is invalid: an image that is not PNG/JPEG/WebP (by its bytes), over 4096×4096, "
                              "a decompression bomb, an URL that is not https or points at a private address, or a "
@@ -172,7 +201,7 @@ async def create_comparison(
     tenant: TenantDep,
     deps: DepsDep,
     wait: Annotated[float, Query(
-        ge=0, le=300, description="Wait up to this many seconds for the result (capped by the server's limit); "
+        ge=0, le=300, allow_inf_nan=False, description="Wait up to this many seconds for the result (capped by the server's limit); "
                                   "0: answer at once with 202.")] = 0,
 ) -> JSONResponse:
     """Queue a comparison of `generated_image` against `target_image` for `original_prompt`.
@@ -189,14 +218,14 @@ async def create_comparison(
 
 
 @router.get("/v1/comparisons/{comparison_id}", tags=["comparisons"], summary="A comparison",
-            response_model=ComparisonView, responses={**_AUTH_ERRORS, **_NOT_FOUND})
+            response_model=ComparisonView, responses={**_CALLER_ERRORS, **_NOT_FOUND})
 async def get_comparison(comparison_id: str, tenant: TenantDep, deps: DepsDep) -> ComparisonView:
     """The comparison's status and, once it ended, its result or error."""
     return comparisons.comparison_view(await comparisons.get_comparison(comparison_id, tenant, deps))
 
 
 @router.get("/v1/status", tags=["operations"], summary="Pipeline status", response_model=PipelineStatus,
-            responses={**_AUTH_ERRORS, 503: {"model": MessageBody, "description": "Kafka did not answer in time."}})
+            responses=_CALLER_ERRORS)
 async def pipeline_status(_tenant: TenantDep, deps: DepsDep) -> dict[str, Any]:
     """Queue depth of each generator path, how jobs were routed, and the result cache's hit rate."""
     return await status.pipeline_status(deps)

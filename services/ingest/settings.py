@@ -33,7 +33,8 @@ class IngestSettings(BaseSettings):
     max_comparison_body_bytes: int = Field(
         28 * MiB, ge=1024, description="The body limit of POST /v1/comparisons: room for two 10 MB images as data: URLs.")
     comparison_wait_max_s: float = Field(60.0, gt=0, le=300, description="The largest ?wait= a comparison may ask for.")
-    allow_loopback_urls: bool = Field(False, description="Tests only: accept image URLs on 127.0.0.1 and plain http.")
+    allow_loopback_urls: bool = Field(
+        False, description="Tests only: accept image and webhook URLs on 127.0.0.1 and plain http.")
     # Tenant-typed keys: a key's tenant is stamped on every job it submits, so it must be a valid one.
     api_keys: dict[Tenant, SecretStr] = Field(
         default_factory=dict,

@@ -19,7 +19,7 @@ from services.common.worker import consume
 from services.router.budget_gate import BudgetGate
 from services.router.depth import DepthMonitor
 from services.router.handlers import RouterHandler
-from services.router.policy import HysteresisPolicy, PaidCapacity
+from services.router.policy import PaidCapacity, policy_from_settings
 from services.router.settings import RouterSettings
 
 log = logging.getLogger(__name__)
@@ -27,13 +27,14 @@ log = logging.getLogger(__name__)
 
 async def build(settings: RouterSettings, infra: Infra, *, paid: PaidCapacity | None = None) -> RouterHandler:
     """``paid``: the paid path's gate; default a ``BudgetGate`` on the shared monthly ledger."""
-    depth = DepthMonitor(await infra.admin(), await infra.offsets(), topic=infra.topics.name("generation.primary"),
-                         group_id=infra.groups.generator("primary"), refresh_s=settings.depth_refresh_s,
-                         rate_window_s=settings.rate_window_s)
+    depth = DepthMonitor.for_group(
+        await infra.admin(), await infra.offsets(), topic=infra.topics.name("generation.primary"),
+        group_id=infra.groups.generator("primary"), refresh_s=settings.depth_refresh_s,
+        rate_window_s=settings.rate_window_s)
     # Route nothing on a made-up depth; a fresh broker may still be electing the group coordinator.
     await until_ready(depth.refresh, what="primary queue depth", logger=log)
     return RouterHandler(
-        topics=infra.topics, depth=depth, policy=HysteresisPolicy(high=settings.depth_high, low=settings.depth_low),
+        topics=infra.topics, depth=depth, policy=policy_from_settings(settings),
         paid=paid or BudgetGate(infra.budget, cheapest_cost_micros=usd(settings.paid_cost_usd)),
         jobs=infra.jobs(), routes=RedisRouteStats(infra.redis, infra.keys),
         cache=RedisResultCache(infra.redis, infra.keys, ttl_s=settings.cache_ttl_s, local=LruTtlCache(0, 0)),

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -67,13 +67,11 @@ class DepthMonitor:
     """
 
     def __init__(
-        self, admin: AIOKafkaAdminClient, offsets: AIOKafkaConsumer, *, topic: str, group_id: str, refresh_s: float,
-        rate_window_s: float = 30.0, clock: Callable[[], float] = time.monotonic,
+        self, position: Callable[[], Awaitable[tuple[int, int]]], *, refresh_s: float, rate_window_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._admin = admin
-        self._offsets = offsets
-        self._topic = topic
-        self._group_id = group_id
+        """``position``: reads ``(lag, committed)`` of the primary group (the simulator passes its own model)."""
+        self._position = position
         self._refresh_s = refresh_s
         self._clock = clock
         self._window = RateWindow(rate_window_s)
@@ -81,6 +79,15 @@ class DepthMonitor:
         self._sent = 0
         self._sent_at_measure = 0
         self._ready = asyncio.Event()
+
+    @classmethod
+    def for_group(
+        cls, admin: AIOKafkaAdminClient, offsets: AIOKafkaConsumer, *, topic: str, group_id: str, refresh_s: float,
+        rate_window_s: float = 30.0, clock: Callable[[], float] = time.monotonic,
+    ) -> DepthMonitor:
+        """The monitor of ``group_id``'s position on ``topic``, read from the broker."""
+        return cls(lambda: group_position(admin, offsets, topic, group_id), refresh_s=refresh_s,
+                   rate_window_s=rate_window_s, clock=clock)
 
     @property
     def depth(self) -> int:
@@ -104,7 +111,7 @@ class DepthMonitor:
 
     async def refresh(self) -> int:
         sent_before = self._sent  # messages acked before this read are in the end offsets it sees
-        lag, committed = await group_position(self._admin, self._offsets, self._topic, self._group_id)
+        lag, committed = await self._position()
         self._window.add(self._clock(), committed)
         self._measured = lag
         self._sent_at_measure = sent_before

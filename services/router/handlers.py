@@ -21,7 +21,7 @@ from services.common.contracts import (
 from services.common.jobs import terminal_outcome
 from services.common.ports import JobStore, ResultCache, RouteStats, TerminalGuard
 from services.common.topics import Topics
-from services.router.policy import HysteresisPolicy, PaidCapacity, route
+from services.router.policy import PaidCapacity, RoutingPolicy, route
 
 ROUTED = Counter("forgeline_routes_total", "Route decisions by path (cache: answered at once; duplicate: a copy of an ended job).",
                  ["path"])
@@ -79,7 +79,7 @@ def decision_category(decision: RouteDecision, *, paid_refused: bool) -> ReasonC
 class RouterHandler:
     topics: Topics
     depth: PrimaryQueue
-    policy: HysteresisPolicy
+    policy: RoutingPolicy
     paid: PaidCapacity
     jobs: JobStore
     routes: RouteStats

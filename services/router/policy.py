@@ -2,17 +2,22 @@
 
 Pure and synchronous (bar the ``PaidCapacity`` question), so it is tested without Kafka. The
 router asks ``PaidCapacity`` before sending a job to the paid path: the seam the budget cap plugs in.
+Two policies (``RoutingPolicy``), chosen by ``FORGELINE_ROUTER_POLICY``:
 
-The rule, per request:
+* ``DeadlinePolicy`` (the default): fallback when the estimated wait on primary (the jobs ahead
+  of a free slot over the rate, with a floor on the rate) is past ``max_wait_s`` or past the request's deadline less the time
+  one image takes; and once depth reaches ``depth_high``. ``forgeline simulate`` compares it
+  with the others on a simulated day.
+* ``HysteresisPolicy`` (the previous default), per request:
 
-* **with ``deadline_s``**: the primary's estimated wait is ``depth / rate`` (0 when nothing is
-  waiting, infinite when something is and nothing is being served). Fallback when that wait is
-  over the deadline; primary otherwise. No hysteresis: the deadline is the request's own.
-* **without a deadline**: the depth hysteresis — fallback once depth reaches ``high``, back to
-  primary once it falls below ``low``.
-* **``priority == "high"``** goes to fallback sooner: against ``HIGH_PRIORITY_FACTOR`` (0.5) × the
-  deadline, or 0.5 × both thresholds (a hysteresis band of its own, so high-priority traffic never
-  moves the standard band, nor the other way round).
+  * **with ``deadline_s``**: the primary's estimated wait is ``depth / rate`` (0 when nothing is
+    waiting, infinite when something is and nothing is being served). Fallback when that wait is
+    over the deadline; primary otherwise. No hysteresis: the deadline is the request's own.
+  * **without a deadline**: the depth hysteresis — fallback once depth reaches ``high``, back to
+    primary once it falls below ``low``.
+  * **``priority == "high"``** goes to fallback sooner: against ``HIGH_PRIORITY_FACTOR`` (0.5) × the
+    deadline, or 0.5 × both thresholds (a hysteresis band of its own, so high-priority traffic never
+    moves the standard band, nor the other way round).
 
 When the paid path refuses (budget spent), the job stays on primary — unless it has a deadline it
 would miss there (estimated wait > ``deadline_s``, unscaled) and the request sets
@@ -24,14 +29,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from services.common.contracts import GenerationRequested, Path, RouteDecision
+
+if TYPE_CHECKING:
+    from services.router.settings import RouterSettings
 
 #: High priority is compared against this fraction of the deadline and of the depth thresholds.
 HIGH_PRIORITY_FACTOR = 0.5
 
 _REASON_MAX = 500
+
+
+class RoutingPolicy(Protocol):
+    """A routing rule: which path a request takes, given what the router measures of the primary."""
+
+    def decide_request(self, request: GenerationRequested, depth: int, rate: float | None) -> RouteDecision:
+        """``depth``: jobs waiting on primary; ``rate``: its measured images/s (None: unknown)."""
 
 
 class PaidCapacity(Protocol):
@@ -143,7 +158,7 @@ def misses_deadline(request: GenerationRequested, decision: RouteDecision) -> bo
 
 
 async def route(
-    request: GenerationRequested, depth: int, policy: HysteresisPolicy, paid: PaidCapacity,
+    request: GenerationRequested, depth: int, policy: RoutingPolicy, paid: PaidCapacity,
     *, rate: float | None = None,
 ) -> RouteDecision:
     """Decide a path for ``request``; a fallback the paid path cannot take stays on primary.
@@ -161,3 +176,69 @@ async def route(
                 return decision.model_copy(update={"placeholder": True, "reason": _clip(reason)})
             return decision.model_copy(update={"path": "primary", "reason": _clip(f"{decision.reason}; but {why}")})
     return decision
+
+
+@dataclass
+class DeadlinePolicy:
+    """Pay only for the jobs the free path would serve too late; never let its queue grow long.
+
+    A job goes to fallback when its estimated wait on primary is over its limit. The wait counts
+    the jobs that must finish before a slot frees for it, ``depth - slots + 1`` (depth counts the
+    images in progress too; ``slots`` is how many the free path serves at once, one per Space),
+    over ``rate``. Its limit is
+
+    * ``max_wait_s``, for every job: in an overload the surplus has to be paid for anyway, and
+      paying for it before the queue is long costs about the same and keeps every later job's wait
+      short (on ``forgeline simulate``'s built-in day, 300 s rather than 1,800 s: a third of the
+      p95 wait for 5 % more spend);
+    * its deadline less one image's ``service_s``, when it has one — only then is paying worth it;
+      for ``priority == "high"``, ``HIGH_PRIORITY_FACTOR`` × that, so a late estimate leaves room;
+    * and whatever the rate says, never once ``depth`` reaches ``max_depth``.
+
+    ``rate`` is the measured one, but never below ``min_rate``: a free path serving an image every
+    20–60 s often completes nothing within the measuring window, and ``depth / 0`` would send every
+    waiting job to the paid path. A primary that is really down still shows, as depth growing.
+    """
+
+    service_s: float = 40.0
+    min_rate: float = 0.02
+    max_wait_s: float = 300.0
+    max_depth: int = 50
+    slots: int = 2
+
+    def decide_request(self, request: GenerationRequested, depth: int, rate: float | None) -> RouteDecision:
+        serving = max(rate or 0.0, self.min_rate)
+        wait = estimated_wait(max(0, depth - self.slots + 1), serving)
+        limit, why = self.max_wait_s, f"max wait {self.max_wait_s:g} s"
+        if request.deadline_s is not None:
+            budget = request.deadline_s - self.service_s
+            why_deadline = f"deadline {request.deadline_s:g} s - {self.service_s:g} s to serve it"
+            if request.priority == "high":
+                budget *= HIGH_PRIORITY_FACTOR
+                why_deadline = f"high priority: {HIGH_PRIORITY_FACTOR:g} × ({why_deadline})"
+            if budget < limit:
+                limit, why = budget, why_deadline
+        measured = "unmeasured" if rate is None else f"measured {rate:.3f}/s"
+        inputs = (f"{request.priority} priority, depth {depth} on {self.slots} slots at {serving:.3f}/s ({measured}): "
+                  f"est. wait {_fmt(wait)} s")
+        if depth >= self.max_depth:
+            path: Path = "fallback"
+            reason = f"{inputs}; depth reached {self.max_depth}: fallback"
+        elif wait > limit:
+            path = "fallback"
+            reason = f"{inputs} > {max(limit, 0):g} s ({why}): fallback"
+        else:
+            path = "primary"
+            reason = f"{inputs} <= {limit:g} s ({why}): primary"
+        return RouteDecision(path=path, reason=_clip(reason), primary_depth=depth,
+                             threshold=min(self.max_depth, max(0, math.floor(limit * serving) + self.slots - 1)),
+                             estimated_wait_s=wait, service_rate=rate, deadline_s=request.deadline_s,
+                             priority=request.priority)
+
+
+def policy_from_settings(settings: RouterSettings) -> RoutingPolicy:
+    """The router's policy as configured (``FORGELINE_ROUTER_POLICY``)."""
+    if settings.policy == "hysteresis":
+        return HysteresisPolicy(high=settings.depth_high, low=settings.depth_low)
+    return DeadlinePolicy(service_s=settings.primary_service_s, min_rate=settings.primary_min_rate,
+                          max_wait_s=settings.max_wait_s, max_depth=settings.depth_high, slots=settings.primary_slots)

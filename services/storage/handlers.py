@@ -16,6 +16,7 @@ from services.common.contracts import (
     GenerationGenerated,
     HttpsImage,
     StoredImage,
+    webhook_fields,
 )
 from services.common.images import sniff_content_type
 from services.common.jobs import terminal_outcome
@@ -65,7 +66,7 @@ class StoreHandler:
             object_key=key, sha256=digest, content_type=generated.content_type, size_bytes=len(generated.image),
             spec=generated.spec, path=generated.decision.path, provider=generated.provider,
             deterministic=generated.deterministic, placeholder=generated.placeholder, metadata=generated.metadata,
-            timings=timings.with_stage("completed"),
+            timings=timings.with_stage("completed"), **webhook_fields(generated),
         )
         if not generated.placeholder:  # a stand-in must not answer later requests for the real thing
             await self.cache.put(generated.spec.cache_key(), completed)
@@ -99,7 +100,7 @@ class StoreHandler:
     async def _fail(self, generated: GenerationGenerated, code: str, message: str) -> Outcome:
         failed = GenerationFailed(
             job_id=generated.job_id, tenant=generated.tenant, trace=generated.trace.child(),
-            metadata=generated.metadata, timings=generated.timings,
+            metadata=generated.metadata, timings=generated.timings, **webhook_fields(generated),
             error=ErrorInfo(code=code, message=message, stage="storage", retryable=False, provider=generated.provider),
         )
         return await terminal_outcome(failed, topic=self.topics.name("generation.failed"), guard=self.guard,

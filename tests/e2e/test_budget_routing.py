@@ -65,11 +65,13 @@ async def test_spent_budget_and_a_missed_deadline_give_a_placeholder_only_when_a
             await reader.stop()
             await redis.aclose()
 
-    assert first_view["route"] == "primary", first_view  # nothing queued yet: no wait at all
+    assert first_view["route"] == "primary", first_view  # no paid path, and no wait at all: nothing missed
     assert strict_view["route"] == "primary", strict_view
     reason = strict_view["route_reason"]
-    assert "est. wait inf" in reason and "deadline 2" in reason and "monthly budget" in reason, reason
-    assert strict_hash[b"estimated_wait_s"] == b"inf" and strict_hash[b"service_rate"] == b"0"
+    # One job ahead of two slots: no wait, but no 40 s image meets a 2 s deadline; and nothing is left to pay.
+    assert "depth 1 on 2 slots" in reason and "measured 0.000/s" in reason, reason
+    assert "deadline 2 s - 40 s to serve it" in reason and "monthly budget" in reason, reason
+    assert strict_hash[b"estimated_wait_s"] == b"0" and strict_hash[b"service_rate"] == b"0"
 
     completed = c.decode(c.GenerationCompleted, record.value)
     assert completed.placeholder is True and completed.path == "fallback"

@@ -13,7 +13,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from services.common.bootstrap import bootstrap
 from services.common.kafka import make_consumer
 from services.common.settings import Connections
-from services.ingest.app import build_deps, create_app
+from services.ingest.app import build_deps, create_app, serve
 from services.ingest.deps import IngestDeps
 from services.ingest.settings import IngestSettings
 
@@ -63,3 +63,28 @@ def locs(response: httpx.Response) -> list[list[str | int]]:
     return [error["loc"] for error in response.json()["detail"]]
 
 
+@asynccontextmanager
+async def served(connections: Connections, settings: IngestSettings) -> AsyncIterator[str]:
+    """The API on a real socket (uvicorn via ``serve``): httpx's ASGI transport buffers whole responses."""
+    stop = asyncio.Event()
+
+    async def run() -> None:
+        async with bootstrap(connections) as infra:
+            await serve(settings, infra, stop)
+
+    task = asyncio.create_task(run())
+    base = f"http://127.0.0.1:{settings.port}"
+    try:
+        async with httpx.AsyncClient(timeout=2) as probe:
+            for _ in range(200):
+                if task.done():
+                    await task  # raises the startup error
+                try:
+                    if (await probe.get(f"{base}/healthz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.05)
+        yield base
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)

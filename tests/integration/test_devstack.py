@@ -1,4 +1,4 @@
-"""The local stack for real: a Kafka JVM, redis-server and moto, in a throwaway state folder.
+"""The local stack for real: a Kafka JVM, redis-server and S3Proxy, in a throwaway state folder.
 
 Free ports and a temporary state dir keep it apart from any stack a developer runs on the
 default ports. The jar cache is the shared one (``~/.cache/forgeline`` unless
@@ -18,10 +18,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from services.common.blobstore import make_s3_client
-from services.devstack import DevStackSettings, down, env, status, up
-from services.devstack import kafka as devkafka
-from services.devstack.kafka import LIBS_COMPLETE_MARKER, cached_libs_dir, kafka_version
-from services.devstack.process import free_ports
+from services.devstack import DevStackSettings, down, env, reset, status, up
+from services.devstack import maven as devmaven
+from services.devstack.kafka import cached_libs_dir, kafka_version
+from services.devstack.maven import LIBS_COMPLETE_MARKER
+from services.devstack.process import free_ports, port_answers
 from services.devstack.s3 import s3_settings
 from tests.helpers import pid_alive
 
@@ -156,7 +157,7 @@ def test_down_stops_everything_and_a_warm_start_skips_maven(
     def no_maven(*args: object, **kwargs: object) -> None:
         raise AssertionError("a warm start must not run Maven")
 
-    monkeypatch.setattr(devkafka, "run_maven", no_maven)
+    monkeypatch.setattr(devmaven, "run_maven", no_maven)
     messages: list[str] = []
 
     def record(message: str) -> None:
@@ -168,3 +169,31 @@ def test_down_stops_everything_and_a_warm_start_skips_maven(
     _say(f"warm up took {time.monotonic() - started_at:.1f}s")
     assert all(s.answers for s in status(stack))
     assert not [m for m in messages if "downloading" in m or "formatting" in m], "cache and data dir reused"
+
+
+def test_s3_objects_survive_a_restart_and_reset_deletes_them(tmp_path: Path) -> None:
+    (s3_port,) = free_ports(1)
+    settings = DevStackSettings(state_dir=tmp_path, s3_port=s3_port, s3_bucket="forgeline-persist-test")
+    image = bytes(range(256)) * 160  # 40 KB, every byte value
+    url = f"{env(settings)['FORGELINE_S3_ENDPOINT_URL']}/{settings.s3_bucket}/images/ab/abc.png"
+    try:
+        assert up(settings, components=["s3"], progress=_say) == ["s3"]
+        s3 = make_s3_client(s3_settings(settings))
+        s3.put_object(Bucket=settings.s3_bucket, Key="images/ab/abc.png", Body=image, ContentType="image/png")
+        s3.close()
+
+        assert down(settings, components=["s3"], progress=_say) == ["s3"]
+        assert not port_answers("127.0.0.1", s3_port), "the server is gone: what answers next comes from disk"
+        assert up(settings, components=["s3"], progress=_say) == ["s3"]
+
+        after_restart = httpx.get(url)  # anonymous, as the CDN URL of a completed event is fetched
+        assert (after_restart.status_code, after_restart.headers["content-type"]) == (200, "image/png")
+        assert after_restart.content == image
+
+        reset(settings, progress=_say)
+        assert not (tmp_path / "s3" / "data").exists()
+        assert up(settings, components=["s3"], progress=_say) == ["s3"]
+        assert httpx.get(url).status_code == 404, "dev reset deletes every object"
+    finally:
+        down(settings, progress=_say)
+    assert _processes_mentioning(str(tmp_path)) == []

@@ -7,13 +7,11 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
-from services.common.bootstrap import bootstrap
 from services.common.contracts import (
     GenerationCompleted,
     GenerationRequested,
@@ -23,9 +21,9 @@ from services.common.contracts import (
 from services.common.kafka import make_producer
 from services.common.settings import Connections
 from services.devstack.process import free_ports
-from services.ingest.app import create_app, serve
+from services.ingest.app import create_app
 from services.ingest.settings import IngestSettings
-from tests.integration.ingest_support import Api, api, consume, locs, requested_count
+from tests.integration.ingest_support import Api, api, consume, locs, requested_count, served
 
 pytestmark = pytest.mark.integration
 
@@ -268,33 +266,6 @@ async def read_events(response: httpx.Response) -> AsyncIterator[tuple[str, str,
         else:
             name, _, value = line.partition(":")
             frame[name] = value.removeprefix(" ")
-
-
-@asynccontextmanager
-async def served(connections: Connections, settings: IngestSettings) -> AsyncIterator[str]:
-    """The API on a real socket (uvicorn via ``serve``): httpx's ASGI transport buffers whole responses."""
-    stop = asyncio.Event()
-
-    async def run() -> None:
-        async with bootstrap(connections) as infra:
-            await serve(settings, infra, stop)
-
-    task = asyncio.create_task(run())
-    base = f"http://127.0.0.1:{settings.port}"
-    try:
-        async with httpx.AsyncClient(timeout=2) as probe:
-            for _ in range(200):
-                if task.done():
-                    await task  # raises the startup error
-                try:
-                    if (await probe.get(f"{base}/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.05)
-        yield base
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 async def test_events_replay_then_stream_every_change_and_end(connections: Connections, topics):

@@ -27,7 +27,7 @@ async def test_rate_is_committed_offsets_per_second_over_the_window(connections,
     tp = TopicPartition(topic, 0)
     committer.assign([tp])
     clock = ManualClock(1000.0)
-    monitor = DepthMonitor(admin, offsets, topic=topic, group_id=group, refresh_s=0.1, rate_window_s=5.0,
+    monitor = DepthMonitor.for_group(admin, offsets, topic=topic, group_id=group, refresh_s=0.1, rate_window_s=5.0,
                            clock=clock)
     try:
         assert await monitor.refresh() == 60  # nothing committed yet: the whole log waits

@@ -29,6 +29,7 @@ from services.ingest.settings import IngestSettings
 from services.providers.catalog import ProvidersFile
 from services.router.settings import RouterSettings
 from services.storage.settings import StorageSettings
+from services.webhooks.settings import WebhooksSettings
 from tests.helpers import allowed_env_names, load_settings, unknown_env_keys
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,6 +49,7 @@ SERVICE_SETTINGS: dict[str, type[BaseSettings] | None] = {
     "generator-fallback": GeneratorSettings,
     "storage": StorageSettings,
     "comparer": ComparerSettings,
+    "webhooks": WebhooksSettings,
 }
 #: The services that read the providers file (and its keys), and the setting that names it.
 PROVIDERS_READERS: dict[str, type[BaseSettings]] = {

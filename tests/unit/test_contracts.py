@@ -99,6 +99,32 @@ def test_garbage_is_a_contract_error_not_a_crash(raw):
         c.decode(c.GenerationRequested, raw)
 
 
+@pytest.mark.parametrize("raw", [
+    b'{"job_id": "0123456789", "tenant": "a", "spec": {"prompt": "sword \\ud800 x"}}',  # a lone surrogate
+    b'{"job_id": "0123456789", "tenant": "a", "spec": {"prompt": "sword \xed\xa0\x80 x"}}',  # CESU bytes
+    b'{"job_id": "0123456789", "tenant": "a", "spec": {"prompt": "axe"}, "deadline_s": NaN}',
+    b'{"job_id": "0123456789", "tenant": "a", "spec": {"prompt": "axe"}, "deadline_s": Infinity}',
+    b'{"job_id": "0123456789", "tenant": "a", "spec": {"prompt": "axe"}, "metadata": {"' + b"k" * 1_000_000 + b'": 1}}',
+    b'{"job_id": "0123456789", "tenant": "a", "spec": {"prompt": "' + b"x" * 5_000_000 + b'"}}',
+    b'{"job_id": "0123456789", "tenant": "a", "spec": {"prompt": "axe"}, "metadata": {'
+    + b", ".join(b'"%d\\u0000%s": %d' % (i, b"k" * 200, i) for i in range(1000)) + b"}}",
+])
+def test_a_hostile_record_is_a_short_printable_contract_error(raw):
+    """Its message becomes a dead letter's reason header and a log line: short and encodable, whatever came in."""
+    with pytest.raises(c.ContractError) as caught:
+        c.decode(c.GenerationRequested, raw)
+
+    reason = str(caught.value)
+    assert len(reason) < 3_000
+    assert reason.isprintable()
+    reason.encode("utf-8")  # no lone surrogate survives
+
+
+def test_a_python_producer_cannot_send_a_metadata_key_that_is_not_unicode():
+    with pytest.raises(ValidationError, match="not valid Unicode"):
+        c.GenerationRequested(job_id=JOB, tenant="a", spec=SPEC, metadata={"item\udfff": "1"})
+
+
 def test_tombstone_is_a_contract_error():
     with pytest.raises(c.ContractError, match="empty value"):
         c.decode(c.GenerationRequested, None)

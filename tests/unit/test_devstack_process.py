@@ -19,24 +19,33 @@ from pathlib import Path
 
 import pytest
 
-from services.devstack import kafka as devkafka
+from services.common.settings import TopicSettings
+from services.devstack import maven as devmaven
+from services.devstack.cluster import KafkaCluster
 from services.devstack.component import Answer, Component
 from services.devstack.errors import DevStackError
 from services.devstack.host import ensure_commands, run_streaming
 from services.devstack.kafka import (
-    LIBS_COMPLETE_MARKER,
     cached_libs_dir,
     kafka_libs,
     kafka_version,
     new_cluster_id,
     render_server_properties,
 )
+from services.devstack.maven import LIBS_COMPLETE_MARKER
 from services.devstack.process import (
     BackgroundProcess,
     free_ports,
     port_answers,
     port_free,
     wait_until,
+)
+from services.devstack.s3 import (
+    MotoComponent,
+    S3ProxyComponent,
+    render_s3proxy_properties,
+    s3_component,
+    s3proxy_version,
 )
 from services.devstack.settings import DevStackSettings
 from services.devstack.stack import env
@@ -187,6 +196,24 @@ def test_stop_escalates_to_sigkill(proc: BackgroundProcess, marker: str) -> None
     assert time.monotonic() - started < 5
     assert not pid_alive(pid)
     assert any("SIGKILL" in m for m in messages)
+
+
+def test_kill_is_a_sigkill_the_process_never_sees(proc: BackgroundProcess, marker: str) -> None:
+    body = (
+        "import signal, sys, time;"
+        "signal.signal(signal.SIGTERM, lambda *a: (print('GOT-TERM', flush=True), sys.exit()));"
+        "print('READY' * 2, flush=True); time.sleep(120)"
+    )
+    pid = proc.start(sleeper(marker, body), marker=marker)
+    wait_until(lambda: "READYREADY" in proc.log_path.read_text(), what="ready", timeout=10,
+               progress=lambda m: None, log_path=proc.log_path)
+
+    assert proc.kill() == pid
+
+    assert not pid_alive(pid) and not proc.pid_path.exists()
+    output = proc.log_path.read_text().split("READYREADY", 1)[1]  # what the process printed after it was ready
+    assert "GOT-TERM" not in output, "no chance to shut down cleanly, as in a crash"
+    assert proc.kill() is None, "nothing of ours runs any more"
 
 
 def test_stale_pid_file_is_cleaned(proc: BackgroundProcess, marker: str) -> None:
@@ -419,6 +446,64 @@ def test_server_properties_follow_the_settings(tmp_path: Path) -> None:
     assert props["message.max.bytes"] == props["replica.fetch.max.bytes"] == str(10 * 1024 * 1024)
 
 
+def test_three_nodes_form_one_quorum_with_their_own_ports_and_folders(tmp_path: Path) -> None:
+    settings = DevStackSettings(state_dir=tmp_path, kafka_port=29092, kafka_controller_port=29093)
+
+    nodes = [dict(line.split("=", 1) for line in render_server_properties(settings, node, 3).splitlines()
+                  if line and not line.startswith("#")) for node in (1, 2, 3)]
+
+    voters = "1@127.0.0.1:29093,2@127.0.0.1:29095,3@127.0.0.1:29097"
+    assert [props["controller.quorum.voters"] for props in nodes] == [voters] * 3
+    assert [props["node.id"] for props in nodes] == ["1", "2", "3"]
+    assert nodes[1]["listeners"] == "PLAINTEXT://127.0.0.1:29094,CONTROLLER://127.0.0.1:29095"
+    assert [props["log.dirs"] for props in nodes] == [str(tmp_path / name / "data") for name in
+                                                      ("kafka", "kafka-2", "kafka-3")]
+    for props in nodes:
+        assert props["offsets.topic.replication.factor"] == props["default.replication.factor"] == "3"
+        assert props["min.insync.replicas"] == props["transaction.state.log.min.isr"] == "2"
+
+
+def test_the_cluster_size_is_fixed_by_its_record(tmp_path: Path) -> None:
+    fresh = KafkaCluster(DevStackSettings(state_dir=tmp_path, kafka_port=29092, kafka_brokers=3))
+    assert [b.name for b in fresh.brokers] == ["kafka", "kafka-2", "kafka-3"]
+    assert fresh.bootstrap == "127.0.0.1:29092,127.0.0.1:29094,127.0.0.1:29096"
+    topics = fresh.topic_settings(TopicSettings(prefix="x"))
+    assert (topics.replication_factor, topics.min_insync_replicas, topics.prefix) == (3, 2, "x")
+    assert env(fresh.settings)["FORGELINE_TOPICS_MIN_INSYNC_REPLICAS"] == "2"
+
+    cluster_id = fresh.brokers[0]._cluster_id()  # what formatting node 1 does
+    assert fresh.brokers[2]._cluster_id() == cluster_id, "every node joins the same cluster"
+
+    unasked = KafkaCluster(DevStackSettings(state_dir=tmp_path))  # `dev status`, `dev down`: follow the record
+    assert unasked.size == 3
+    unasked.check_size()
+    with pytest.raises(DevStackError, match=r"formatted as 3 broker\(s\), not 1(.|\n)*forgeline dev reset"):
+        KafkaCluster(DevStackSettings(state_dir=tmp_path, kafka_brokers=1)).check_size()
+    with pytest.raises(DevStackError, match="brokers 1 to 3"):
+        unasked.broker(4)
+
+
+def test_a_stack_formatted_before_the_record_is_one_node(tmp_path: Path) -> None:
+    (tmp_path / "kafka" / "data").mkdir(parents=True)
+    (tmp_path / "kafka" / "data" / "meta.properties").write_text("node.id=1\n")
+    with pytest.raises(DevStackError, match=r"formatted as 1 broker\(s\), not 3"):
+        KafkaCluster(DevStackSettings(state_dir=tmp_path, kafka_brokers=3)).check_size()
+
+
+def test_the_default_s3_keeps_objects_on_disk_under_the_state_dir(tmp_path: Path) -> None:
+    settings = DevStackSettings(state_dir=tmp_path, s3_port=29000)
+
+    s3 = s3_component(settings)
+    props = dict(line.split("=", 1) for line in render_s3proxy_properties(settings, s3.data_dir).splitlines()
+                 if line and not line.startswith("#"))
+
+    assert isinstance(s3, S3ProxyComponent) and s3.data_paths() == [tmp_path / "s3" / "data"]
+    assert props == {"s3proxy.endpoint": "http://127.0.0.1:29000", "s3proxy.authorization": "none",
+                     "jclouds.provider": "filesystem", "jclouds.filesystem.basedir": str(tmp_path / "s3" / "data")}
+    assert s3proxy_version().count(".") == 2
+    assert isinstance(s3_component(settings.model_copy(update={"s3_server": "moto"})), MotoComponent)
+
+
 def test_kafka_version_is_read_from_the_pom(tmp_path: Path) -> None:
     assert kafka_version().count(".") == 2
     pom = tmp_path / "pom.xml"
@@ -442,7 +527,7 @@ def no_maven(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("Maven must not run")
 
-    monkeypatch.setattr(devkafka, "run_maven", fail)
+    monkeypatch.setattr(devmaven, "run_maven", fail)
 
 
 @pytest.mark.usefixtures("no_maven")
@@ -457,7 +542,7 @@ def test_kafka_home_replaces_the_download(tmp_path: Path) -> None:
 
 def test_the_download_is_atomic_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = DevStackSettings(state_dir=tmp_path / "state", cache_dir=tmp_path / "cache", kafka_home=None)
-    monkeypatch.setattr(devkafka, "ensure_commands", lambda required, progress: {c: f"/bin/{c}" for c in required})
+    monkeypatch.setattr(devmaven, "ensure_commands", lambda required, progress: {c: f"/bin/{c}" for c in required})
     libs = cached_libs_dir(settings, kafka_version())
     libs.mkdir(parents=True)
     (libs / "leftover.jar").write_text("")  # a folder without the marker is not a download
@@ -467,7 +552,7 @@ def test_the_download_is_atomic_and_cached(tmp_path: Path, monkeypatch: pytest.M
         (output_dir / "kafka_2.13-half.jar").write_text("")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(devkafka, "run_maven", interrupted)
+    monkeypatch.setattr(devmaven, "run_maven", interrupted)
     with pytest.raises(KeyboardInterrupt):
         kafka_libs(settings, lambda m: None)
     assert not (libs / LIBS_COMPLETE_MARKER).exists()
@@ -477,11 +562,26 @@ def test_the_download_is_atomic_and_cached(tmp_path: Path, monkeypatch: pytest.M
         runs.append(output_dir)
         (output_dir / "kafka_2.13-9.9.9.jar").write_text("")
 
-    monkeypatch.setattr(devkafka, "run_maven", maven)
+    monkeypatch.setattr(devmaven, "run_maven", maven)
     assert kafka_libs(settings, lambda m: None) == libs
     assert kafka_libs(settings, lambda m: None) == libs
     assert len(runs) == 1, "the second call uses the cache"
     assert sorted(p.name for p in libs.iterdir()) == [LIBS_COMPLETE_MARKER, "kafka_2.13-9.9.9.jar"]
+
+
+def test_a_failed_download_says_what_to_do_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = DevStackSettings(state_dir=tmp_path / "state", cache_dir=tmp_path / "cache", s3_port=29000)
+    monkeypatch.setattr(devmaven, "ensure_commands", lambda required, progress: {c: f"/bin/{c}" for c in required})
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise DevStackError("`mvn -B …` failed with exit code 1:\n    [ERROR] Could not transfer artifact")
+
+    monkeypatch.setattr(devmaven, "run_maven", offline)
+    messages: list[str] = []
+    with pytest.raises(DevStackError, match=r"Could not transfer(.|\n)*repo1.maven.org(.|\n)*forgeline dev up` again"):
+        S3ProxyComponent(settings).prepare(messages.append)
+    assert any("downloading the S3Proxy" in m and "55 MB" in m for m in messages), messages
+    assert not (settings.cache_dir / f"s3proxy-{s3proxy_version()}" / "libs").exists()
 
 
 # --------------------------------------------------------------------------- settings and env
@@ -497,10 +597,13 @@ def test_settings_read_kafka_home_and_expand_home(monkeypatch: pytest.MonkeyPatc
     assert DevStackSettings().state_dir == Path.home() / "dev-state"
 
 
-def test_env_points_services_at_the_stack() -> None:
-    settings = DevStackSettings(kafka_port=1, redis_port=2, s3_port=3, s3_bucket="my-bucket", ingest_port=4)
+def test_env_points_services_at_the_stack(tmp_path: Path) -> None:
+    settings = DevStackSettings(state_dir=tmp_path, kafka_port=1, redis_port=2, s3_port=3, s3_bucket="my-bucket",
+                                ingest_port=4)
     assert env(settings) == {
         "FORGELINE_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+        "FORGELINE_TOPICS_REPLICATION_FACTOR": "1",
+        "FORGELINE_TOPICS_MIN_INSYNC_REPLICAS": "1",
         "FORGELINE_REDIS_URL": "redis://127.0.0.1:2/0",
         "FORGELINE_S3_ENDPOINT_URL": "http://127.0.0.1:3",
         "FORGELINE_S3_BUCKET": "my-bucket",

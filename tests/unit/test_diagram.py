@@ -63,7 +63,7 @@ def test_only_the_live_drawing_has_figure_slots():
 
 
 def test_a_topic_without_a_place_fails_the_drawing(monkeypatch: pytest.MonkeyPatch):
-    extra = TopicSpec("generation.archived", GenerationCompleted, "not drawn")  # type: ignore[arg-type]
+    extra = TopicSpec("generation.archived", GenerationCompleted, "not drawn", ("storage",))  # type: ignore[arg-type]
     monkeypatch.setattr(diagram, "TOPIC_SPECS", (*TOPIC_SPECS, extra))
 
     with pytest.raises(ValueError, match="no place for topic.*generation.archived"):

@@ -11,6 +11,7 @@ from services.ingest.app import create_app
 from services.ingest.auth import tenant_for_key
 from services.ingest.handlers import InvalidRequest, _build_request
 from services.ingest.settings import IngestSettings
+from services.ingest.validation import EXCERPT_CHARS, STREAM_ID_PATTERN
 
 
 def test_body_uses_the_contract_limits_and_names_every_bad_field():
@@ -49,16 +50,23 @@ def test_building_the_event_splits_spec_and_job_fields():
     assert event.timings.accepted_at is not None
 
 
-def test_contract_checks_become_fastapi_shaped_errors_in_the_request():
-    body = GenerationRequestBody(prompt="axe", reference_image="ftp://example.com/a.png",
-                                 metadata={f"k{i}": "v" for i in range(40)})
-
+def test_contract_checks_become_api_shaped_errors_in_the_request():
     with pytest.raises(InvalidRequest) as caught:
-        _build_request(body, "public", "x" * 300)
+        _build_request(GenerationRequestBody(prompt="axe"), "public", "x" * 300)
 
-    locs = {tuple(error["loc"]) for error in caught.value.errors}
-    assert locs == {("body", "reference_image"), ("body", "metadata"), ("header", "Idempotency-Key")}
+    assert [tuple(error["loc"]) for error in caught.value.errors] == [("header", "Idempotency-Key")]
     assert all(set(error) <= {"type", "loc", "msg", "ctx"} for error in caught.value.errors)  # no echoed input
+
+
+def test_the_body_refuses_what_the_contract_would_so_the_schema_says_it():
+    with pytest.raises(ValidationError) as caught:
+        GenerationRequestBody(prompt="axe", reference_image="ftp://example.com/a.png",
+                              metadata={f"k{i}": "v" for i in range(40)})
+
+    assert {error["loc"] for error in caught.value.errors()} == {("reference_image",), ("metadata",)}
+    schema = GenerationRequestBody.model_json_schema()["properties"]
+    assert schema["metadata"]["maxProperties"] == 32
+    assert schema["reference_image"]["anyOf"][0]["pattern"] == "^(data:image/|https://)"
 
 
 def test_contract_errors_strip_the_spec_prefix():
@@ -110,6 +118,27 @@ def test_openapi_documents_every_route_and_both_key_schemes():
     assert {"HTTPBearer", "APIKeyHeader"} <= set(schema["components"]["securitySchemes"])
     post = schema["paths"]["/v1/generations"]["post"]
     assert {"200", "202", "401", "413", "422", "503"} <= set(post["responses"])
+
+
+def test_openapi_states_every_status_and_enforced_constraint():
+    schema = create_app(None).openapi()
+    paths = schema["paths"]
+
+    for path, method in (("/v1/generations", "post"), ("/v1/comparisons", "post")):
+        assert {"200", "202", "400", "401", "413", "422", "503"} == set(paths[path][method]["responses"])
+    for path in ("/v1/generations/{job_id}", "/v1/generations/{job_id}/events", "/v1/comparisons/{comparison_id}"):
+        assert {"200", "401", "404", "422", "503"} == set(paths[path]["get"]["responses"])
+    headers = {p["name"]: p["schema"] for p in paths["/v1/generations"]["post"]["parameters"]}
+    assert {name: headers["Idempotency-Key"][name] for name in ("type", "minLength", "maxLength", "pattern")} == {
+        "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"}  # never null: text or absent
+    events = paths["/v1/generations/{job_id}/events"]["get"]
+    assert set(events["responses"]["200"]["content"]) == {"text/event-stream"}
+    [last_event_id] = [p for p in events["parameters"] if p["name"] == "Last-Event-ID"]
+    assert last_event_id["schema"]["pattern"] == STREAM_ID_PATTERN
+    error = schema["components"]["schemas"]["ErrorDetail"]["properties"]
+    assert error["input"]["anyOf"][0]["maxLength"] == EXCERPT_CHARS + 1
+    assert "HTTPValidationError" not in schema["components"]["schemas"]  # FastAPI's echoing 422 is gone
+    assert '"512" and true are refused' in schema["components"]["schemas"]["GenerationRequestBody"]["description"]
 
 
 def test_a_bare_list_of_keys_is_refused_with_the_new_format():

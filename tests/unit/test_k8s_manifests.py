@@ -35,6 +35,7 @@ from services.ingest.settings import IngestSettings
 from services.providers.catalog import _ADAPTERS, ProvidersFile
 from services.router.settings import RouterSettings
 from services.storage.settings import StorageSettings
+from services.webhooks.settings import WebhooksSettings
 from tests.helpers import allowed_env_names, load_settings, unknown_env_keys
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,9 +65,10 @@ SERVICE_SETTINGS: dict[str, type[BaseSettings]] = {
     "generator": GeneratorSettings,
     "storage": StorageSettings,
     "comparer": ComparerSettings,
+    "webhooks": WebhooksSettings,
 }
-DEPLOYMENTS = ("ingest", "router", "generator-primary", "generator-fallback", "storage", "comparer")
-WORKERS = ("router", "generator-primary", "generator-fallback", "storage", "comparer")
+DEPLOYMENTS = ("ingest", "router", "generator-primary", "generator-fallback", "storage", "comparer", "webhooks")
+WORKERS = ("router", "generator-primary", "generator-fallback", "storage", "comparer", "webhooks")
 #: Workers that drain in-flight records on SIGTERM for up to their ``shutdown_timeout_s``.
 DRAINING_WORKERS = ("generator-primary", "generator-fallback", "comparer")
 #: Who may read each Secret besides forgeline-secrets (Deployment names; main containers only),

@@ -7,11 +7,14 @@ import pytest
 from services.common import contracts as c
 from services.router.depth import RateWindow
 from services.router.policy import (
+    DeadlinePolicy,
     HysteresisPolicy,
     UnlimitedPaidCapacity,
     estimated_wait,
+    policy_from_settings,
     route,
 )
+from services.router.settings import RouterSettings
 
 REQUEST = c.GenerationRequested(job_id="0123456789abcdef", tenant="t", spec=c.ImageSpec(prompt="sword"))
 
@@ -172,3 +175,86 @@ def test_rate_window_measures_committed_growth_over_the_window():
     for second in range(0, 6):
         fresh.add(float(second), second * 4)
     assert fresh.rate == pytest.approx(4.0)
+
+
+# ---------------------------------------------------------------- the deadline policy (the default)
+
+def _deadline_policy(slots: int = 1) -> DeadlinePolicy:
+    return DeadlinePolicy(service_s=40.0, min_rate=0.02, max_wait_s=300.0, max_depth=50, slots=slots)
+
+
+async def test_a_job_waits_only_once_every_slot_is_taken():
+    policy = _deadline_policy(slots=3)  # 120 s deadline: 80 s of wait at most
+
+    waits = [(await route(_request(deadline_s=120), depth, policy, UnlimitedPaidCapacity(), rate=0.05))
+             for depth in (2, 3, 6, 7)]
+
+    assert [d.estimated_wait_s for d in waits] == [0.0, pytest.approx(20.0), pytest.approx(80.0),
+                                                   pytest.approx(100.0)]
+    assert [d.path for d in waits] == ["primary", "primary", "primary", "fallback"]
+    assert "depth 7 on 3 slots" in waits[-1].reason and waits[2].threshold == 6
+
+
+async def test_without_a_deadline_primary_until_the_wait_passes_max_wait():
+    policy = _deadline_policy()
+
+    paths = [(await route(_request(), depth, policy, UnlimitedPaidCapacity(), rate=0.05)).path
+             for depth in (0, 15, 16)]  # waits 0, 300 and 320 s at 0.05/s
+
+    assert paths == ["primary", "primary", "fallback"]
+
+
+async def test_a_deadline_leaves_one_image_of_service_as_margin():
+    policy = _deadline_policy()  # deadline 120 s - 40 s of service: 80 s of wait at most
+
+    on_time = await route(_request(deadline_s=120), 4, policy, UnlimitedPaidCapacity(), rate=0.05)  # 80 s
+    late = await route(_request(deadline_s=120), 5, policy, UnlimitedPaidCapacity(), rate=0.05)  # 100 s
+
+    assert on_time.path == "primary" and late.path == "fallback"
+    assert late.estimated_wait_s == pytest.approx(100.0) and late.deadline_s == 120
+    assert "100.00" in late.reason and "deadline 120 s - 40 s" in late.reason
+
+
+async def test_high_priority_gets_half_the_wait_a_deadline_leaves():
+    policy = _deadline_policy()  # 200 s - 40 s: 160 s of wait for standard, half that for high priority
+
+    standard = await route(_request(deadline_s=200), 7, policy, UnlimitedPaidCapacity(), rate=0.05)  # 140 s
+    high = await route(_request(deadline_s=200, priority="high"), 7, policy, UnlimitedPaidCapacity(), rate=0.05)
+
+    assert (standard.path, high.path) == ("primary", "fallback")
+    assert "high priority: 0.5 × (deadline 200 s - 40 s to serve it)" in high.reason
+
+
+async def test_a_window_without_completions_is_not_an_infinite_wait():
+    # The old rule sends this job to the paid path: depth 1 over a measured 0/s is an infinite wait.
+    old = await route(_request(deadline_s=600), 1, HysteresisPolicy(50, 35), UnlimitedPaidCapacity(), rate=0.0)
+    new = await route(_request(deadline_s=600), 1, _deadline_policy(), UnlimitedPaidCapacity(), rate=0.0)
+
+    assert old.path == "fallback"
+    assert new.path == "primary" and new.estimated_wait_s == pytest.approx(50.0)  # 1 / min_rate
+    assert new.service_rate == 0.0 and "measured 0.000/s" in new.reason
+
+
+async def test_max_depth_is_a_ceiling_whatever_the_rate():
+    decision = await route(_request(), 50, _deadline_policy(), UnlimitedPaidCapacity(), rate=100.0)  # 0.5 s wait
+
+    assert decision.path == "fallback" and "depth reached 50" in decision.reason
+
+
+async def test_deadline_policy_refused_and_late_gives_a_placeholder_only_when_allowed():
+    strict = await route(_request(deadline_s=30), 10, _deadline_policy(), _NoMoney(), rate=0.05)
+    lenient = await route(_request(deadline_s=30, allow_placeholder=True), 10, _deadline_policy(), _NoMoney(),
+                          rate=0.05)
+
+    assert (strict.path, strict.placeholder) == ("primary", False)
+    assert "the monthly budget is spent" in strict.reason
+    assert (lenient.path, lenient.placeholder) == ("fallback", True)
+
+
+def test_the_router_runs_the_deadline_policy_unless_told_otherwise():
+    default = policy_from_settings(RouterSettings(depth_high=40, max_wait_s=120, primary_min_rate=0.1,
+                                                  primary_slots=3))
+    old = policy_from_settings(RouterSettings(policy="hysteresis", depth_high=40, depth_low=30))
+
+    assert default == DeadlinePolicy(service_s=40.0, min_rate=0.1, max_wait_s=120.0, max_depth=40, slots=3)
+    assert isinstance(old, HysteresisPolicy) and (old.high, old.low) == (40, 30)

@@ -40,9 +40,25 @@ def test_schema_command_writes_a_valid_schema_per_topic(tmp_path):
 
     assert result.exit_code == 0, result.output
     index = json.loads((tmp_path / "topics.json").read_text())
-    assert [entry["topic"] for entry in index["topics"]] == [spec.key for spec in TOPIC_SPECS]
+    assert [entry["key"] for entry in index["topics"]] == [spec.key for spec in TOPIC_SPECS]
     for entry in index["topics"]:
         schema = json.loads((tmp_path / entry["schema"]).read_text())
         jsonschema.Draft202012Validator.check_schema(schema)
-        assert schema["title"] == entry["topic"]
+        assert schema["title"] == entry["key"]
         assert {"schema_version", "job_id", "tenant", "created_at", "trace"} <= set(schema["properties"])
+
+
+def test_topics_json_names_the_real_topics_and_their_headers(tmp_path):
+    result = CliRunner().invoke(app, ["schema", "--out", str(tmp_path)], env={"FORGELINE_TOPICS_PREFIX": "acme"})
+
+    assert result.exit_code == 0, result.output
+    index = json.loads((tmp_path / "topics.json").read_text())
+    requested = index["topics"][0]
+    assert (index["prefix"], requested["topic"], requested["dlq"]) == (
+        "acme", "acme.generation.requested", "acme.generation.requested.dlq")
+    assert requested["consumer_group"] == "acme.router"
+    assert requested["headers"] == {"content-type": "application/json", "forgeline-schema": "GenerationRequested",
+                                    "forgeline-schema-version": "1"}
+    assert set(index["headers"]) == {"content-type", "forgeline-schema", "forgeline-schema-version",
+                                     "forgeline-tenant", "traceparent"}
+    assert "forgeline-dlq-reason" in index["dlq_headers"]
