@@ -9,6 +9,7 @@ last lines are each figure's median over the runs and the ratio.
 
     python bench/cache_hit.py                       # 3 runs of 10 s, 16 connections
     python bench/cache_hit.py --runs 3 --duration 10 --connections 16 --light-rate 50
+    python bench/cache_hit.py --ingest-workers 2    # two ingest processes on the port, against one floor
 """
 
 from __future__ import annotations
@@ -137,6 +138,7 @@ async def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--light-rate", type=float, default=50.0, help="req/s of the light-load run")
     parser.add_argument("--light-duration", type=float, default=10.0)
+    parser.add_argument("--ingest-workers", type=int, default=1, help="FORGELINE_INGEST_WORKERS (the floor has one)")
     args = parser.parse_args()
 
     wrk = ensure_wrk()
@@ -156,7 +158,7 @@ async def main() -> None:
                           'wrk.headers["Content-Type"] = "application/json"\n')
         pipeline = Pipeline(Path(state), env | {
             "FORGELINE_TOPICS_PREFIX": f"bench-{run_id}", "FORGELINE_REDIS_KEY_PREFIX": key_prefix,
-            "FORGELINE_INGEST_PORT": str(ingest_port),
+            "FORGELINE_INGEST_PORT": str(ingest_port), "FORGELINE_INGEST_WORKERS": str(args.ingest_workers),
         }, ingest_url=urls["ingest"].removesuffix("/v1/generations"))
         minimal_log = (Path(state) / "minimal.log").open("w")  # noqa: SIM115 — the server's, closed with the folder
         minimal = subprocess.Popen(
@@ -172,7 +174,7 @@ async def main() -> None:
             first = httpx.post(urls["ingest"], content=BODY, headers={"content-type": "application/json"})
             if first.status_code != 200 or not first.json().get("cached"):
                 raise SystemExit(f"ingest did not answer from the cache: HTTP {first.status_code}: {first.text[:300]}")
-            print(f"cache hit: ingest {urls['ingest']} vs minimal {urls['minimal']}; wrk {args.connections} "
+            print(f"cache hit: ingest ({args.ingest_workers} worker(s)) {urls['ingest']} vs minimal {urls['minimal']}; wrk {args.connections} "
                   f"connections × {args.duration} s, {args.runs} runs", flush=True)
             loaded: dict[str, list[Load]] = {"ingest": [], "minimal": []}
             light: dict[str, list[Load]] = {"ingest": [], "minimal": []}
