@@ -21,7 +21,9 @@ from services.ingest.settings import IngestSettings
 def listening_socket(settings: IngestSettings) -> socket.socket:
     """The socket to serve on; shared by every worker through ``SO_REUSEPORT`` when there are several."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on connections of a socket that names it,
+    # and without it a response's second write waits out the client's 40 ms delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if settings.workers > 1:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
