@@ -43,12 +43,16 @@ async def _calls(client_name: str, base_url: str, n: int) -> tuple[float, int]:
 
 
 def _measure(client_name: str, base_url: str, n: int, results) -> None:
-    elapsed, done = asyncio.run(_calls(client_name, base_url, n))
+    try:
+        elapsed, done = asyncio.run(_calls(client_name, base_url, n))
+    except Exception as exc:  # noqa: BLE001 — reported as this client's result
+        results.put(f"{type(exc).__name__}: {exc}")
+        return
     results.put((elapsed, done, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
 
-def measure(client_name: str, base_url: str, n: int) -> tuple[float, int, float]:
-    """In a fresh process (so RSS is this client's alone): seconds, calls done, peak RSS in MB."""
+def measure(client_name: str, base_url: str, n: int) -> tuple[float, int, float] | str:
+    """In a fresh process (so RSS is this client's alone): seconds, calls done, peak RSS in MB; or why it failed."""
     spawn = multiprocessing.get_context("spawn")
     results = spawn.Queue()
     process = spawn.Process(target=_measure, args=(client_name, base_url, n, results))
@@ -58,12 +62,22 @@ def measure(client_name: str, base_url: str, n: int) -> tuple[float, int, float]
     return figures
 
 
-def wait_for(fakes: subprocess.Popen, port: int, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not port_answers("127.0.0.1", port):
-        if fakes.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the fake providers did not answer on port {port} (a port in use? run it again)")
-        time.sleep(0.2)
+def start_fakes(latency_s: float, attempts: int = 5) -> tuple[subprocess.Popen, int]:
+    """The fake providers on six ports from a free one (another, if one of the six was taken meanwhile)."""
+    for _ in range(attempts):
+        port_base = free_ports(1)[0]
+        port = port_base + PROTOCOLS.index("openai")
+        fakes = subprocess.Popen([sys.executable, "-m", "services.cli", "dev", "fake-providers", "--port",
+                                  str(port_base), "--latency", f"openai={latency_s}"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while fakes.poll() is None and time.monotonic() < deadline:
+            if port_answers("127.0.0.1", port):
+                return fakes, port
+            time.sleep(0.2)
+        fakes.terminate()
+        fakes.wait(10)
+    raise SystemExit(f"the fake providers did not start in {attempts} attempts")
 
 
 def main() -> None:
@@ -73,27 +87,29 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
 
-    port_base = free_ports(1)[0]
-    openai_port = port_base + PROTOCOLS.index("openai")
-    fakes = subprocess.Popen([sys.executable, "-m", "services.cli", "dev", "fake-providers", "--port", str(port_base),
-                              "--latency", f"openai={args.latency}"],
-                             stdout=subprocess.DEVNULL)
+    fakes, openai_port = start_fakes(args.latency)
     try:
-        wait_for(fakes, openai_port)
         base_url = f"http://127.0.0.1:{openai_port}"
         print(f"{args.n} calls at once, fake provider latency {args.latency:.1f} s, {args.runs} runs", flush=True)
         figures: dict[str, list[tuple[float, int, float]]] = {name: [] for name in CLIENTS}
         for run in range(args.runs):
             for name in CLIENTS:
-                elapsed, done, rss = measure(name, base_url, args.n)
-                figures[name].append((elapsed, done, rss))
+                result = measure(name, base_url, args.n)
+                if isinstance(result, str):  # e.g. httpx's pool timing out calls queued behind its 100 connections
+                    print(f"  run {run + 1} {name:14} failed: {result}", flush=True)
+                    continue
+                elapsed, done, rss = result
+                figures[name].append(result)
                 print(f"  run {run + 1} {name:14} {done} calls in {elapsed:6.1f} s ({done / elapsed:6.1f} calls/s), "
                       f"peak RSS {rss:5.0f} MB", flush=True)
     finally:
         fakes.terminate()
         fakes.wait(10)
-    print(f"\n{'client':14} {'seconds':>8} {'× ideal':>8} {'calls/s':>8} {'RSS MB':>7}  (median of {args.runs})")
+    print(f"\n{'client':14} {'seconds':>8} {'× ideal':>8} {'calls/s':>8} {'RSS MB':>7}  (median of finished runs)")
     for name, runs in figures.items():
+        if not runs:
+            print(f"{name:14} every run failed")
+            continue
         elapsed = sorted(r[0] for r in runs)[len(runs) // 2]
         rss = sorted(r[2] for r in runs)[len(runs) // 2]
         print(f"{name:14} {elapsed:8.1f} {elapsed / args.latency:8.2f} {args.n / elapsed:8.1f} {rss:7.0f}")
