@@ -24,7 +24,7 @@ import logging
 import sys
 from pathlib import Path
 
-from services.devstack.chaos import FAULT_NAMES, ChaosConfig, Timings, render, run_chaos
+from services.devstack.chaos import CLUSTER_FAULTS, FAULT_NAMES, ChaosConfig, Timings, render, run_chaos
 
 
 def main() -> int:
@@ -32,8 +32,12 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=600, help="jobs to send (default 600)")
     parser.add_argument("--rate", type=float, default=30.0, help="jobs per second (default 30)")
     parser.add_argument("--seed", type=int, default=1, help="seeds fault times, storms and client jitter")
-    parser.add_argument("--faults", default=",".join(FAULT_NAMES),
-                        help=f"comma-separated, from: {', '.join(FAULT_NAMES)} (default: all)")
+    parser.add_argument("--faults", default=None,
+                        help=f"comma-separated, from: {', '.join((*FAULT_NAMES, *CLUSTER_FAULTS))} (default: all; "
+                             "brokers:restart only with --brokers 3)")
+    parser.add_argument("--brokers", type=int, choices=(1, 3), default=1,
+                        help="3: a KRaft cluster (replication factor 3, min.insync.replicas 2); broker:* faults "
+                             "then hit one broker of three, and brokers:restart restarts them all")
     parser.add_argument("--window", type=float, default=None,
                         help="faults fall within this many seconds of the start (default: n / rate)")
     parser.add_argument("--downtime", type=float, default=2.0, help="seconds between a kill and its restart")
@@ -45,7 +49,8 @@ def main() -> int:
 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # our own readers' reconnects while the broker is down
     config = ChaosConfig(
-        n=args.n, rate=args.rate, seed=args.seed, faults=[f for f in args.faults.split(",") if f],
+        n=args.n, rate=args.rate, seed=args.seed, brokers=args.brokers,
+        faults=[f for f in args.faults.split(",") if f] if args.faults else None,
         timings=Timings(downtime_s=args.downtime, s3_outage_s=args.s3_outage, storm_s=args.storm),
         window_s=args.window, drain_s=args.drain, progress=lambda message: print(message, flush=True))
     try:

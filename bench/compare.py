@@ -3,7 +3,11 @@
 Three parts, in this order:
 
 1. The perceptual comparer in this process, one comparison at a time (one core): latency per
-   comparison at several image sizes, on distinct pairs of procedural icons (same prompt, two seeds).
+   comparison at several image sizes, decoding included, on distinct pairs of procedural icons (same
+   prompt, two seeds), next to the pure-Python comparer it replaced, read from git at
+   :data:`BASELINE_COMMIT` and run on the same pairs in turn; the ratio is of the medians, in wall
+   time and in this process's CPU time (steadier when other work shares the cores). Decoding the
+   two PNGs with Pillow is timed too: no comparer beats the old one by more than old / decode.
 2. The input checks: ``decode_data_url`` (base64, magic bytes, header checks, full decode) of a PNG.
 3. Its own ingest and comparer processes on a fresh topic prefix against the running local stack
    (``forgeline dev up``): N distinct pairs (so no cache hits) through ``POST /v1/comparisons?wait=60``
@@ -24,17 +28,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import io
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import types
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx
+from PIL import Image
 
 from services import devstack
 from services.common.contracts import ImageSpec
@@ -51,6 +60,7 @@ from services.fakeproviders.server import serve_fake
 from services.providers.procedural import render_icon
 
 SERVICES = ("comparer", "ingest")
+BASELINE_COMMIT = "2d774104e95137a363a8152eba64fda0d8a75f96"  # the last commit with the pure-Python comparer
 FAKE_VLM_KEY = "sk-bench-fake-vlm-key-0001"
 PROMPTS = ("flaming obsidian greatsword", "frost potion in a round flask", "oak shield with iron rim",
            "glowing amethyst ring", "leather boots of speed", "ancient scroll with wax seal")
@@ -104,23 +114,63 @@ class Row:
 
 # --- 1 and 2: in this process -----------------------------------------------------------------
 
+def baseline_comparer() -> types.ModuleType:
+    """The hand-written comparer this one replaced (pure Python over lists), read from git at BASELINE_COMMIT."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        text = subprocess.run(["git", "-C", str(root), "show", f"{BASELINE_COMMIT}:services/comparer/perceptual.py"],
+                              capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SystemExit(f"cannot read the baseline comparer from git ({BASELINE_COMMIT[:10]}): {exc}") from None
+    module = sys.modules["perceptual_baseline"] = types.ModuleType("perceptual_baseline")  # dataclasses look here
+    exec(compile(text, f"perceptual_baseline@{BASELINE_COMMIT[:10]}.py", "exec"), module.__dict__)
+    return module
+
+
+def timed(work: Callable[[], object]) -> tuple[float, float]:
+    """Wall and CPU milliseconds of one call; on a shared machine the CPU time is the steadier of the two."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    work()
+    return (time.perf_counter() - wall) * 1000, (time.process_time() - cpu) * 1000
+
+
+def decode_pair(target: bytes, generated: bytes) -> None:
+    for raw in (target, generated):
+        Image.open(io.BytesIO(raw)).load()
+
+
 def bench_perceptual(sizes: list[int], n: int, run_id: str) -> list[Row]:
-    print(f"\n1. perceptual comparer alone: {n} distinct pairs per size, one at a time", flush=True)
+    print(f"\n1. perceptual comparer alone against the pure-Python one it replaced ({BASELINE_COMMIT[:10]}): "
+          f"{n} distinct PNG pairs per size, one at a time, decoding included, the two taking turns", flush=True)
+    baseline = baseline_comparer()
     warm = pair(run_id, 10**6, 64)
-    perceptual.compare(*warm)  # first call pays for lazy imports
+    for comparer in (perceptual, baseline):
+        comparer.compare(*warm)  # first call pays for lazy imports
     rows = []
     for size in sizes:
-        ms = []
+        wall: dict[str, list[float]] = {"now": [], "before": [], "decode": []}
+        cpu: dict[str, list[float]] = {name: [] for name in wall}
         counter = Counter()
         for i in range(n):
             target, generated, prompt = pair(run_id, i, size)
-            started = time.perf_counter()
-            perceptual.compare(target, generated, prompt)
-            ms.append((time.perf_counter() - started) * 1000)
+            for name, work in (("now", partial(perceptual.compare, target, generated, prompt)),
+                               ("before", partial(baseline.compare, target, generated, prompt)),
+                               ("decode", partial(decode_pair, target, generated))):
+                wall_ms, cpu_ms = timed(work)
+                wall[name].append(wall_ms)
+                cpu[name].append(cpu_ms)
             counter.show(f"  {size}²: {i + 1:4d}/{n}")
-        rows.append(Row(f"perceptual {size}²", ms, rate=1000 / statistics.fmean(ms)))
-        counter.done(f"  {size}²: p50 {percentile(ms, 50):7.1f} ms  p95 {percentile(ms, 95):7.1f} ms  "
-                     f"{rows[-1].rate:6.1f} comparisons/s on one core")
+        now, before, decode = (statistics.median(wall[name]) for name in ("now", "before", "decode"))
+        now_cpu, before_cpu, decode_cpu = (statistics.median(cpu[name]) for name in ("now", "before", "decode"))
+        rows.append(Row(f"perceptual {size}²", wall["now"], rate=1000 / statistics.fmean(wall["now"]),
+                        note=f"{before / now:.1f}× faster than before ({before:.1f} ms); CPU {now_cpu:.1f} ms, "
+                             f"{before_cpu / now_cpu:.1f}× less than before ({before_cpu:.1f} ms)"))
+        rows.append(Row(f"perceptual {size}², before", wall["before"], rate=1000 / statistics.fmean(wall["before"])))
+        rows.append(Row(f"decoding the pair {size}²", wall["decode"],
+                        note=f"Pillow alone (CPU {decode_cpu:.1f} ms): no comparer can beat before by more than "
+                             f"{before / decode:.1f}× ({before_cpu / decode_cpu:.1f}× in CPU)"))
+        counter.done(f"  {size}²: p50 {now:7.1f} ms, before {before:7.1f} ms: {before / now:5.1f}× faster "
+                     f"({before_cpu / now_cpu:.1f}× in CPU); decoding the pair alone {decode:.1f} ms")
     return rows
 
 

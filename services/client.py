@@ -37,7 +37,7 @@ from services.common.lag import topic_partitions
 from services.common.settings import KafkaSettings, TopicSettings
 from services.common.topics import Topics
 
-TERMINAL = frozenset({"completed", "failed"})
+TERMINAL = frozenset({"completed", "failed", "canceled"})
 
 
 class ForgelineError(Exception):
@@ -103,6 +103,12 @@ class ForgelineClient:
 
     async def status(self, job_id: str) -> JobResult:
         return JobResult.from_json(self._checked(await self._http.get(f"/v1/generations/{job_id}")))
+
+    async def cancel(self, job_id: str, reason: str | None = None) -> JobResult:
+        """End the job ``canceled`` (``ForgelineError`` with the API's words when it has ended already)."""
+        body = {"reason": reason} if reason else None
+        return JobResult.from_json(self._checked(await self._http.post(f"/v1/generations/{job_id}/cancel",
+                                                                       json=body)))
 
     async def wait(self, job_id: str, *, timeout_s: float = 300.0) -> JobResult:
         """Wait for a terminal status via server-sent events; poll if the stream breaks."""

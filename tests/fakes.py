@@ -183,9 +183,16 @@ class MemoryJobStore:
 
     def __init__(self) -> None:
         self._jobs: dict[str, dict[str, str]] = {}
+        self._forwarded: set[str] = set()
         self._changes: dict[str, list[tuple[int, JobView]]] = {}
         self._ids = itertools.count(1)  # change ids "<n>-0": opaque to callers, ordered like stream ids
         self._appended = asyncio.Event()
+
+    async def mark_forwarded(self, job_id: str) -> None:
+        self._forwarded.add(job_id)
+
+    async def forwarded(self, job_id: str) -> bool:
+        return job_id in self._forwarded
 
     async def update(self, job_id: str, status: JobStatus, **fields: Any) -> bool:
         record = self._jobs.setdefault(job_id, {})

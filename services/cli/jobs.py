@@ -143,6 +143,21 @@ def status(
         print(job["url"])
 
 
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    reason: Annotated[str | None, typer.Option("--reason", help="Kept on the job and its terminal event.")] = None,
+    url: Url = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Cancel a job: a queued one never reaches a provider, a running paid prediction is cancelled there."""
+    async def send() -> dict[str, Any]:
+        async with _client(url, api_key) as forgeline:
+            return (await forgeline.cancel(job_id, reason)).raw
+
+    job = _run(send())
+    console.print(f"job {job['job_id']}: {job['status']} ({(job.get('error') or {}).get('message', '')})")
+
+
 def _image_ref(value: str) -> str:
     """A file becomes a data: URL; a URL or a job id goes as it is."""
     path = Path(value)

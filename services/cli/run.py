@@ -23,6 +23,7 @@ from services.cli._console import fail, read_settings
 from services.common.bootstrap import bootstrap
 from services.common.health import Readiness
 from services.common.settings import BudgetSettings, Connections
+from services.common.tracing import TracingSettings
 from services.common.worker import run_service
 
 
@@ -73,6 +74,7 @@ def run(
     overrides = {"path": path} if service.value == "generator" and path is not None else {}
     service_settings = read_settings(lambda: settings_class(**overrides))
     connections, budget = read_settings(Connections.from_env), read_settings(BudgetSettings)
+    traces = read_settings(TracingSettings)
     if entry.reads_providers_file:
         catalog_or_fail(service_settings.providers_file)
     serve = importlib.import_module(entry.module).serve
@@ -88,4 +90,4 @@ def run(
     grace = getattr(service_settings, "shutdown_timeout_s", None) or getattr(service_settings, "shutdown_grace_s", 0)
     run_service(name, main, log_level=service_settings.log_level,
                 metrics_port=getattr(service_settings, "metrics_port", None), readiness=readiness,
-                shutdown_grace_s=float(grace) + 5.0)
+                shutdown_grace_s=float(grace) + 5.0, traces=traces, environ=os.environ)

@@ -48,6 +48,7 @@ from aiokafka import (
 from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.common import tracing
 from services.common.backoff import Backoff, RateLimitedLog
 from services.common.contracts import Event
 from services.common.errors import Permanent, Retryable
@@ -282,7 +283,8 @@ class ConsumerLoop:
         progress.in_flight.add(record.offset)
         progress.next_offset = max(progress.next_offset or 0, record.offset + 1)
         tries = _Tries(record)
-        task = asyncio.create_task(self._process(tries), name=f"{self._group}-{tp.topic}-{tp.partition}-{record.offset}")
+        task = asyncio.create_task(tracing.consumed(record, self._group, self._process(tries)),
+                                   name=f"{self._group}-{tp.topic}-{tp.partition}-{record.offset}")
         self._tasks.setdefault(tp, set()).add(task)
         IN_FLIGHT.labels(self._group).inc()
 
@@ -383,13 +385,13 @@ class ConsumerLoop:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def _send(self, outputs: Sequence[Output]) -> None:
-        sends = [
-            await self._producer.send(
-                output.topic, value=output.event.to_json_bytes(), key=output.event.job_id.encode(),
-                headers=event_headers(output.event),
-            )
-            for output in outputs
-        ]
+        sends = []
+        for output in outputs:
+            with tracing.producing(output.topic, output.event) as traceparent:
+                sends.append(await self._producer.send(
+                    output.topic, value=output.event.to_json_bytes(), key=output.event.job_id.encode(),
+                    headers=event_headers(output.event, traceparent),
+                ))
         if sends:
             await asyncio.gather(*sends)  # every output acknowledged (acks=all) before we go on
 

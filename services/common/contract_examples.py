@@ -41,6 +41,7 @@ _COMPLETED = c.GenerationCompleted(
 
 EXAMPLES: dict[type[c.Event], c.Event] = {
     c.GenerationRequested: c.GenerationRequested(**_ENVELOPE, **_JOB, idempotency_key="sword-017"),
+    c.GenerationCancelRequested: c.GenerationCancelRequested(**_ENVELOPE, reason="the player left the shop"),
     c.GenerationRouted: c.GenerationRouted(**_ENVELOPE, **(_JOB | {"timings": _ROUTED_TIMINGS}), decision=_DECISION),
     c.GenerationGenerated: c.GenerationGenerated(
         **_ENVELOPE, **(_JOB | {"timings": _ROUTED_TIMINGS}), decision=_DECISION, image=_PNG, content_type="image/png",

@@ -525,8 +525,12 @@ class ErrorInfo(_Model):
     provider: str | None = None
 
 
+#: ``ErrorInfo.code`` of a job its client cancelled; its status reads ``canceled``.
+CANCELED = "canceled"
+
+
 class GenerationFailed(Event):
-    """A job ended without an image."""
+    """A job ended without an image (``error.code == "canceled"``: its client cancelled it)."""
 
 
     error: ErrorInfo
@@ -536,6 +540,22 @@ class GenerationFailed(Event):
     webhook_events: WebhookEvents = None
 
     _check_metadata = field_validator("metadata")(_metadata_is_small)
+
+    @property
+    def canceled(self) -> bool:
+        return self.error.code == CANCELED
+
+    @classmethod
+    def cancel(cls, job_id: str, tenant: str, reason: str, *, stage: Literal["ingest", "router"]) -> Self:
+        """The one terminal event of a cancelled job, on ``generation.failed`` where subscribers already listen."""
+        return cls(job_id=job_id, tenant=tenant, error=ErrorInfo(
+            code=CANCELED, message=f"canceled: {reason}", stage=stage, retryable=False))
+
+
+class GenerationCancelRequested(Event):
+    """A Kafka-native client asks to cancel its job (key = job id); the router ends it ``canceled``."""
+
+    reason: str = Field("canceled by the client", min_length=1, max_length=500)
 
 
 # --------------------------------------------------------------------------------------------
@@ -650,6 +670,7 @@ ComparisonRequested.model_rebuild()
 #: Every event model, for schema export and tests.
 EVENT_MODELS: tuple[type[Event], ...] = (
     GenerationRequested,
+    GenerationCancelRequested,
     GenerationRouted,
     GenerationGenerated,
     GenerationCompleted,

@@ -131,6 +131,7 @@ def layout(facts: Facts) -> Diagram:
     d.add(Node("ingest", "shared", 180, 230, 140, 90, ("ingest", "FastAPI: validate,", "cache hits at once"),
                ("latency.total",)))
     d.add(_topic(facts, "generation.requested", "shared", 350, 255, w=220))
+    d.add(_topic(facts, "generation.cancel", "shared", 350, 110, w=220))
     d.add(Node("router", "routing", 600, 175, 260, 190, (
         "router", f"queue depth < {facts.depth_high} → Spaces (free)", f"queue depth ≥ {facts.depth_high} → API (paid)",
         f"back to Spaces below {facts.depth_low}", f"paid only under the {usd(facts.cap_usd)}/month cap"),
@@ -167,6 +168,8 @@ def layout(facts: Facts) -> Diagram:
         Edge("ingest", "r", "topic:generation.requested", "l"),
         Edge("backend", "t", "topic:generation.requested", "t", via=((85, 200), (460, 200)), label="Kafka produce"),
         Edge("topic:generation.requested", "r", "router", "l", "routing"),
+        Edge("backend", "t", "topic:generation.cancel", "l", via=((85, 130),), dashed=True, label="cancel"),
+        Edge("topic:generation.cancel", "r", "router", "t", via=((730, 130),), dashed=True),
         Edge("router", "b", "budget", "t", "routing", dashed=True),
         Edge("router", "r", "topic:generation.primary", "l", "primary"),
         Edge("router", "r", "topic:generation.fallback", "l", "fallback"),

@@ -30,12 +30,14 @@ from services.common.contracts import (
 )
 from services.common.errors import Retryable
 from services.common.ports import JobStore, RecentJobs, TerminalGuard
+from services.common.ratelimit import in_flight_key
 from services.common.redis import KeySpace, hashtag
 
-JobStatus = Literal["queued", "routed", "generating", "stored", "completed", "failed"]
-TERMINAL: frozenset[str] = frozenset({"completed", "failed"})
+JobStatus = Literal["queued", "routed", "generating", "stored", "completed", "failed", "canceled"]
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "canceled"})
 #: Stage order; the update rule compares these (``tests/fakes.py``'s store uses the same table).
-RANK: dict[str, int] = {"queued": 0, "routed": 1, "generating": 2, "stored": 3, "completed": 4, "failed": 4}
+RANK: dict[str, int] = {"queued": 0, "routed": 1, "generating": 2, "stored": 3, "completed": 4, "failed": 4,
+                        "canceled": 4}
 
 # KEYS: job hash, job event stream.  ARGV: status, rank, ttl seconds, fields (JSON object), now (ISO).
 # Returns 1 when the change was applied, 0 when it was stale: a lower rank only fills in missing fields,
@@ -131,15 +133,27 @@ class RedisJobStore:
     def _hash(self, job_id: str) -> str:
         return job_key(self._keys, job_id)
 
+    async def mark_forwarded(self, job_id: str) -> None:
+        await self._redis.set(self._hash(job_id) + ":forwarded", b"1", ex=self._ttl_s)
+
+    async def forwarded(self, job_id: str) -> bool:
+        return bool(await self._redis.exists(self._hash(job_id) + ":forwarded"))
+
     def _stream(self, job_id: str) -> str:
         return job_key(self._keys, job_id) + ":events"
 
     async def update(self, job_id: str, status: JobStatus, **fields: Any) -> bool:
-        """Move ``job_id`` to ``status`` with ``fields``; False when the change was stale."""
+        """Move ``job_id`` to ``status`` with ``fields``; False when the change was stale.
+
+        A terminal status also frees the job's in-flight slot under its tenant's cap (``ratelimit``);
+        a separate call, as the slot set lives in the tenant's hash slot, not the job's.
+        """
         applied = await self._update(
             keys=[self._hash(job_id), self._stream(job_id)],
             args=[status, RANK[status], self._ttl_s, json.dumps(encode_fields(fields)), utcnow().isoformat()],
         )
+        if status in TERMINAL and fields.get("tenant"):
+            await self._redis.zrem(in_flight_key(self._keys, fields["tenant"]), job_id)
         return bool(applied)
 
     async def get(self, job_id: str) -> JobView | None:
@@ -282,6 +296,8 @@ def _terminal_status(event: Terminal) -> tuple[JobStatus, dict[str, Any]]:
     fields: dict[str, Any] = {"tenant": event.tenant, "error": event.error.model_dump(mode="json")}
     if isinstance(event, GenerationFailed):
         fields["timings"] = event.timings.model_dump(mode="json")
+        if event.canceled:
+            return "canceled", fields
     return "failed", fields
 
 

@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import RecordMetadata
 
+from services.common import tracing
 from services.common.contracts import SCHEMA_VERSION, Event
 from services.common.settings import KafkaSettings
 
@@ -44,7 +45,8 @@ HEADER_MEANINGS: dict[str, str] = {
     H_SCHEMA: "The payload's contract model, e.g. GenerationRequested (one per topic; see the topic's schema).",
     H_SCHEMA_VERSION: "The payload's schema_version, as decimal text.",
     H_TENANT: "The tenant (game backend) the job belongs to: the payload's tenant field.",
-    H_TRACEPARENT: "W3C trace context of the event: the payload's trace.traceparent.",
+    H_TRACEPARENT: "W3C trace context of the event: the payload's trace.traceparent; with tracing on, the same "
+                   "trace with the parent-id of the span that sent the record (continue the trace from it).",
 }
 DLQ_HEADER_MEANINGS: dict[str, str] = {
     H_DLQ_REASON: "Why the record could not be processed, e.g. the contract error naming each bad field "
@@ -104,21 +106,28 @@ def make_admin(settings: KafkaSettings) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(**_connection_args(settings))
 
 
-def event_headers(event: Event) -> list[tuple[str, bytes]]:
+def event_headers(event: Event, traceparent: str | None = None) -> list[tuple[str, bytes]]:
+    """``traceparent``: the producer span's (:func:`services.common.tracing.producing`); None: the event's."""
     return [
         (H_CONTENT_TYPE, CONTENT_TYPE.encode()),
         (H_SCHEMA, type(event).__name__.encode()),
         (H_SCHEMA_VERSION, str(SCHEMA_VERSION).encode()),
         (H_TENANT, event.tenant.encode()),
-        (H_TRACEPARENT, event.trace.traceparent.encode()),
+        (H_TRACEPARENT, (traceparent or event.trace.traceparent).encode()),
     ]
 
 
 async def send_event(producer: AIOKafkaProducer, topic: str, event: Event) -> RecordMetadata:
-    """Produce ``event`` keyed by its job id and wait until the broker has acknowledged it."""
-    return await producer.send_and_wait(
-        topic, value=event.to_json_bytes(), key=event.job_id.encode(), headers=event_headers(event)
-    )
+    """Produce ``event`` keyed by its job id and wait until the broker has acknowledged it.
+
+    Used where a job starts (ingest, clients): with tracing on, the event's body takes the producer
+    span's context too, so every later event of the job, derived from it, is in the same trace.
+    """
+    with tracing.producing(topic, event) as traceparent:
+        event = tracing.stamped(event, traceparent)
+        return await producer.send_and_wait(
+            topic, value=event.to_json_bytes(), key=event.job_id.encode(), headers=event_headers(event)
+        )
 
 
 def headers_of(record: ConsumerRecord) -> dict[str, str]:

@@ -76,6 +76,11 @@ class JobStore(Protocol):
     async def changes(self, job_id: str, after: str = "0", block_ms: int = 2_000) -> list[tuple[str, JobView]]:
         """Status changes after change id ``after``, waiting up to ``block_ms`` for the first."""
 
+    async def mark_forwarded(self, job_id: str) -> None:
+        """The router's routed record of the job was acknowledged: a later copy of its request is dropped."""
+
+    async def forwarded(self, job_id: str) -> bool: ...
+
 
 class TerminalGuard(Protocol):
     """Exactly one terminal event per job reaches the results topics."""

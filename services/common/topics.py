@@ -27,6 +27,7 @@ _NOT_READY = {3, 5}
 
 TopicKey = Literal[
     "generation.requested",
+    "generation.cancel",
     "generation.primary",
     "generation.fallback",
     "generation.generated",
@@ -54,6 +55,9 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec("generation.requested", contracts.GenerationRequested,
               "Image requests, from ingest or produced by game backends directly.",
               ("ingest", "game backends"), "router"),
+    TopicSpec("generation.cancel", contracts.GenerationCancelRequested,
+              "Cancellations of jobs, from game backends that speak Kafka; the router ends each job canceled.",
+              ("game backends",), "router.cancel"),
     TopicSpec("generation.primary", contracts.GenerationRouted, "Jobs routed to the free primary path.",
               ("router",), "generator.primary"),
     TopicSpec("generation.fallback", contracts.GenerationRouted, "Jobs routed to the paid fallback path.",
@@ -63,7 +67,7 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec("generation.completed", contracts.GenerationCompleted, "Published images: subscribe here for results.",
               ("storage", "router", "comparer")),
     TopicSpec("generation.failed", contracts.GenerationFailed, "Jobs that ended without an image.",
-              ("generator", "storage")),
+              ("generator", "storage", "router", "ingest")),
     TopicSpec("comparison.requested", contracts.ComparisonRequested, "Requests to score an image against a target.",
               ("ingest", "storage"), "comparer"),
     TopicSpec("comparison.completed", contracts.ComparisonCompleted, "Comparison scores.", ("comparer",)),

@@ -13,11 +13,12 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 from aiokafka import ConsumerRecord
 
+from services.common import tracing
 from services.common.backoff import RepeatFilter
 from services.common.bootstrap import Infra
 from services.common.consumer import ConsumerLoop, LoopSettings, Outcome
@@ -51,14 +52,19 @@ def run_service(
     metrics_port: int | None = None,
     readiness: Readiness | None = None,
     shutdown_grace_s: float = 35.0,
+    traces: tracing.TracingSettings | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> None:
     """Run one service until SIGTERM / SIGINT; the process's entrypoint.
 
     ``metrics_port``: serve ``/metrics``, ``/healthz`` and ``/readyz`` (from ``readiness``) there.
     ``shutdown_grace_s``: after the signal, how long ``serve`` may take to finish its in-flight work
     before it is cancelled (a service still waiting for its dependencies has none, and just stops).
+    ``traces``: export this process's spans when they turn tracing on (``environ``: the OTEL_* variables).
     """
     configure_logging(log_level, service)
+    if traces is not None:
+        tracing.start(service, traces, environ or {})
     if metrics_port:
         start_health_server(metrics_port, readiness or Readiness())
 
@@ -71,7 +77,10 @@ def run_service(
         await _serve_until_stopped(serve(stop), stop, shutdown_grace_s)
         log.info("stopped")
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        tracing.stop()  # the spans still buffered
 
 
 async def _serve_until_stopped(serving: Awaitable[None], stop: asyncio.Event, grace_s: float) -> None:

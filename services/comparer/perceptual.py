@@ -1,27 +1,36 @@
-"""The perceptual comparer: a local, model-free similarity score with Pillow and the stdlib.
+"""The perceptual comparer: a local, model-free similarity score with numpy, scikit-image and imagehash.
 
 It needs no network and no API key, so it serves when the VLM comparer cannot (and in tests).
 Both images are decoded, flattened onto white if they have transparency, converted to RGB and
-resized to :data:`SIZE` × :data:`SIZE`; then three measurements are taken:
+resized to :data:`SIZE`². The score follows what a player notices rather than pixel alignment: a
+small shift or crop of the same item stays close, a blurred or recoloured one does not. The
+generated image is first aligned to the target (phase correlation of the lightness, at most
+:data:`MAX_SHIFT` of the side, kept only when it improves the coarse structure); then five
+measurements:
 
-- **SSIM** on luminance (Wang et al. 2004): uniform 7×7 sliding windows, C1 = (0.01·255)²,
-  C2 = (0.03·255)², sample covariances; the mean over all windows. Negative values count as 0.
-- **pHash**: the 8×8 lowest frequencies of a 32×32 DCT-II of the luminance, each bit "above the
-  median"; similarity = max(0, 1 − Hamming distance / 32), since two unrelated images differ
-  in about 32 of the 64 bits.
-- **Colour histograms**: 16 bins per RGB channel, the Bhattacharyya coefficient of each channel,
-  averaged (1 = the same colour distribution).
-- **Hue histogram**: 12 hue bins of 30° over the saturated pixels plus one bin for grey ones,
-  Bhattacharyya coefficient. Luminance SSIM and per-channel histograms barely see a hue swap
-  (red ↔ blue keeps the luminance and moves mass between channels); this term does.
+- **structure**: SSIM (scikit-image: 7×7 windows, sample covariances) of the aligned CIELAB
+  lightness L*, the mean of SSIM at :data:`SIZE`² and at :data:`COARSE_SIZE`², so that fine
+  misalignment costs little; L* is what a change of hue leaves alone, so a recolour is judged by
+  the colour term alone;
+- **colour**: CIELAB ΔE between the aligned images at :data:`COLOUR_SIZE`², each target pixel
+  against the closest of its 3×3 neighbours in the generated one, less the just-noticeable
+  :data:`JUST_NOTICEABLE`, mapped to e^(−ΔE / :data:`COLOUR_SCALE`): it keeps falling up to the
+  opposite hue, and it is what tells a red sword from a cyan one of the same lightness;
+- **pHash** (imagehash, of L*): max(0, 1 − (Hamming distance − :data:`PHASH_SLACK`) / 28), since
+  two unrelated images differ in about 32 of the 64 bits and a few flip under any re-encoding;
+- **placement**: 1 − shift / :data:`MAX_SHIFT`, the price of the alignment;
+- **detail**: the square root of the generated image's RMS gradient of L* over the target's (at the
+  smaller image's side when one is under :data:`SIZE`), plus :data:`DETAIL_SLACK`, at most 1: a
+  blurred copy loses detail; added noise is left to SSIM.
 
-Score = 100 × (0.45·SSIM + 0.20·pHash + 0.15·histogram + 0.20·hue) (:data:`WEIGHTS`). Identical
-images score 100; structure weighs most, so a blurred copy (99.5) beats a channel-swapped one
-(76.5), which beats an unrelated image (~45).
+Score = 100 × (weighted sum of the first four, :data:`WEIGHTS`) × detail. Identical images score
+100. ``tests/distortions.py`` builds the calibration set these numbers were chosen on (blur,
+noise, JPEG, hue rotation, crop, shift; unrelated pairs) and
+``tests/unit/test_perceptual_calibration.py`` checks its rules.
 
 Differences are read from measurements (mean luminance, luminance spread, saturation, edge
-energy, dominant hue from an HSV histogram, SSIM of the image halves), each with a prompt
-improvement; both lists hold at most :data:`MAX_ITEMS` entries.
+energy, dominant hue, SSIM of the image halves), each with a prompt improvement; both lists
+hold at most :data:`MAX_ITEMS` entries.
 """
 
 from __future__ import annotations
@@ -32,22 +41,32 @@ import math
 import time
 from dataclasses import dataclass
 
-from PIL import Image, ImageFilter, ImageOps, ImageStat, UnidentifiedImageError
+import imagehash
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from skimage.color import rgb2lab
+from skimage.metrics import structural_similarity
+from skimage.registration import phase_cross_correlation
 
 from services.common.contracts import ComparisonResult, quality_band
 
 __all__ = ["METHOD", "SIZE", "WEIGHTS", "PerceptualComparer", "compare"]
 
 METHOD = "perceptual"
-SIZE = 128  # both images are compared at SIZE × SIZE
+SIZE = 128  # every measurement is taken at SIZE × SIZE
+COARSE_SIZE = 32
 WINDOW = 7  # SSIM window side
-C1 = (0.01 * 255) ** 2
-C2 = (0.03 * 255) ** 2
-WEIGHTS = {"ssim": 0.45, "phash": 0.20, "histogram": 0.15, "hue": 0.20}
-HIST_BINS = 16
-HUE_BINS = 12  # 30° each
+COLOUR_SIZE = 32
+MAX_SHIFT = 0.15  # share of the side the alignment may move the generated image
+COLOUR_SCALE = 40.0  # ΔE over which the colour term falls by a factor e
+JUST_NOTICEABLE = 2.3  # ΔE a person does not see; JPEG's chroma noise stays under it
+DETAIL_FLOOR = 1.0  # keeps flat images from reading every speck as lost detail
+DETAIL_SLACK = 0.03  # a loss of detail nobody sees (noise clipped at white, resampling)
+PHASH_SLACK = 4  # bits that flip under any re-encoding
+WEIGHTS = {"structure": 0.50, "colour": 0.35, "phash": 0.05, "placement": 0.10}
 MAX_ITEMS = 5
 MAX_PIXELS = 64_000_000  # refuse larger images before decoding them
+ORIENTATION = 0x0112  # the EXIF tag
 
 # Thresholds for the written differences.
 LUMA_DELTA = 12.0  # mean luminance, 0–255
@@ -63,149 +82,176 @@ HUES: tuple[tuple[float, str], ...] = (
     (15, "red"), (45, "orange"), (70, "yellow"), (160, "green"), (200, "cyan"),
     (255, "blue"), (290, "purple"), (335, "magenta"), (360, "red"),
 )
+_HUE_UPPER = np.array([upper * 256 / 360 for upper, _name in HUES])
+_HUE_INDEX = np.searchsorted(_HUE_UPPER, np.arange(256), side="right")  # PIL's 0–255 hue → index in HUES
+_SRGB = np.arange(256) / 255
+#: each 8-bit sRGB value's share of the luminance Y, per channel (linear light × Rec. 709 weights)
+_LINEAR_Y = (np.where(_SRGB > 0.04045, ((_SRGB + 0.055) / 1.055) ** 2.4, _SRGB / 12.92)[:, None]
+             * np.array([0.2126, 0.7152, 0.0722])).astype(np.float32)
 
 
 @dataclass(frozen=True)
 class _Image:
-    rgb: Image.Image
-    luma: list[float]
+    rgb: Image.Image  # SIZE × SIZE
+    lightness: np.ndarray  # SIZE × SIZE CIELAB L*: the structure, which a change of hue leaves alone
+    side: int  # the decoded image's shorter side
     mean: float
     std: float
     saturation: float
     edges: float
     hue: str | None  # the dominant hue's name
-    hue_histogram: list[float]
 
 
 def _decode(raw: bytes, role: str) -> Image.Image:
     if not isinstance(raw, bytes | bytearray | memoryview) or len(raw) == 0:
         raise ValueError(f"{role} image is empty or not bytes")
     try:
-        with Image.open(io.BytesIO(raw)) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise ValueError(f"{role} image is too large ({image.width}×{image.height})")
-            image.load()
-            image = ImageOps.exif_transpose(image) or image
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                rgba = image.convert("RGBA")
-                flat = Image.new("RGB", rgba.size, (255, 255, 255))
-                flat.paste(rgba, mask=rgba.getchannel("A"))
-                return flat
-            return image.convert("RGB")
+        image = Image.open(io.BytesIO(raw))  # in memory: nothing to close, and closing would drop the pixels
+        if image.width * image.height > MAX_PIXELS:
+            raise ValueError(f"{role} image is too large ({image.width}×{image.height})")
+        image.draft("RGB", (SIZE, SIZE))  # JPEG decodes at a fraction of its size
+        image.load()
+        if image.getexif().get(ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            flat = Image.new("RGB", rgba.size, (255, 255, 255))
+            flat.paste(rgba, mask=rgba.getchannel("A"))
+            return flat
+        return image if image.mode == "RGB" else image.convert("RGB")
     except ValueError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ValueError(f"{role} image is not a readable image (PNG, JPEG, WebP...): {exc}") from None
 
 
-def _hue_name(degrees: float) -> str:
-    return next(name for upper, name in HUES if degrees < upper)
+def _gradient(lightness: np.ndarray) -> float:
+    """RMS of the differences between neighbouring pixels: the energy of the finest detail."""
+    return float(np.sqrt(np.square(np.diff(lightness, axis=0)).mean() + np.square(np.diff(lightness, axis=1)).mean()))
 
 
-def _hues(hsv: Image.Image) -> tuple[str | None, list[float]]:
-    """One pass over the colourful pixels (saturation ≥ 64, value ≥ 48):
+def _lightness(rgb: Image.Image) -> np.ndarray:
+    """CIELAB L* (0–100, D65) of every pixel, through a table: rgb2lab of the whole image costs 10× more."""
+    pixels = np.asarray(rgb)
+    y = _LINEAR_Y[pixels[..., 0], 0] + _LINEAR_Y[pixels[..., 1], 1] + _LINEAR_Y[pixels[..., 2], 2]
+    return np.where(y > 216 / 24389, 116 * np.cbrt(y) - 16, y * np.float32(24389 / 27))
 
-    - the name of the dominant hue, weighted by saturation × value (None when under
-      MIN_COLOURFUL of the pixels are colourful);
-    - the share of pixels in each of HUE_BINS hue bins, plus a last bin for the grey ones.
-    """
-    h, s, v = (band.tobytes() for band in hsv.split())
-    weights: dict[str, float] = {}
-    bins = [0.0] * (HUE_BINS + 1)
-    for hue, sat, val in zip(h, s, v, strict=True):
-        if sat < 64 or val < 48:
-            bins[HUE_BINS] += 1.0
-            continue
-        bins[hue * HUE_BINS // 256] += 1.0
-        name = _hue_name(hue * 360 / 256)
-        weights[name] = weights.get(name, 0.0) + sat * val
-    colourful = len(h) - bins[HUE_BINS]
-    dominant = max(weights, key=weights.__getitem__) if weights and colourful >= MIN_COLOURFUL * len(h) else None
-    return dominant, [count / len(h) for count in bins]
+
+def _dominant_hue(hsv: np.ndarray) -> str | None:
+    """The name of the dominant hue among colourful pixels (saturation ≥ 64, value ≥ 48), weighted by
+    saturation × value; None when under MIN_COLOURFUL of the pixels are colourful."""
+    h, s, v = (hsv[..., i].ravel() for i in range(3))
+    colourful = (s >= 64) & (v >= 48)
+    if np.count_nonzero(colourful) < MIN_COLOURFUL * h.size:
+        return None
+    strength = np.where(colourful, s.astype(np.float32) * v, np.float32(0))
+    weights = np.bincount(_HUE_INDEX[h], weights=strength, minlength=len(HUES))
+    merged: dict[str, float] = {}
+    for (_upper, name), weight in zip(HUES, weights, strict=True):
+        merged[name] = merged.get(name, 0.0) + weight
+    return max(merged, key=merged.__getitem__)
 
 
 def _prepare(raw: bytes, role: str) -> _Image:
-    rgb = _decode(raw, role).resize((SIZE, SIZE), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    decoded = _decode(raw, role)
+    factor = min(decoded.size) // SIZE
+    rgb = decoded.reduce(factor) if factor >= 2 else decoded  # a box filter first: cheap, and no aliasing
+    if rgb.size != (SIZE, SIZE):
+        rgb = rgb.resize((SIZE, SIZE), Image.Resampling.BILINEAR)
     grey = rgb.convert("L")
-    stat = ImageStat.Stat(grey)
-    hsv = rgb.convert("HSV")
-    saturation = ImageStat.Stat(hsv.getchannel("S")).mean[0]
+    luma = np.asarray(grey, dtype=np.float64)
+    hsv = np.asarray(rgb.convert("HSV"))
+    std = float(luma.std())
     # mean edge strength per unit of luminance spread, so a darker copy does not read as blurrier
-    edges = ImageStat.Stat(grey.filter(ImageFilter.FIND_EDGES).crop((1, 1, SIZE - 1, SIZE - 1))).mean[0]
-    edges /= max(stat.stddev[0], 1.0)
-    hue, hue_histogram = _hues(hsv)
-    return _Image(rgb, [float(p) for p in grey.tobytes()], stat.mean[0], stat.stddev[0], saturation, edges,
-                  hue, hue_histogram)
+    edges = float(np.asarray(grey.filter(ImageFilter.FIND_EDGES), dtype=np.float64)[1:-1, 1:-1].mean())
+    return _Image(rgb, _lightness(rgb), min(decoded.size), float(luma.mean()), std,
+                  float(hsv[..., 1].mean()), edges / max(std, 1.0), _dominant_hue(hsv))
 
 
-def _integral(values: list[float], w: int, h: int) -> list[float]:
-    out = [0.0] * ((w + 1) * (h + 1))
-    for y in range(h):
-        row, above, here = 0.0, y * (w + 1), (y + 1) * (w + 1)
-        for x in range(w):
-            row += values[y * w + x]
-            out[here + x + 1] = out[above + x + 1] + row
-    return out
+def _ssim(a: np.ndarray, b: np.ndarray, *, full: bool = False):
+    """Wang et al.'s SSIM in scikit-image's default form: uniform 7×7 windows, sample covariances."""
+    return structural_similarity(a, b, data_range=100, win_size=WINDOW, full=full)
 
 
-def _ssim_map(a: list[float], b: list[float]) -> list[tuple[int, int, float]]:
-    """SSIM of every WINDOW × WINDOW window: (centre x, centre y, value)."""
-    w = h = SIZE
-    sums = [_integral(v, w, h) for v in (a, b, [x * x for x in a], [y * y for y in b],
-                                         [x * y for x, y in zip(a, b, strict=True)])]
-    n = WINDOW * WINDOW
-    cov_norm = n / (n - 1)
-    stride = w + 1
-    out = []
-    for y in range(h - WINDOW + 1):
-        for x in range(w - WINDOW + 1):
-            i0, i1 = y * stride + x, (y + WINDOW) * stride + x
-            sa, sb, saa, sbb, sab = (s[i1 + WINDOW] - s[i1] - s[i0 + WINDOW] + s[i0] for s in sums)
-            ma, mb = sa / n, sb / n
-            va = (saa / n - ma * ma) * cov_norm
-            vb = (sbb / n - mb * mb) * cov_norm
-            vab = (sab / n - ma * mb) * cov_norm
-            value = ((2 * ma * mb + C1) * (2 * vab + C2)) / ((ma * ma + mb * mb + C1) * (va + vb + C2))
-            out.append((x + WINDOW // 2, y + WINDOW // 2, value))
-    return out
+def _shrink(pixels: np.ndarray, side: int) -> np.ndarray:
+    image = Image.fromarray(pixels.astype(np.float32))  # mode F: any range, one channel
+    return np.asarray(image.resize((side, side), Image.Resampling.BOX), dtype=np.float32)
 
 
-_DCT = [[math.cos(math.pi * (2 * i + 1) * k / 64) for i in range(32)] for k in range(8)]
+def _shrink_rgb(pixels: np.ndarray, side: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(pixels).resize((side, side), Image.Resampling.BOX), dtype=np.float64)
 
 
-def _phash(rgb: Image.Image) -> int:
-    grey = rgb.convert("L").resize((32, 32), Image.Resampling.BILINEAR).tobytes()
-    rows = [[sum(c * grey[r * 32 + i] for i, c in enumerate(_DCT[k])) for k in range(8)] for r in range(32)]
-    coeffs = [sum(_DCT[k][r] * rows[r][j] for r in range(32)) for k in range(8) for j in range(8)]
-    median = sorted(coeffs[1:])[31]  # the DC term says only the mean brightness; leave it out of the median
-    return sum(1 << i for i, c in enumerate(coeffs) if c > median)
+@dataclass(frozen=True)
+class _Alignment:
+    """Where the target and the moved generated image overlap, and how far it was moved."""
+
+    target: tuple[slice, slice]
+    generated: tuple[slice, slice]
+    shift: float  # share of the side
+
+    @classmethod
+    def none(cls) -> _Alignment:
+        everything = (slice(None), slice(None))
+        return cls(everything, everything, 0.0)
+
+    @classmethod
+    def by(cls, dy: int, dx: int) -> _Alignment:
+        def spans(d: int) -> tuple[slice, slice]:
+            return slice(max(d, 0), SIZE + min(d, 0)), slice(max(-d, 0), SIZE + min(-d, 0))
+
+        (ty, gy), (tx, gx) = spans(dy), spans(dx)
+        return cls((ty, tx), (gy, gx), float(np.hypot(dy, dx)) / SIZE)
 
 
-def _histogram_similarity(a: Image.Image, b: Image.Image) -> float:
-    def binned(image: Image.Image) -> list[list[float]]:
-        hist = image.histogram()
-        total = image.width * image.height
-        per = 256 // HIST_BINS
-        return [[sum(hist[c * 256 + i * per:c * 256 + (i + 1) * per]) / total for i in range(HIST_BINS)]
-                for c in range(3)]
-
-    ha, hb = binned(a), binned(b)
-    return sum(sum(math.sqrt(p * q) for p, q in zip(ca, cb, strict=True)) for ca, cb in zip(ha, hb, strict=True)) / 3
-
-
-def _hue_similarity(a: _Image, b: _Image) -> float:
-    """Bhattacharyya coefficient of the hue histograms: low when the same shapes wear other colours."""
-    return sum(math.sqrt(p * q) for p, q in zip(a.hue_histogram, b.hue_histogram, strict=True))
+def _align(t: _Image, g: _Image) -> tuple[_Alignment, float]:
+    """The alignment that gives the better coarse SSIM (moved or not), and that SSIM."""
+    plain = _Alignment.none()
+    plain_ssim = _ssim(_shrink(t.lightness, COARSE_SIZE), _shrink(g.lightness, COARSE_SIZE))
+    (dy, dx), _error, _phase = phase_cross_correlation(t.lightness, g.lightness, normalization=None)
+    dy, dx = int(dy), int(dx)
+    if (dy, dx) == (0, 0) or max(abs(dy), abs(dx)) > MAX_SHIFT * SIZE:
+        return plain, plain_ssim
+    moved = _Alignment.by(dy, dx)
+    moved_ssim = _ssim(_shrink(t.lightness[moved.target], COARSE_SIZE),
+                       _shrink(g.lightness[moved.generated], COARSE_SIZE))
+    return (moved, moved_ssim) if moved_ssim > plain_ssim else (plain, plain_ssim)
 
 
-def _region_difference(windows: list[tuple[int, int, float]]) -> str | None:
+def _colour_difference(t: _Image, g: _Image, where: _Alignment) -> float:
+    """Mean CIELAB ΔE of each target pixel to the closest of its 3×3 neighbours in the generated image."""
+    def lab(image: Image.Image, span: tuple[slice, slice]) -> np.ndarray:
+        return rgb2lab(_shrink_rgb(np.asarray(image)[span], COLOUR_SIZE) / 255)
+
+    a, b = lab(t.rgb, where.target), lab(g.rgb, where.generated)
+    edge = np.clip(np.arange(-1, COLOUR_SIZE + 1), 0, COLOUR_SIZE - 1)
+    padded = b[edge][:, edge]  # one pixel of edge around it; np.pad costs more than the rest
+    squared = np.min([np.square(a - padded[y:y + COLOUR_SIZE, x:x + COLOUR_SIZE]).sum(axis=-1)
+                      for y in range(3) for x in range(3)], axis=0)
+    return float(np.maximum(np.sqrt(squared) - JUST_NOTICEABLE, 0).mean())
+
+
+def _phash(image: _Image) -> imagehash.ImageHash:
+    return imagehash.phash(Image.fromarray((image.lightness * 2.55).astype(np.uint8)))
+
+
+def _detail(t: _Image, g: _Image) -> float:
+    """How much of the target's fine detail the generated image keeps (1: all of it, or more), measured at
+    the finest scale both images have, so a smaller image is not blamed for its size."""
+    side = min(SIZE, t.side, g.side)
+
+    def gradient(image: _Image) -> float:
+        return _gradient(image.lightness if side == SIZE else _shrink(image.lightness, side))
+
+    kept = (gradient(g) + DETAIL_FLOOR) / (gradient(t) + DETAIL_FLOOR)
+    return min(1.0, math.sqrt(kept) + DETAIL_SLACK)
+
+
+def _region_difference(ssim_map: np.ndarray) -> str | None:
     """The half of the image that differs most, if it clearly does."""
-    half = SIZE / 2
-    regions = {
-        "upper": [v for _x, y, v in windows if y < half], "lower": [v for _x, y, v in windows if y >= half],
-        "left": [v for x, _y, v in windows if x < half], "right": [v for x, _y, v in windows if x >= half],
-    }
-    means = {name: sum(vs) / len(vs) for name, vs in regions.items()}
+    rows, cols = ssim_map.shape
+    means = {"upper": ssim_map[:rows // 2].mean(), "lower": ssim_map[rows // 2:].mean(),
+             "left": ssim_map[:, :cols // 2].mean(), "right": ssim_map[:, cols // 2:].mean()}
     opposite = {"upper": "lower", "lower": "upper", "left": "right", "right": "left"}
     worst = min(means, key=means.__getitem__)
     if means[worst] < REGION_MAX_SSIM and means[opposite[worst]] - means[worst] > REGION_GAP:
@@ -277,16 +323,19 @@ def compare(target: bytes, generated: bytes, original_prompt: str) -> Comparison
     started = time.perf_counter()
     t, g = _prepare(target, "target"), _prepare(generated, "generated")
 
-    windows = _ssim_map(t.luma, g.luma)
-    ssim = max(0.0, sum(v for _x, _y, v in windows) / len(windows))
-    phash = max(0.0, 1 - (_phash(t.rgb) ^ _phash(g.rgb)).bit_count() / 32)  # unrelated hashes differ in ~32 bits
-    histogram = _histogram_similarity(t.rgb, g.rgb)
-    hue = _hue_similarity(t, g)
-    raw = (WEIGHTS["ssim"] * ssim + WEIGHTS["phash"] * phash + WEIGHTS["histogram"] * histogram
-           + WEIGHTS["hue"] * hue)
+    where, coarse = _align(t, g)
+    fine, ssim_map = _ssim(t.lightness[where.target], g.lightness[where.generated], full=True)
+    terms = {
+        "structure": max(0.0, (fine + coarse) / 2),
+        "colour": math.exp(-_colour_difference(t, g, where) / COLOUR_SCALE),
+        "phash": max(0.0, 1 - max(0, (_phash(t) - _phash(g)) - PHASH_SLACK) / (32 - PHASH_SLACK)),
+        "placement": 1 - where.shift / MAX_SHIFT,
+    }
+    detail = _detail(t, g)
+    raw = sum(WEIGHTS[name] * value for name, value in terms.items()) * detail
     score = round(min(100.0, max(0.0, 100 * raw)), 2)
 
-    region = _region_difference(windows) if ssim < REGION_MAX_SSIM else None
+    region = _region_difference(ssim_map) if fine < REGION_MAX_SSIM else None
     differences, improvements = _differences(t, g, region, original_prompt)
     band, colour = quality_band(score)
     return ComparisonResult(

@@ -41,6 +41,11 @@ class GenerateHandler:
         return dataclasses.replace(image, placeholder=True, provider=PLACEHOLDER_PROVIDER), 1
 
     async def handle(self, routed: GenerationRouted) -> Outcome:
+        # Cancelled while it waited in the queue: no provider call for it. (Any other ended job goes on:
+        # its replay republishes the stored terminal event, or resumes and cancels its paid call.)
+        current = await self.jobs.get(routed.job_id)
+        if current is not None and current.status == "canceled":
+            return Outcome()
         await self.jobs.update(routed.job_id, "generating", tenant=routed.tenant)
         try:
             if routed.decision.placeholder:

@@ -199,7 +199,7 @@ class GenerationResult(BaseModel):
     """A job that has already ended: served from the result cache, or an Idempotency-Key replay of a finished job."""
 
     job_id: str
-    status: Literal["completed", "failed"]
+    status: Literal["completed", "failed", "canceled"]
     cached: bool = Field(False, description="True when the image came from the result cache (no generation ran).")
     url: str | None = Field(None, description="Public URL of the image.")
     sha256: str | None = None

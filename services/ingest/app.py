@@ -21,10 +21,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
+from services.common import tracing
 from services.common.bootstrap import Infra
 from services.common.cache import LruTtlCache, RedisResultCache
+from services.common.ratelimit import RateLimiter
 from services.common.route_stats import RedisRouteStats
-from services.ingest import dashboard, workers
+from services.common.tenants import TenantStore
+from services.ingest import cancel, dashboard, limits, workers
 from services.ingest.deps import IngestDeps, provider_handles
 from services.ingest.errors import (
     InvalidRequest,
@@ -84,6 +87,9 @@ async def build_deps(settings: IngestSettings, infra: Infra) -> IngestDeps:
         routes=RedisRouteStats(infra.redis, infra.keys),
         providers=provider_handles(catalog, infra.redis, infra.keys, infra.environ),
         blobs=infra.blobs,
+        tenants=TenantStore(infra.redis, infra.keys, lookup_ttl_s=settings.tenant_lookup_ttl_s),
+        limiter=RateLimiter(infra.redis, infra.keys),
+        guard=infra.terminal_guard(),
     )
 
 
@@ -106,11 +112,14 @@ def create_app(deps: IngestDeps | None) -> FastAPI:
         app.openapi = functools.partial(_without_security, app.openapi)  # type: ignore[method-assign]
     app.include_router(router)
     app.include_router(dashboard.router)
+    app.include_router(cancel.router)
     app.include_router(webhooks_router)
     _add_error_handlers(app)
+    limits.install(app)
     # Last added is outermost: the log sees the final status, including the limit's 413.
     app.add_middleware(BodyLimit, limit=lambda path: app.state.deps.settings.body_limit(path))
     app.add_middleware(RequestLog)
+    tracing.instrument_app(app)  # outermost: the server span covers the whole request
     return app
 
 

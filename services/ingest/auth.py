@@ -1,6 +1,8 @@
 """Who is calling: an API key names its tenant; without configured keys, a header may.
 
-Keys are compared in constant time and never appear in responses, logs or reprs.
+Tenants' keys are looked up by their SHA-256 in Redis (``TenantStore``); the deprecated plain-text
+keys of ``FORGELINE_INGEST_API_KEYS`` are compared in constant time. Keys never appear in
+responses, logs or reprs.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import SecretStr
 
 from services.common.contracts import Tenant
+from services.common.tenants import KEY_PREFIX, Caller, TenantLimits
 from services.ingest.deps import IngestDeps
 
 DEFAULT_TENANT = "public"
@@ -39,7 +42,7 @@ def tenant_for_key(presented: str, api_keys: Mapping[str, SecretStr]) -> str | N
     return found
 
 
-async def current_tenant(
+async def current_caller(
     deps: Annotated[IngestDeps, Depends(get_deps)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     api_key: Annotated[str | None, Depends(_api_key)],
@@ -48,18 +51,36 @@ async def current_tenant(
         Header(alias="X-Forgeline-Tenant", description="The tenant of the job, when the API runs without keys."),
     ] = None,
 ) -> str:
-    """The caller's tenant. 401 when keys are configured and none of them was presented."""
+    """The caller: tenant, key and limits. 401 when keys are configured and none of them was presented."""
     if not deps.auth_enabled:
-        return x_forgeline_tenant or DEFAULT_TENANT
+        return await _unkeyed(x_forgeline_tenant or DEFAULT_TENANT, deps)
     presented = bearer.credentials if bearer is not None else api_key
-    tenant = tenant_for_key(presented, deps.settings.api_keys) if presented else None
-    if tenant is None:
+    caller: Caller | None = None
+    if presented and presented.startswith(KEY_PREFIX) and deps.tenants is not None and deps.settings.tenant_keys:
+        caller = await deps.tenants.caller(presented)
+    elif presented and (tenant := tenant_for_key(presented, deps.settings.api_keys)) is not None:
+        caller = await _unkeyed(tenant, deps)
+    if caller is None:
         raise HTTPException(
             status_code=401,
             detail="missing or unknown API key: send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    return tenant
+    return caller
+
+
+async def _unkeyed(tenant: str, deps: IngestDeps) -> Caller:
+    """A caller without a key record (no authentication, or a deprecated env key): its tenant's limits only."""
+    limits = await deps.tenants.limits(tenant) if deps.tenants is not None else TenantLimits()
+    return Caller(tenant=tenant, key_id=None, tenant_limits=limits)
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]
+
+
+async def current_tenant(caller: CallerDep) -> str:
+    """The caller's tenant (FastAPI resolves the caller once per request, however many use it)."""
+    return caller.tenant
 
 
 TenantDep = Annotated[str, Depends(current_tenant)]

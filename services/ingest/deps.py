@@ -11,9 +11,20 @@ from redis.asyncio import Redis
 
 from services.common.breaker import RedisCircuitBreaker
 from services.common.contracts import Path
-from services.common.ports import BlobStore, Breaker, BudgetLedger, JobStore, KeyPool, ResultCache, RouteStats
+from services.common.ports import (
+    BlobStore,
+    Breaker,
+    BudgetLedger,
+    JobStore,
+    KeyPool,
+    ResultCache,
+    RouteStats,
+    TerminalGuard,
+)
+from services.common.ratelimit import RateLimiter
 from services.common.redis import KeySpace
 from services.common.settings import Connections
+from services.common.tenants import TenantStore
 from services.common.topics import GroupIds, Topics
 from services.ingest.settings import IngestSettings
 from services.providers.catalog import ProvidersFile
@@ -74,7 +85,10 @@ class IngestDeps:
     routes: RouteStats  # read only: the routers' route split
     providers: tuple[ProviderHandle, ...] = ()  # empty without a providers file
     blobs: BlobStore | None = None  # where uploaded input images go (claim check); None: data: URLs stay inline
+    tenants: TenantStore | None = None  # None: no keys in Redis and no limits (tests of other parts)
+    limiter: RateLimiter | None = None
+    guard: TerminalGuard | None = None  # for cancellations: a cancelled job's one terminal event
 
     @property
     def auth_enabled(self) -> bool:
-        return bool(self.settings.api_keys)
+        return bool(self.settings.api_keys) or self.settings.tenant_keys

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter
@@ -42,6 +42,7 @@ from services.ingest.errors import (
     describe,
 )
 from services.ingest.images import checked_image
+from services.ingest.limits import take_slot
 from services.ingest.webhook_checks import check_job_webhook
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ async def submit(
 
     claim = _Claim(
         key=deps.keys.key("idem", tenant, hashlib.sha256(idempotency_key.encode()).hexdigest()),
-        value=_claim_value(request.job_id, body),
+        value=_claim_value(request.job_id, body, state="pending"),
     )
     earlier = await _claim_idempotency_key(claim, deps)
     if earlier is not None and earlier.outcome == "unconfirmed":
@@ -104,18 +105,20 @@ async def submit(
         # once the job is terminal, never twice to completion: the terminal guard sees to that).
         await publish_or_fail(request.model_copy(update={"job_id": earlier.job_id}), "generation.requested", deps,
                               what="job", outcomes=JOBS, keep_queued=True)
-        await deps.redis.set(claim.key, _claim_value(earlier.job_id, body), xx=True, keepttl=True)
+        with contextlib.suppress(Exception):
+            await deps.redis.set(claim.key, _claim_value(earlier.job_id, body), xx=True, keepttl=True)
         JOBS.labels("queued").inc()
         return SubmitResult(earlier.job_id, "queued", "queued")
     if earlier is not None:
         JOBS.labels("replayed").inc()
         return earlier
     try:
-        return await _serve_or_queue(request, deps, keep_queued=True)
+        result = await _serve_or_queue(request, deps, keep_queued=True)
     except _Unconfirmed:
         # Kafka did not acknowledge the record in time, but it may have taken it: keep the key,
         # so the client's retry with it re-sends this job instead of making a second one.
-        await deps.redis.set(claim.key, _claim_value(request.job_id, body, unconfirmed=True), xx=True, keepttl=True)
+        await deps.redis.set(claim.key, _claim_value(request.job_id, body, state="unconfirmed"), xx=True,
+                             keepttl=True)
         raise
     except BaseException:
         # The job was not queued: free the key, so the client's retry with it makes a job
@@ -123,11 +126,21 @@ async def submit(
         with contextlib.suppress(Exception):
             await deps.redis.eval(_RELEASE, 1, claim.key, claim.value)
         raise
+    # Published (or answered from the cache): a retry with the key replays this job. If Redis
+    # fails just now the claim stays pending, and a retry re-sends the job: a copy, never a loss.
+    with contextlib.suppress(Exception):
+        await deps.redis.set(claim.key, _claim_value(request.job_id, body), xx=True, keepttl=True)
+    return result
 
 
-def _claim_value(job_id: str, body: GenerationRequestBody, *, unconfirmed: bool = False) -> str:
+ClaimState = Literal["pending", "unconfirmed", "published"]
+
+
+def _claim_value(job_id: str, body: GenerationRequestBody, *, state: ClaimState = "published") -> str:
+    """What an Idempotency-Key holds: the job, the body it was made from, and whether its request
+    record is known to be on Kafka (``published``), being sent (``pending``) or not acknowledged."""
     value = {"job_id": job_id, "body": body.fingerprint()}
-    return json.dumps(value | {"unconfirmed": True} if unconfirmed else value)
+    return json.dumps(value if state == "published" else value | {"state": state})
 
 
 async def _serve_or_queue(request: GenerationRequested, deps: IngestDeps, *, keep_queued: bool = False,
@@ -140,6 +153,7 @@ async def _serve_or_queue(request: GenerationRequested, deps: IngestDeps, *, kee
             JOBS.labels("cached").inc()
             return SubmitResult(request.job_id, "completed", "cached", completed=cached, metadata=request.metadata)
 
+    await take_slot(request.tenant, request.job_id, deps)
     # Status before the event: a client polling right after the 202 must find the job, with
     # the tenant that GET checks (the router's update may land first and does not carry it all).
     await deps.jobs.update(request.job_id, "queued", tenant=request.tenant,
@@ -186,12 +200,30 @@ async def _claim_idempotency_key(claim: _Claim, deps: IngestDeps) -> SubmitResul
     earlier, ours = json.loads(raw), json.loads(claim.value)
     if earlier["body"] != ours["body"]:
         raise IdempotencyKeyReused()
+    if earlier.get("state") == "pending":
+        earlier = await _settled_claim(claim.key, earlier, deps)
     view = await deps.jobs.get(earlier["job_id"])
     # No view yet: the first request claimed the key and is writing the job right now.
     status: JobStatus = view.status if view is not None else "queued"
-    if earlier.get("unconfirmed") and status == "queued":
+    if status == "queued" and earlier.get("state") in ("pending", "unconfirmed"):
+        # Its first request's record was not acknowledged (a 503), or that request died before it
+        # knew (ingest killed): the record may never have reached Kafka. Re-send it under the same
+        # job id; the router drops a copy of a job it already routed.
         return SubmitResult(earlier["job_id"], status, "unconfirmed", view=view)
     return SubmitResult(earlier["job_id"], status, "replayed", view=view)
+
+
+async def _settled_claim(key: str, claim: dict[str, Any], deps: IngestDeps) -> dict[str, Any]:
+    """The claim once its first request is done publishing: it may still be sending (a concurrent
+    duplicate), so wait up to that request's publish timeout for it to confirm or fail."""
+    deadline = time.monotonic() + deps.settings.publish_timeout_s + 1.0
+    while claim.get("state") == "pending" and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        raw = await deps.redis.get(key)
+        if raw is None:  # released: the first request failed before queueing; a fresh retry will own it
+            raise Unavailable("redis", "the first request with this Idempotency-Key failed; retry the request")
+        claim = json.loads(raw)
+    return claim
 
 
 async def _complete_from_cache(request: GenerationRequested, cached: GenerationCompleted, deps: IngestDeps) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.common.jobs import JobView
+from services.common.jobs import TERMINAL, JobView
 from services.ingest import comparisons, handlers, status, webhooks
 from services.ingest.api_models import (
     Accepted,
@@ -24,6 +24,7 @@ from services.ingest.api_models import (
     ValidationErrorBody,
 )
 from services.ingest.auth import DepsDep, TenantDep
+from services.ingest.limits import admitted
 from services.ingest.validation import STREAM_ID_PATTERN, Utf8JsonRoute
 
 router = APIRouter(route_class=Utf8JsonRoute)
@@ -37,6 +38,10 @@ _CALLER_ERRORS: Responses = {
           "description": "A header, path or query parameter is invalid (e.g. X-Forgeline-Tenant); detail[].loc "
                          "names it, with at most a short excerpt of what was sent."},
     503: {"model": MessageBody, "description": "Redis (the job store) or Kafka is unavailable; retry shortly."},
+}
+_LIMITED: Responses = {
+    429: {"model": MessageBody, "description": "The tenant's rate limit (`Retry-After`, `RateLimit-Policy`, "
+                                               "`RateLimit`) or its cap on jobs in flight was reached."},
 }
 _NOT_FOUND: Responses = {
     404: {"model": MessageBody, "description": "No such job (or it belongs to another tenant, or it expired)."},
@@ -71,7 +76,8 @@ def events_url(job_id: str) -> str:
     summary="Request an image",
     status_code=202,
     response_model=Accepted,
-    responses={
+    dependencies=[Depends(admitted)],
+    responses={**_LIMITED,
         200: {"model": GenerationResult,
               "description": "Already done: served from the result cache, or a repeated Idempotency-Key of a "
                              "finished job. The image URL is in the body; no job runs."},
@@ -121,7 +127,7 @@ def _finished(result: handlers.SubmitResult) -> GenerationResult:
             content_type=done.content_type, size_bytes=done.size_bytes, provider=done.provider,
             deterministic=done.deterministic, placeholder=done.placeholder, metadata=result.metadata or {}, **urls)
     view = result.view
-    assert view is not None and view.status in ("completed", "failed")
+    assert view is not None and view.status in TERMINAL
     stored = view.result or {}
     return GenerationResult(
         job_id=result.job_id, status=view.status, cached=view.cached, url=view.url, sha256=stored.get("sha256"),
@@ -184,7 +190,8 @@ async def _sse(changes: AsyncIterator[tuple[str, JobView] | None]) -> AsyncItera
     summary="Score an image against a target",
     status_code=202,
     response_model=ComparisonView,
-    responses={
+    dependencies=[Depends(admitted)],
+    responses={**_LIMITED,
         200: {"model": ComparisonView, "description": "With `?wait=N`: the comparison ended within N seconds."},
         **_CALLER_ERRORS, **_BODY_ERRORS,
         413: {"model": MessageBody, "description": "An image is over 10 MB (whatever its encoding), or the body over "

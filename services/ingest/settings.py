@@ -1,6 +1,7 @@
 """Settings of the ingest API (env prefix ``FORGELINE_INGEST_``).
 
-API keys map a tenant to its key, as JSON::
+Tenants' API keys live hashed in Redis (``forgeline tenants``, ``FORGELINE_INGEST_TENANT_KEYS=true``).
+Deprecated, for a migration: keys in plain text, tenant → key, as JSON::
 
     FORGELINE_INGEST_API_KEYS='{"studio-alpha": "k_live_...", "studio-beta": "k_live_..."}'
 """
@@ -41,10 +42,15 @@ class IngestSettings(BaseSettings):
     api_keys: dict[Tenant, SecretStr] = Field(
         default_factory=dict,
         description=(
-            "Tenant → API key (JSON object). Clients send the key as 'Authorization: Bearer <key>' or "
-            "'X-API-Key'; its tenant owns the jobs. Empty: no authentication (local development only)."
+            "Deprecated (plain text; use tenant_keys): tenant → API key (JSON object). Clients send the key as "
+            "'Authorization: Bearer <key>' or 'X-API-Key'; its tenant owns the jobs. Empty and tenant_keys off: no "
+            "authentication (local development only)."
         ),
     )
+    tenant_keys: bool = Field(
+        False, description="Require API keys, checked against the tenants' hashed keys in Redis (`forgeline tenants`).")
+    tenant_lookup_ttl_s: float = Field(
+        5.0, ge=0, le=300, description="How long a replica keeps a key's lookup: a revocation takes effect within it.")
     status_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="How long job status and idempotency keys live.")
     local_cache_size: int = Field(1024, ge=0, description="Entries of the in-process result-cache LRU.")
     local_cache_ttl_s: float = Field(300.0, ge=0, description="Lifetime of an in-process result-cache entry.")

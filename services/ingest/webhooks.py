@@ -20,12 +20,18 @@ from services.ingest import handlers
 from services.ingest.api_models import MessageBody, ValidationErrorBody
 from services.ingest.auth import DepsDep, TenantDep
 from services.ingest.deps import IngestDeps
+from services.ingest.validation import Utf8JsonRoute
 from services.ingest.webhook_checks import check_url_allowed, store_of
 
-router = APIRouter(tags=["webhooks"])
+router = APIRouter(tags=["webhooks"], route_class=Utf8JsonRoute)
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
+_CALLER: dict[int | str, dict[str, Any]] = {
     401: {"model": MessageBody, "description": "API keys are configured and none was sent, or it is unknown."},
+    422: {"model": ValidationErrorBody, "description": "A header, path parameter or field is invalid; detail[].loc "
+                                                       "names it, with at most a short excerpt of what was sent."},
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_CALLER,
     404: {"model": MessageBody, "description": "No such job, endpoint or delivery for this tenant."},
 }
 
@@ -38,7 +44,8 @@ class SigningSecret(BaseModel):
 
 
 class EndpointRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra={
+        "examples": [{"url": "https://game.example.com/hooks", "events": ["completed", "failed"]}]})
 
     url: str = Field(min_length=8, max_length=2048, pattern=r"^https?://",
                      description="https, on a public address.", examples=["https://game.example.com/hooks"])
@@ -82,15 +89,16 @@ class DeliveryView(BaseModel):
 
 
 @router.post("/v1/webhooks/secret", status_code=201, response_model=SigningSecret, summary="Make the signing secret",
-             responses={401: _ERRORS[401]})
+             responses=_CALLER)
 async def rotate_secret(tenant: TenantDep, deps: DepsDep) -> SigningSecret:
     """Make (or replace) the secret that signs deliveries to jobs' own `webhook_url`. Shown once."""
     return SigningSecret(secret=(await store_of(deps).rotate_secret(tenant)).get_secret_value())
 
 
 @router.post("/v1/webhooks/endpoints", status_code=201, response_model=CreatedEndpoint, summary="Register an endpoint",
-             responses={401: _ERRORS[401], 422: {"model": ValidationErrorBody,
-                                                 "description": "The URL is not https or not on a public address."}})
+             responses={**_CALLER, 400: {"model": MessageBody, "description": "The body is not UTF-8 JSON."},
+                        422: {"model": ValidationErrorBody,
+                              "description": "The URL is not https or not on a public address, or a field is invalid."}})
 async def add_endpoint(body: EndpointRequest, tenant: TenantDep, deps: DepsDep) -> CreatedEndpoint:
     """Every job of this tenant sends the chosen events here, signed with the secret returned (once)."""
     await check_url_allowed(body.url, field="url", deps=deps)
@@ -99,7 +107,7 @@ async def add_endpoint(body: EndpointRequest, tenant: TenantDep, deps: DepsDep) 
 
 
 @router.get("/v1/webhooks/endpoints", response_model=list[EndpointView], summary="List endpoints",
-            responses={401: _ERRORS[401]})
+            responses=_CALLER)
 async def list_endpoints(tenant: TenantDep, deps: DepsDep) -> list[EndpointView]:
     """The tenant's endpoints, disabled ones with why (never their secrets)."""
     return [EndpointView.of(endpoint) for endpoint in await store_of(deps).endpoints(tenant)]

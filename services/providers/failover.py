@@ -33,6 +33,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from prometheus_client import Counter, Histogram
 
+from services.common import tracing
 from services.common.backoff import Backoff
 from services.common.budget import Reservation
 from services.common.contracts import ImageSpec
@@ -252,7 +253,8 @@ class Failover:
         outcome = "ok"
         try:
             async with asyncio.timeout(candidate.timeout_s):
-                return await call(candidate, token, chosen)
+                with tracing.span(f"provider {candidate.name}", **{"forgeline.provider": candidate.name}):
+                    return await call(candidate, token, chosen)
         except TimeoutError:
             outcome = "timeout"
             raise RetryableProviderError(f"no image within {candidate.timeout_s:.0f} s", provider=candidate.name,

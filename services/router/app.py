@@ -13,10 +13,11 @@ from services.common.bootstrap import Infra
 from services.common.budget import usd
 from services.common.cache import LruTtlCache, RedisResultCache
 from services.common.consumer import LoopSettings
-from services.common.contracts import GenerationRequested
+from services.common.contracts import GenerationCancelRequested, GenerationRequested
 from services.common.route_stats import RedisRouteStats
 from services.common.worker import consume
 from services.router.budget_gate import BudgetGate
+from services.router.cancel import CancelHandler
 from services.router.depth import DepthMonitor
 from services.router.handlers import RouterHandler
 from services.router.policy import PaidCapacity, policy_from_settings
@@ -44,6 +45,11 @@ async def build(settings: RouterSettings, infra: Infra, *, paid: PaidCapacity | 
 
 async def serve(settings: RouterSettings, infra: Infra, stop: asyncio.Event) -> None:
     handler = await build(settings, infra)
+    canceler = CancelHandler(topics=infra.topics, jobs=infra.jobs(), guard=infra.terminal_guard())
+    # Cancellations have a loop (and group) of their own: a burst of requests never holds one back.
+    cancels = consume(infra, stop, LoopSettings(
+        group_id=infra.groups.router + ".cancel", topics=[infra.topics.name("generation.cancel")],
+        concurrency=settings.concurrency), GenerationCancelRequested, canceler.handle)
     await consume(infra, stop, LoopSettings(
         group_id=infra.groups.router, topics=[infra.topics.name("generation.requested")],
-        concurrency=settings.concurrency), GenerationRequested, handler.handle, handler.depth.run())
+        concurrency=settings.concurrency), GenerationRequested, handler.handle, handler.depth.run(), cancels)

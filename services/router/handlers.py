@@ -87,8 +87,9 @@ class RouterHandler:
     guard: TerminalGuard
 
     async def handle(self, request: GenerationRequested) -> Outcome:
-        # A copy of a request whose job has ended (a client's retry re-sent it, a replay): done.
-        if await self.guard.finished(request.job_id):
+        # A copy of a request already routed, or whose job has ended (ingest re-sent it for a
+        # client's retry, a producer's retry, a replay): nothing more to do.
+        if await self.jobs.forwarded(request.job_id) or await self.guard.finished(request.job_id):
             ROUTED.labels("duplicate").inc()
             return Outcome()
         # Requests produced straight to Kafka never met ingest's cache check; no provider call
@@ -115,6 +116,7 @@ class RouterHandler:
         )
 
         async def acked() -> None:
+            await self.jobs.mark_forwarded(request.job_id)
             ROUTED.labels(decision.path).inc()
             DECISIONS.labels(decision.path, category).inc()
             await self.routes.count(decision.path)

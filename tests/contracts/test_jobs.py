@@ -151,3 +151,11 @@ async def test_terminal_guard_keeps_the_claimed_events_type(impl):
     # Each job has its own claim.
     other = _completed(c.new_job_id(), "http://x/other.png")
     assert await guard.claim(other) == other
+
+
+async def test_a_forwarded_mark_is_kept_per_job(impl):
+    jobs = impl.job_store()
+    job, other = c.new_job_id(), c.new_job_id()
+    assert not await jobs.forwarded(job)
+    await jobs.mark_forwarded(job)
+    assert await jobs.forwarded(job) and not await jobs.forwarded(other)

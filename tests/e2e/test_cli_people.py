@@ -32,9 +32,9 @@ async def test_submit_wait_status_and_compare(running_pipeline, tmp_path) -> Non
 
     assert submitted.exit_code == 0, submitted.output
     assert url.startswith("http") and url.endswith(".png")
-    stages = [word for word in ("queued", "routed → primary (primary depth", "generating", "stored", "completed")
+    stages = [word for word in ("queued", "routed → primary (", "generating", "stored", "completed")
               if word in submitted.output]
-    assert stages == ["queued", "routed → primary (primary depth", "generating", "stored", "completed"]
+    assert stages == ["queued", "routed → primary (", "generating", "stored", "completed"]
     assert submitted.output.index("routed") < submitted.output.index("generating") < submitted.output.index("stored")
     assert shown.exit_code == 0 and shown.stdout.strip() == url and "completed" in shown.output
     assert compared.exit_code == 0, compared.output

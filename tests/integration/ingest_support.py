@@ -76,14 +76,16 @@ async def served(connections: Connections, settings: IngestSettings) -> AsyncIte
     base = f"http://127.0.0.1:{settings.port}"
     try:
         async with httpx.AsyncClient(timeout=2) as probe:
-            for _ in range(200):
+            for _ in range(600):
                 if task.done():
                     await task  # raises the startup error
                 try:
-                    if (await probe.get(f"{base}/healthz")).status_code == 200:
+                    # /readyz, not /healthz: ingest listens at once and says "starting" until connected.
+                    if (await probe.get(f"{base}/readyz")).status_code == 200:
                         break
                 except httpx.TransportError:
-                    await asyncio.sleep(0.05)
+                    pass
+                await asyncio.sleep(0.05)
         yield base
     finally:
         stop.set()

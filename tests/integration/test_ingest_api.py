@@ -195,6 +195,33 @@ async def test_publish_failure_without_a_key_is_503_and_marks_the_job_failed(con
         assert view is not None and view.status == "failed" and view.error["code"] == "ingest_unavailable"
 
 
+async def test_a_retry_of_a_job_whose_first_request_died_mid_publish_resends_it(connections: Connections, topics):
+    """ingest was killed between queueing a job and Kafka's acknowledgement: its claim is still
+    pending. The client's retry waits out the publish timeout, then re-sends the same job."""
+    async with api(connections, IngestSettings(publish_timeout_s=1.0)) as client:
+        broken = make_producer(connections.kafka)
+        await broken.start()
+        await broken.stop()
+        cut_off = create_app(dataclasses.replace(client.deps, producer=broken))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=cut_off), base_url="http://test") as http:
+            first = await http.post("/v1/generations", json={"prompt": "order 47"},
+                                    headers={"Idempotency-Key": "order-47"})
+        assert first.status_code == 503
+        key = client.deps.keys.key("idem", "public", hashlib.sha256(b"order-47").hexdigest())
+        claim = json.loads(await client.deps.redis.get(key))
+        # As a killed process leaves it: sent, never confirmed nor refused.
+        await client.deps.redis.set(key, json.dumps(claim | {"state": "pending"}), xx=True)
+
+        retry = await client.http.post("/v1/generations", json={"prompt": "order 47"},
+                                       headers={"Idempotency-Key": "order-47"})
+        again = await client.http.post("/v1/generations", json={"prompt": "order 47"},
+                                       headers={"Idempotency-Key": "order-47"})
+
+        assert retry.status_code == 202 and retry.json()["job_id"] == claim["job_id"]
+        assert again.json()["job_id"] == claim["job_id"] and again.json()["idempotent_replay"] is True
+        assert await requested_count(client.deps) == 1
+
+
 async def test_a_retry_after_an_unacknowledged_publish_resends_the_same_job(connections: Connections, topics):
     """Kafka did not acknowledge in time (it may have taken the record): the 503 keeps the
     Idempotency-Key, and the retry with it re-sends the same job instead of making a second one."""
@@ -362,7 +389,13 @@ async def test_pipeline_status_reports_depth_routes_and_cache(client: Api, produ
     await deps.redis.hset(deps.keys.key("stats", "routes"), mapping={"primary": 3, "fallback": 1})
     await deps.cache.get("0" * 64)  # one miss
 
-    response = await client.http.get("/v1/status")
+    # On a broker that just started, the group coordinator may not be elected yet: /v1/status says
+    # so with a 503 ("retry shortly"), as a client would see it; retry as the message says.
+    for _ in range(40):
+        response = await client.http.get("/v1/status")
+        if response.status_code != 503:
+            break
+        await asyncio.sleep(0.5)
 
     assert response.status_code == 200, response.text
     status = response.json()

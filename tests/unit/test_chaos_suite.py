@@ -7,8 +7,9 @@ from collections import Counter
 import pytest
 
 from services.devstack.chaos.audit import KafkaRecord, Terminal, orphans, paid
-from services.devstack.chaos.faults import FAULT_NAMES, schedule, short_error
+from services.devstack.chaos.faults import FAULT_NAMES, default_faults, schedule, short_error
 from services.devstack.chaos.load import Submission, index_of, prompt_for, request_body
+from services.devstack.chaos.run import private_stack
 from services.devstack.chaos.watch import Sample, first_after, moved_again, records_done
 
 
@@ -69,3 +70,13 @@ def test_an_orphan_is_a_request_with_two_jobs_on_kafka_or_in_its_answers() -> No
 def test_short_error_keeps_the_reason_and_the_last_log_line() -> None:
     error = RuntimeError("router exited. Last lines of its log:\n    │ frame │\n    KafkaConnectionError: no bootstrap")
     assert short_error(error) == "RuntimeError: router exited. Last lines of its log: … KafkaConnectionError: no bootstrap"
+
+
+def test_a_cluster_run_also_restarts_every_broker_and_its_ports_come_in_pairs(tmp_path) -> None:
+    assert default_faults(1) == list(FAULT_NAMES)
+    assert default_faults(3) == [*FAULT_NAMES, "brokers:restart"]
+    assert {f.name for f in schedule(default_faults(3), 60, seed=3)} == set(FAULT_NAMES) | {"brokers:restart"}
+    cluster = private_stack(tmp_path, brokers=3)
+    assert (cluster.kafka_brokers, cluster.kafka_controller_port) == (3, cluster.kafka_port + 1)
+    with pytest.raises(ValueError, match="unknown fault"):
+        schedule(["brokers:explode"], 60, seed=3)

@@ -19,6 +19,7 @@ EXAMPLES: dict[type[c.Event], c.Event] = {
     c.GenerationRequested: c.GenerationRequested(
         job_id=JOB, tenant="studio-a", spec=SPEC, priority="high", deadline_s=30,
         reference_image="https://example.com/target.png", metadata={"item": "bow-17"}, idempotency_key="k-1"),
+    c.GenerationCancelRequested: c.GenerationCancelRequested(job_id=JOB, tenant="studio-a", reason="player left"),
     c.GenerationRouted: c.GenerationRouted(job_id=JOB, tenant="studio-a", spec=SPEC, decision=DECISION),
     c.GenerationGenerated: c.GenerationGenerated(
         job_id=JOB, tenant="studio-a", spec=SPEC, decision=DECISION, image=b"\x89PNG\r\n\x1a\n\x00\xff",

@@ -125,7 +125,7 @@ def test_openapi_states_every_status_and_enforced_constraint():
     paths = schema["paths"]
 
     for path, method in (("/v1/generations", "post"), ("/v1/comparisons", "post")):
-        assert {"200", "202", "400", "401", "413", "422", "503"} == set(paths[path][method]["responses"])
+        assert {"200", "202", "400", "401", "413", "422", "429", "503"} == set(paths[path][method]["responses"])
     for path in ("/v1/generations/{job_id}", "/v1/generations/{job_id}/events", "/v1/comparisons/{comparison_id}"):
         assert {"200", "401", "404", "422", "503"} == set(paths[path]["get"]["responses"])
     headers = {p["name"]: p["schema"] for p in paths["/v1/generations"]["post"]["parameters"]}

@@ -101,3 +101,18 @@ def test_a_hue_swap_leaves_the_top_band() -> None:
     r, g, b = decoded(base).split()
     result = compare(base, png(Image.merge("RGB", (b, g, r))), PROMPT)
     assert result.band != "Excellent", result.score
+
+
+def test_exif_orientation_is_applied_before_comparing() -> None:
+    """A photo stored sideways with an EXIF 'rotate 90°' tag is the same picture as the upright one."""
+    upright = decoded(icon())
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the viewer turns it 90° clockwise
+    buffer = io.BytesIO()
+    upright.transpose(Image.Transpose.ROTATE_90).save(buffer, format="JPEG", quality=95, exif=exif)
+    tagged = buffer.getvalue()
+    buffer = io.BytesIO()
+    upright.transpose(Image.Transpose.ROTATE_90).save(buffer, format="JPEG", quality=95)
+    untagged = buffer.getvalue()
+    assert compare(png(upright), tagged, PROMPT).band == "Excellent"
+    assert compare(png(upright), untagged, PROMPT).score < compare(png(upright), tagged, PROMPT).score - 20

@@ -163,3 +163,16 @@ async def test_a_refused_job_that_would_miss_its_deadline_gets_a_free_placeholde
     decision = output.event.decision
     assert (decision.path, decision.placeholder, decision.estimated_wait_s) == ("fallback", True, 200.0)
     assert (await handler.jobs.get(request.job_id)).route == "fallback"
+
+
+async def test_a_copy_of_a_request_already_routed_is_dropped():
+    """ingest re-sent a job for a client's retry (or a producer retried): it is routed once."""
+    handler = _handler(depth=_Depth(depth=1, rate=2.0))
+    request = _request()
+
+    first = await handler.handle(request)
+    await first.on_acked()
+    copy = await handler.handle(request)
+
+    assert len(first.outputs) == 1
+    assert copy.outputs == () and copy.on_acked is None

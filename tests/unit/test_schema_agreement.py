@@ -43,6 +43,7 @@ REQUESTED = c.GenerationRequested
 STORED_REF = {"kind": "stored", "object_key": "inputs/a.png", "sha256": "a" * 64, "content_type": "image/png"}
 CASES: list[tuple[str, type[c.Event], str, Any, bool]] = [
     ("the example", REQUESTED, "tenant", "studio-alpha", VALID),
+    ("a cancel without a reason", c.GenerationCancelRequested, "reason", "", INVALID),
     ("seed as a string", REQUESTED, "spec.seed", "42", INVALID),
     ("seed as a whole float", REQUESTED, "spec.seed", 42.0, VALID),
     ("seed with a fraction", REQUESTED, "spec.seed", 42.5, INVALID),

@@ -9,8 +9,8 @@ charges and the spend journal (``audit``) into a ``ChaosReport`` (``report.rende
 
 from __future__ import annotations
 
-from services.devstack.chaos.faults import FAULT_NAMES, Timings
+from services.devstack.chaos.faults import CLUSTER_FAULTS, FAULT_NAMES, Timings
 from services.devstack.chaos.report import ChaosReport, render
 from services.devstack.chaos.run import ChaosConfig, run_chaos
 
-__all__ = ["FAULT_NAMES", "ChaosConfig", "ChaosReport", "Timings", "render", "run_chaos"]
+__all__ = ["CLUSTER_FAULTS", "FAULT_NAMES", "ChaosConfig", "ChaosReport", "Timings", "render", "run_chaos"]

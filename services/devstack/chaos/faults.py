@@ -27,6 +27,14 @@ FAULT_NAMES: tuple[str, ...] = (
     *(f"kill:{name}" for name in KILLED_SERVICES),
     "broker:sigterm", "broker:sigkill", "redis:restart", "s3:outage", "providers:storm",
 )
+#: On a three-broker cluster ``broker:*`` acts on one broker of three (a leader election, what
+#: production sees); this one restarts all of them at once.
+CLUSTER_FAULTS: tuple[str, ...] = ("brokers:restart",)
+
+
+def default_faults(brokers: int) -> list[str]:
+    """Every fault once; on a cluster, also the restart of every broker."""
+    return [*FAULT_NAMES, *(CLUSTER_FAULTS if brokers > 1 else ())]
 #: The fakes a storm hits: both paths' providers (the comparer's VLM has the perceptual fallback anyway).
 STORMED_FAKES: tuple[str, ...] = ("gradio", "replicate", "siliconflow")
 
@@ -66,13 +74,15 @@ class Targets:
     fake_urls: dict[str, str]
     timings: Timings
     seed: int
+    restart_brokers: Callable[[], None] | None = None  # stop every broker, then start them together
 
 
 def schedule(names: list[str], window_s: float, seed: int) -> list[FaultRecord]:
     """Each named fault at a seeded random moment within the first ``window_s`` seconds, in time order."""
-    unknown = sorted(set(names) - set(FAULT_NAMES))
+    known = (*FAULT_NAMES, *CLUSTER_FAULTS)
+    unknown = sorted(set(names) - set(known))
     if unknown:
-        raise ValueError(f"unknown fault(s) {', '.join(unknown)}; choose from {', '.join(FAULT_NAMES)}")
+        raise ValueError(f"unknown fault(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     draw = random.Random(seed)
     # Not at the very start (let jobs flow first) and not so late that the faults run after the load.
     return sorted((FaultRecord(name, round(draw.uniform(0.1, 0.8) * window_s, 2)) for name in names),
@@ -87,7 +97,7 @@ def short_error(exc: BaseException) -> str:
 
 def piece(name: str) -> str:
     """What a fault breaks; two faults of one piece run one after the other."""
-    return "kafka" if name.startswith("broker:") else name
+    return "kafka" if name.startswith(("broker:", "brokers:")) else name
 
 
 class Injector:
@@ -125,6 +135,13 @@ class Injector:
             return f"SIGKILL pid {pid}; started again after {t.downtime_s:g} s"
         if kind == "broker":
             return self._restart(record, self.targets.components["kafka"], hard=what == "sigkill")
+        if kind == "brokers":
+            if self.targets.restart_brokers is None:
+                raise ValueError("brokers:restart needs a cluster (--brokers 3)")
+            started = time.monotonic()
+            self.targets.restart_brokers()
+            record.repaired_s = self.clock()
+            return f"every broker stopped (SIGTERM) and started again, {time.monotonic() - started:.0f} s"
         if kind == "redis":
             return self._restart(record, self.targets.components["redis"], hard=False)
         if kind == "s3":

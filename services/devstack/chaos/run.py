@@ -26,17 +26,18 @@ from services.common.spend_journal import journal_namespace
 from services.common.topics import Topics, create_topics
 from services.devstack.chaos import audit
 from services.devstack.chaos.faults import (
-    FAULT_NAMES,
     FaultRecord,
     Injector,
     Supervisor,
     Targets,
     Timings,
+    default_faults,
     schedule,
 )
 from services.devstack.chaos.load import Load
 from services.devstack.chaos.report import ChaosReport, build_report
 from services.devstack.chaos.watch import WORKERS, Sampler, first_after, monotonic_clock, moved_again
+from services.devstack.cluster import KafkaCluster
 from services.devstack.pipeline import SERVICE_NAMES, Pipeline
 from services.devstack.process import free_ports, port_free
 from services.devstack.s3 import s3_settings
@@ -52,25 +53,31 @@ class ChaosConfig:
     n: int = 600
     rate: float = 30.0
     seed: int = 1
-    faults: list[str] = field(default_factory=lambda: list(FAULT_NAMES))
+    faults: list[str] | None = None  # default: every fault once (default_faults(brokers))
     timings: Timings = field(default_factory=Timings)
     window_s: float | None = None  # faults fall in this many seconds from the start (default: the load's length)
     drain_s: float = 180.0  # after load and faults, how long to wait for the last terminal events
     give_up_s: float = 120.0  # a client retries one request this long before it gives up
     partitions: int = 6
+    brokers: int = 1  # 3: a KRaft cluster, topics with replication factor 3 and min.insync.replicas 2
     state_dir: Path | None = None  # default: a temporary folder, removed afterwards
     progress: Callable[[str], None] = print
 
     def __post_init__(self) -> None:
+        if self.faults is None:
+            self.faults = default_faults(self.brokers)
         schedule(self.faults, 1.0, self.seed)  # an unknown fault name fails here, before any process starts
 
 
-def private_stack(state_dir: Path) -> devstack.DevStackSettings:
-    """Stack settings on free loopback ports (the fakes need six in a row) under ``state_dir``."""
-    kafka, controller, redis, s3, ingest = free_ports(5)
+def private_stack(state_dir: Path, brokers: int = 1) -> devstack.DevStackSettings:
+    """Stack settings on free loopback ports (the fakes need six in a row; a cluster's brokers two
+    each, in a row) under ``state_dir``."""
+    redis, s3, ingest = free_ports(3)
+    kafka = _free_run(2 * brokers) if brokers > 1 else free_ports(2)[0]
+    controller = kafka + 1 if brokers > 1 else free_ports(1)[0]
     return devstack.DevStackSettings(
         state_dir=state_dir, kafka_port=kafka, kafka_controller_port=controller, redis_port=redis, s3_port=s3,
-        ingest_port=ingest, fake_providers_port=_free_run(len(PROTOCOLS)),
+        kafka_brokers=brokers, ingest_port=ingest, fake_providers_port=_free_run(len(PROTOCOLS)),
         # Both paths busy: a free path quick enough to take a share, the rest overflowing to the paid one.
         primary_latency_s=0.2, primary_concurrency=4, depth_high=8, depth_low=4,
     )
@@ -117,7 +124,7 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
     owned = config.state_dir is None
     state_dir = Path(tempfile.mkdtemp(prefix="forgeline-chaos-")) if owned else config.state_dir
     assert state_dir is not None
-    settings = private_stack(state_dir)
+    settings = private_stack(state_dir, config.brokers)
     pieces = {c.name: c for c in components(settings)}
     pipeline = devstack.pipeline(settings, {
         "FORGELINE_TOPICS_PREFIX": PREFIX, "FORGELINE_TOPICS_PARTITIONS": str(config.partitions),
@@ -130,7 +137,8 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
         admin = make_admin(kafka)
         await admin.start()
         try:
-            await create_topics(admin, TopicSettings(prefix=PREFIX, partitions=config.partitions))
+            await create_topics(admin, KafkaCluster(settings).topic_settings(
+                TopicSettings(prefix=PREFIX, partitions=config.partitions)))
         finally:
             await admin.close()
         await asyncio.to_thread(pipeline.start, None, lambda m: say(f"  {m}"))
@@ -153,7 +161,13 @@ async def _run(config: ChaosConfig, settings: devstack.DevStackSettings, pieces:
     plan = schedule(config.faults, window, config.seed)
     say(f"chaos: run {run_id}: {config.n} jobs at {config.rate:g}/s, seed {config.seed}; faults at "
         + ", ".join(f"{f.name} +{f.at_s:.0f}s" for f in plan))
-    injector = Injector(Targets(pieces, pipeline, urls, config.timings, config.seed), clock)
+    def restart_brokers() -> None:
+        devstack.down(settings, ["kafka"])
+        time.sleep(config.timings.downtime_s)
+        devstack.up(settings, ["kafka"])
+
+    injector = Injector(Targets(pieces, pipeline, urls, config.timings, config.seed,
+                                restart_brokers if config.brokers > 1 else None), clock)
     load = Load(ingest, run_id, config.n, config.rate, seed=config.seed, give_up_s=config.give_up_s)
     terminals, sampler = Terminals(kafka, topics, clock), Sampler(pipeline, clock)
     ready = asyncio.Event()
