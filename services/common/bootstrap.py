@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
@@ -33,7 +33,7 @@ from services.common.budget import RedisBudgetLedger, usd
 from services.common.consumer import ConsumerLoop, Handler, LoopSettings
 from services.common.health import Readiness
 from services.common.jobs import RedisJobStore, RedisTerminalGuard
-from services.common.kafka import make_admin, make_consumer, make_producer
+from services.common.kafka import RenewingProducer, make_admin, make_consumer, make_producer
 from services.common.outages import is_outage
 from services.common.redis import KeySpace, make_redis
 from services.common.settings import BudgetSettings, Connections
@@ -116,12 +116,13 @@ class Infra:
 
     # -- Kafka
 
-    async def producer(self) -> AIOKafkaProducer:
-        """The process's one producer (idempotent, ``acks=all``)."""
+    async def producer(self) -> RenewingProducer:
+        """The process's one producer (idempotent, ``acks=all``; renewed when aiokafka's turns fatal)."""
 
-        async def make() -> AIOKafkaProducer:
-            return await self._started("the producer", lambda: make_producer(self.connections.kafka),
-                                       AIOKafkaProducer.start, AIOKafkaProducer.stop)
+        async def make() -> RenewingProducer:
+            return await self._started("the producer",
+                                       lambda: RenewingProducer(lambda: make_producer(self.connections.kafka)),
+                                       RenewingProducer.start, RenewingProducer.stop)
 
         return await self._once("producer", make)
 

@@ -40,7 +40,6 @@ from typing import TypeVar
 
 from aiokafka import (
     AIOKafkaConsumer,
-    AIOKafkaProducer,
     ConsumerRebalanceListener,
     ConsumerRecord,
     TopicPartition,
@@ -53,7 +52,7 @@ from services.common.backoff import Backoff, RateLimitedLog
 from services.common.contracts import Event
 from services.common.errors import Permanent, Retryable
 from services.common.health import Readiness
-from services.common.kafka import DeadLetter, event_headers, send_to_dlq
+from services.common.kafka import DeadLetter, Producer, event_headers, send_to_dlq
 from services.common.outages import describe_outage
 from services.common.topics import DLQ_SUFFIX
 
@@ -173,7 +172,7 @@ class ConsumerLoop:
     def __init__(
         self,
         consumer: AIOKafkaConsumer,
-        producer: AIOKafkaProducer,
+        producer: Producer,
         handler: Handler,
         settings: LoopSettings,
         readiness: Readiness | None = None,

@@ -10,17 +10,23 @@ auto-commit, and services commit an offset only after the outputs it caused are 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import OutOfOrderSequenceNumber, ProducerFenced
 from aiokafka.structs import RecordMetadata
 
 from services.common import tracing
 from services.common.contracts import SCHEMA_VERSION, Event
 from services.common.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/json"
 
@@ -87,6 +93,68 @@ def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer
         "linger_ms": 5,
     }
     return AIOKafkaProducer(**(args | overrides))
+
+
+#: Errors after which aiokafka's idempotent producer is dead for good: its sender task has ended
+#: and every later send fails the same way (seen after a cluster restart). Only a new producer,
+#: with a new producer id, sends again.
+PRODUCER_FATAL: tuple[type[BaseException], ...] = (OutOfOrderSequenceNumber, ProducerFenced)
+
+
+class RenewingProducer:
+    """The process's idempotent producer, replaced by a fresh one when aiokafka's turns fatal.
+
+    Offers what Forgeline uses of ``AIOKafkaProducer`` (``start``, ``stop``, ``send``,
+    ``send_and_wait``). A send whose delivery fails with one of ``PRODUCER_FATAL`` still fails
+    (its caller retries: the consumer loop counts it as a Kafka outage); the next send first
+    stops the dead producer and starts a new one. Records in flight on the dead one were not
+    acknowledged, so their callers send them again: at-least-once holds.
+    """
+
+    def __init__(self, make: Callable[[], AIOKafkaProducer]) -> None:
+        self._make = make
+        self._producer = make()
+        self._dead = False
+        self._renewing = asyncio.Lock()
+        self.renewals = 0
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None, **kwargs: Any,
+                   ) -> asyncio.Future[RecordMetadata]:
+        if self._dead:
+            await self._renew()
+        future = await self._producer.send(topic, value=value, key=key, **kwargs)
+        future.add_done_callback(self._watch)
+        return future
+
+    async def send_and_wait(self, topic: str, value: bytes | None = None, key: bytes | None = None,
+                            **kwargs: Any) -> RecordMetadata:
+        return await (await self.send(topic, value=value, key=key, **kwargs))
+
+    def _watch(self, future: asyncio.Future[RecordMetadata]) -> None:
+        if not future.cancelled() and isinstance(future.exception(), PRODUCER_FATAL):
+            self._dead = True
+
+    async def _renew(self) -> None:
+        async with self._renewing:
+            if not self._dead:
+                return  # another send renewed it meanwhile
+            old, self._producer = self._producer, self._make()
+            log.warning("the Kafka producer failed for good (%s); starting a new one", "fatal delivery error")
+            with contextlib.suppress(Exception):
+                await old.stop()
+            await self._producer.start()
+            self._dead = False
+            self.renewals += 1
+
+
+#: What services send with: the process's renewing producer, or a bare one (tests, tools).
+Producer = AIOKafkaProducer | RenewingProducer
 
 
 def make_consumer(settings: KafkaSettings, *topics: str, group_id: str | None, **overrides: Any) -> AIOKafkaConsumer:

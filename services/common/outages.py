@@ -12,13 +12,21 @@ What counts, and why:
     ReadOnlyError
     aiokafka KafkaConnectionError, KafkaTimeoutError,          the broker is unreachable, restarting, or
     any KafkaError marked ``retriable``                         moving a leader or a coordinator
+    OutOfOrderSequenceNumber, ProducerFenced                    the producer died with the cluster's restart;
+                                                                the next send renews it (common.kafka)
     BlobStoreError                                              S3 refused or failed a request (5xx, slow)
     OSError, TimeoutError                                       a socket failed underneath a client
 """
 
 from __future__ import annotations
 
-from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+)
 from redis import exceptions as redis_errors
 
 from services.common.blobstore import BlobStoreError
@@ -37,7 +45,7 @@ _REDIS_OUTAGES: tuple[type[BaseException], ...] = (
 def _dependency(exc: BaseException) -> str | None:
     if isinstance(exc, _REDIS_OUTAGES):
         return "redis"
-    if isinstance(exc, (KafkaConnectionError, KafkaTimeoutError)):
+    if isinstance(exc, (KafkaConnectionError, KafkaTimeoutError, OutOfOrderSequenceNumber, ProducerFenced)):
         return "kafka"
     if isinstance(exc, KafkaError) and getattr(exc, "retriable", False):
         return "kafka"

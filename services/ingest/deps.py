@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
 from services.common.breaker import RedisCircuitBreaker
 from services.common.contracts import Path
+from services.common.kafka import Producer
 from services.common.ports import (
     BlobStore,
     Breaker,
@@ -75,7 +76,7 @@ class IngestDeps:
     topics: Topics
     groups: GroupIds
     keys: KeySpace
-    producer: AIOKafkaProducer
+    producer: Producer
     admin: AIOKafkaAdminClient
     offsets: AIOKafkaConsumer  # no group, no subscription: only reads log offsets for /v1/status
     redis: Redis
