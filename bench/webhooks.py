@@ -93,12 +93,12 @@ async def main() -> None:
                 receiver.secret = (await http.post("/v1/webhooks/secret")).json()["secret"]
             received: dict = {}
             ready = asyncio.Event()
-            collector = asyncio.create_task(collect(kafka, Topics(prefix), args.n, received, ready))
+            collector = asyncio.create_task(collect(kafka, Topics(prefix), args.n, f"bench {run_id}", received, ready))
             await ready.wait()
             arrived_kafka: dict[str, float] = {}
             submitted: dict[str, float] = {}
             body = {"webhook_url": f"http://127.0.0.1:{receiver_port}/hook"}
-            await submit_all(url, args.n, run_id, 128, args.clients, submitted, extra=body)
+            await submit_all(url, list(range(args.n)), f"bench {run_id}", 128, args.clients, None, submitted, extra=body)
             await asyncio.wait_for(collector, timeout=300)
             for job_id, (monotonic_at, completed) in received.items():
                 # collect() stamps time.monotonic(); convert to wall clock with one offset taken now.

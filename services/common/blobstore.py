@@ -1,14 +1,19 @@
 """Publishing images to an S3-compatible store (AWS S3, Cloudflare R2, MinIO, moto).
 
 Objects are content-addressed (:func:`content_key`): the same bytes always land at the same key.
-boto3 is synchronous; the async ``S3BlobStore`` runs its calls in worker threads so the
-event loop never blocks on an upload.
+boto3 is synchronous; the async ``S3BlobStore`` runs its calls in its own worker threads, as many
+as ``S3Settings.max_connections`` (the default executor has only ``cpu + 4``, which capped uploads
+in flight below the storage service's concurrency), so the event loop never blocks on an upload.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import boto3
 from botocore.config import Config
@@ -17,6 +22,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from services.common.errors import Retryable
 from services.common.images import EXTENSIONS
 from services.common.settings import S3Settings
+
+T = TypeVar("T")
 
 #: Objects are content-addressed, so a URL's bytes never change: let CDNs and browsers keep them.
 IMMUTABLE_CACHE_CONTROL = "public, max-age=31536000, immutable"
@@ -45,6 +52,7 @@ def make_s3_client(settings: S3Settings):  # -> botocore S3 client (its type is 
             read_timeout=30,
             retries={"mode": "standard", "max_attempts": 3},
             s3={"addressing_style": settings.addressing_style},
+            max_pool_connections=settings.max_connections,
             signature_version="s3v4",
         ),
     )
@@ -104,6 +112,10 @@ class S3BlobStore:
     def __init__(self, settings: S3Settings, client=None) -> None:
         self._settings = settings
         self._client = client if client is not None else make_s3_client(settings)
+        self._threads = ThreadPoolExecutor(settings.max_connections, thread_name_prefix="s3")
+
+    async def _call(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(fn, **kwargs))
 
     def __repr__(self) -> str:  # the client holds credentials; never print it
         return f"S3BlobStore(bucket={self._settings.bucket!r}, endpoint={str(self._settings.endpoint_url)!r})"
@@ -113,13 +125,14 @@ class S3BlobStore:
 
     async def ensure_bucket(self, *, public_read: bool) -> bool:
         """Create the configured bucket if missing (see ``ensure_bucket``)."""
-        return await asyncio.to_thread(ensure_bucket, self._client, self._settings.bucket, public_read=public_read)
+        return await self._call(ensure_bucket, client=self._client, bucket=self._settings.bucket,
+                                public_read=public_read)
 
     async def put(
         self, key: str, data: bytes, *, content_type: str, cache_control: str = IMMUTABLE_CACHE_CONTROL
     ) -> str:
         try:
-            await asyncio.to_thread(
+            await self._call(
                 self._client.put_object,
                 Bucket=self._settings.bucket,
                 Key=key,
@@ -133,7 +146,7 @@ class S3BlobStore:
 
     async def exists(self, key: str) -> bool:
         try:
-            await asyncio.to_thread(self._client.head_object, Bucket=self._settings.bucket, Key=key)
+            await self._call(self._client.head_object, Bucket=self._settings.bucket, Key=key)
             return True
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
@@ -144,8 +157,8 @@ class S3BlobStore:
 
     async def get(self, key: str) -> bytes:
         try:
-            response = await asyncio.to_thread(self._client.get_object, Bucket=self._settings.bucket, Key=key)
-            return await asyncio.to_thread(response["Body"].read)
+            response = await self._call(self._client.get_object, Bucket=self._settings.bucket, Key=key)
+            return await self._call(response["Body"].read)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
                 raise KeyError(key) from exc

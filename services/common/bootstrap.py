@@ -40,7 +40,7 @@ from services.common.settings import BudgetSettings, Connections
 from services.common.spend_journal import S3SpendJournal, journal_namespace
 from services.common.topics import GroupIds, Topics
 
-__all__ = ["Infra", "bootstrap"]
+__all__ = ["Infra", "bootstrap", "make_http_client"]
 
 T = TypeVar("T")
 
@@ -48,6 +48,18 @@ log = logging.getLogger(__name__)
 
 # "Unable to bootstrap", a coordinator still being elected, a socket refused: wait for the cluster.
 _KAFKA_STARTUP_ERRORS = (KafkaError, OSError)
+
+
+def make_http_client() -> httpx.AsyncClient:
+    """The client provider adapters share, with no cap of its own on connections.
+
+    httpx's default pool holds 100 connections and keeps 20 alive: call 101 waits for a free one,
+    so with 2 s provider calls a generator made at most 50 calls a second whatever its
+    concurrency, and reconnected most of them each time. The consumer loop's concurrency is the
+    bound on calls in flight; idle connections close after 30 s.
+    """
+    return httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=None,
+                                                 keepalive_expiry=30.0))
 
 
 @dataclass
@@ -175,7 +187,7 @@ class Infra:
 
     async def http(self) -> httpx.AsyncClient:
         """One connection pool for every provider adapter of the process (no client retries: ours)."""
-        return await self._once("http", lambda: self.enter(httpx.AsyncClient()))
+        return await self._once("http", lambda: self.enter(make_http_client()))
 
     @property
     def blobs(self) -> S3BlobStore:

@@ -7,6 +7,7 @@ The key is ``ImageSpec.cache_key()``, the SHA-256 of the normalised spec; the va
 
 from __future__ import annotations
 
+import collections
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -56,13 +57,22 @@ class LruTtlCache(Generic[V]):
 
 
 class RedisResultCache:
-    """``cache_key → GenerationCompleted``, local first, then Redis."""
+    """``cache_key → GenerationCompleted``, local first, then Redis.
 
-    def __init__(self, redis: Redis, keys: KeySpace, *, ttl_s: int, local: LruTtlCache[GenerationCompleted]) -> None:
+    The shared hit/miss counts (``/v1/status``'s hit rate) are added to Redis at most every
+    ``stats_flush_s``, not once per lookup: a local hit then costs no Redis round trip of its own.
+    """
+
+    def __init__(self, redis: Redis, keys: KeySpace, *, ttl_s: int, local: LruTtlCache[GenerationCompleted],
+                 stats_flush_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._redis = redis
         self._keys = keys
         self._ttl_s = ttl_s
         self._local = local
+        self._stats_flush_s = stats_flush_s
+        self._clock = clock
+        self._unflushed: collections.Counter[str] = collections.Counter()
+        self._flushed_at = clock()
 
     def _key(self, cache_key: str) -> str:
         return self._keys.key("cache", cache_key)
@@ -87,9 +97,27 @@ class RedisResultCache:
 
     async def _count(self, result: str) -> None:
         CACHE_LOOKUPS.labels(result).inc()
-        # Shared across replicas, for /v1/status's hit rate.
-        await self._redis.hincrby(self._keys.key("stats", "cache"), result, 1)
+        self._unflushed[result] += 1
+        if self._clock() - self._flushed_at >= self._stats_flush_s:
+            await self._flush_stats()
+
+    async def _flush_stats(self) -> None:
+        """Add the counts since the last flush to the shared hash, in one round trip."""
+        counts, self._unflushed = self._unflushed, collections.Counter()
+        self._flushed_at = self._clock()
+        if not counts:
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for result, n in counts.items():
+                    pipe.hincrby(self._keys.key("stats", "cache"), result, n)
+                await pipe.execute()
+        except BaseException:
+            self._unflushed.update(counts)  # kept for the next flush
+            raise
 
     async def stats(self) -> dict[str, int]:
+        """Every replica's counts (this one's up to now; the others' up to their last flush)."""
+        await self._flush_stats()
         raw = await self._redis.hgetall(self._keys.key("stats", "cache"))
         return {k.decode(): int(v) for k, v in raw.items()}

@@ -119,6 +119,10 @@ class S3Settings(BaseSettings):
     access_key_id: SecretStr = SecretStr("forgeline")
     secret_access_key: SecretStr = SecretStr("forgeline-secret")
     addressing_style: Literal["path", "virtual", "auto"] = "path"
+    max_connections: int = Field(
+        32, ge=1, le=1024,
+        description="S3 requests in flight per process (threads and pooled connections); keep it at or above "
+                    "the storage service's concurrency.")
     public_base_url: AnyHttpUrl | None = Field(
         None,
         description=(

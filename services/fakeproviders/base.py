@@ -14,6 +14,7 @@ stores a fingerprint of the key (``fingerprint``), never the key itself.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 import math
@@ -92,6 +93,12 @@ class Injected:
     retry_after_s: float | None = None
 
 
+@functools.lru_cache(maxsize=256)
+def _rendered(prompt: str, width: int, height: int, seed: int | None) -> bytes:
+    """Rendered once per prompt and size: a fake answering thousands of calls at once spends no time drawing."""
+    return render_icon(ImageSpec(prompt=prompt, width=width, height=height, seed=seed))
+
+
 class FakeProvider:
     """State one fake server keeps: its knobs, the requests it saw, per-key rate windows, files."""
 
@@ -154,8 +161,7 @@ class FakeProvider:
     def image(self, prompt: str, width: int = 512, height: int = 512, seed: int | None = None,
               content_type: str = "image/png") -> bytes:
         """A deterministic image for the prompt (the procedural provider's), as PNG or JPEG."""
-        png = render_icon(ImageSpec(prompt=prompt[:2000] or "empty", width=_dimension(width),
-                                    height=_dimension(height), seed=seed))
+        png = _rendered(prompt[:2000] or "empty", _dimension(width), _dimension(height), seed)
         if content_type == "image/png":
             return png
         buffer = io.BytesIO()

@@ -15,7 +15,7 @@ class GeneratorSettings(BaseSettings):
     model_config = service_config("FORGELINE_GENERATOR_")
 
     path: Literal["primary", "fallback"] = "primary"
-    concurrency: int = Field(8, ge=1, le=256, description="Provider calls in flight per process.")
+    concurrency: int = Field(8, ge=1, le=4096, description="Provider calls in flight per process.")
     attempts: int = Field(3, ge=1, le=10, description="Provider calls per job, across keys and providers (seed 000).")
     providers_file: Path | None = Field(None, description="YAML naming each path's providers; unset: procedural.")
     shutdown_timeout_s: float = Field(

@@ -30,7 +30,7 @@ from services.common.cache import LruTtlCache, RedisResultCache
 from services.common.ratelimit import RateLimiter
 from services.common.route_stats import RedisRouteStats
 from services.common.tenants import TenantStore
-from services.ingest import cancel, dashboard, limits
+from services.ingest import cancel, dashboard, limits, workers
 from services.ingest.deps import IngestDeps, provider_handles
 from services.ingest.errors import (
     InvalidRequest,
@@ -231,6 +231,8 @@ async def serve(settings: IngestSettings, infra: Infra, stop: asyncio.Event) -> 
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
     server = _Server(config)
+    sock = workers.listening_socket(settings)
+    siblings = await workers.start_siblings(settings)
 
     async def exit_on_stop() -> None:
         await stop.wait()
@@ -248,11 +250,12 @@ async def serve(settings: IngestSettings, infra: Infra, stop: asyncio.Event) -> 
     try:
         # Awaited here, not in a task: uvicorn calls sys.exit() when startup fails, and a
         # SystemExit escaping a task would end the whole event loop, not just this service.
-        await server.serve()
+        await server.serve(sockets=[sock])
     except SystemExit:
         raise RuntimeError(f"ingest could not listen on {settings.host}:{settings.port} (in use?); "
                            "see the log above") from None
     finally:
+        await workers.stop_siblings(siblings)
         watcher.cancel()
         if not builder.done():
             builder.cancel()

@@ -26,7 +26,8 @@ _bearer = HTTPBearer(auto_error=False, description="The tenant's API key, as 'Au
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="The tenant's API key.")
 
 
-def get_deps(request: Request) -> IngestDeps:
+async def get_deps(request: Request) -> IngestDeps:
+    """Async on purpose: FastAPI runs a plain ``def`` dependency in a worker thread, a hop per request."""
     deps: IngestDeps = request.app.state.deps
     return deps
 

@@ -26,6 +26,8 @@ class IngestSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64, description="Ingest processes sharing the port (SO_REUSEPORT), one core each.")
+    worker_index: int = Field(0, ge=0, le=63, description="Set by the first worker for the siblings it starts.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_body_bytes: int = Field(
         14 * MiB, ge=1024,

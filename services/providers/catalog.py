@@ -9,7 +9,8 @@
          options: {model: black-forest-labs/flux-schnell}}
       - {name: siliconflow, type: siliconflow, cost_usd: 0.0014, keys_file: /run/secrets/siliconflow}
 
-Without a file, both paths use the procedural provider. ``options`` are the adapter's config
+Without a file, both paths use the procedural provider; ``type: instant`` answers at once with
+pre-rendered icons (for benchmarks, ``services.providers.instant``). ``options`` are the adapter's config
 fields (``services.providers``); errors name the entry and the field.
 """
 
@@ -42,9 +43,10 @@ from services.providers import (
     SiliconFlowImageProvider,
 )
 from services.providers.failover import Candidate, HttpImageProvider
+from services.providers.instant import InstantProvider
 from services.providers.procedural import ProceduralProvider
 
-ProviderType = Literal["procedural", "gradio", "replicate", "siliconflow", "cloudflare", "openai"]
+ProviderType = Literal["procedural", "instant", "gradio", "replicate", "siliconflow", "cloudflare", "openai"]
 
 _ADAPTERS: dict[str, tuple[type[BaseModel], type]] = {
     "gradio": (GradioConfig, GradioSpaceProvider),
@@ -57,7 +59,7 @@ _ADAPTERS: dict[str, tuple[type[BaseModel], type]] = {
 
 #: Cost per image when the file does not say: the free kinds cost nothing, Replicate's seed price
 #: is $0.0023; the other paid kinds must state theirs (a wrong zero would bypass the budget cap).
-DEFAULT_COST_USD: dict[str, Decimal] = {"procedural": Decimal(0), "gradio": Decimal(0), "replicate": Decimal("0.0023")}
+DEFAULT_COST_USD: dict[str, Decimal] = {"procedural": Decimal(0), "instant": Decimal(0), "gradio": Decimal(0), "replicate": Decimal("0.0023")}
 
 
 class CatalogError(ValueError):
@@ -136,6 +138,8 @@ def build_candidates(
         adapter: HttpImageProvider
         if entry.type == "procedural":
             adapter = ProceduralProvider(simulated_latency_s=simulated_latency_s)
+        elif entry.type == "instant":
+            adapter = InstantProvider()
         else:
             config_cls, adapter_cls = _ADAPTERS[entry.type]
             try:
@@ -145,7 +149,7 @@ def build_candidates(
                 raise CatalogError(f"provider {entry.name!r} options: {problems}") from None
             adapter = adapter_cls(config, http)
         api_keys = provider_keys(entry, environ)
-        if entry.type not in ("procedural", "gradio") and not api_keys:
+        if entry.type not in ("procedural", "instant", "gradio") and not api_keys:
             raise CatalogError(f"provider {entry.name!r} has no API keys: set {entry.keys_env or 'keys_env'} "
                                f"or keys_file in the providers file")
         candidates.append(Candidate(

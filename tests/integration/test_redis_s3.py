@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from services.common.blobstore import IMMUTABLE_CACHE_CONTROL, S3BlobStore
+from services.common.cache import LruTtlCache, RedisResultCache
 from services.common.redis import KeySpace
 from services.devstack.smoke import demo_png
 
@@ -53,3 +54,20 @@ async def test_ensure_bucket_is_idempotent(connections):
     store = S3BlobStore(connections.s3)
 
     assert await store.ensure_bucket(public_read=True) is False  # the session fixture made it already
+
+
+async def test_cache_counts_reach_redis_once_per_flush_interval_and_every_replica_sees_them(redis, connections):
+    keys = KeySpace(connections.redis.key_prefix + "cache-stats:")
+    now = [0.0]
+    cache = RedisResultCache(redis, keys, ttl_s=60, local=LruTtlCache(0, 0), stats_flush_s=1.0, clock=lambda: now[0])
+    other_replica = RedisResultCache(redis, keys, ttl_s=60, local=LruTtlCache(0, 0))
+
+    assert await cache.get("a" * 64) is None
+    assert await cache.get("b" * 64) is None
+    assert await other_replica.stats() == {}  # not flushed yet: no round trip per lookup
+    now[0] = 1.0
+    assert await cache.get("c" * 64) is None  # a second on: this lookup adds all three
+
+    assert await other_replica.stats() == {"miss": 3}
+    assert await cache.get("d" * 64) is None
+    assert await cache.stats() == {"miss": 4}  # a replica's own stats include what it has not flushed
