@@ -37,6 +37,7 @@ class CancelBody(BaseModel):
 @router.post(
     "/v1/generations/{job_id}/cancel", tags=["generations"], summary="Cancel a job", response_model=JobView,
     responses={
+        400: {"model": MessageBody, "description": "The body is not UTF-8, or nests too deeply to parse."},
         401: {"model": MessageBody, "description": "API keys are configured and none was sent, or it is unknown."},
         404: {"model": MessageBody, "description": "No such job (or it belongs to another tenant, or it expired)."},
         409: {"model": MessageBody, "description": "The job has ended already (or is ending right now)."},

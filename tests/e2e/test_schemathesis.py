@@ -2,8 +2,9 @@
 
 The run is bounded (a fixed seed, ``MAX_EXAMPLES`` per operation) and fails the test on any 5xx,
 any response that does not match the OpenAPI document, any other check failure, and any
-unhandled exception in ingest's log. The comparer is not started: nothing schemathesis sends can
-make a process fetch a URL (nothing may leave loopback); comparisons stay queued.
+unhandled exception in ingest's log. Neither the comparer nor the webhooks service runs: nothing
+schemathesis sends can make a process fetch a URL (nothing may leave loopback); comparisons stay
+queued.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ SEED = 20251202
 MAX_EXAMPLES = 8
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 ROOT = Path(__file__).parents[2]  # the hooks module is imported from here
-WITHOUT_COMPARER = [name for name in SERVICE_NAMES if name != "comparer"]
+# Nor the webhooks service: nothing may try to deliver to a URL schemathesis made up.
+WITHOUT_COMPARER = [name for name in SERVICE_NAMES if name not in ("comparer", "webhooks")]
 # No comparer runs, so a ?wait= would wait its whole cap: keep the cap short.
 INGEST_ENV = {"FORGELINE_INGEST_SSE_KEEPALIVE_S": "1", "FORGELINE_INGEST_COMPARISON_WAIT_MAX_S": "0.2"}
 KEYS = {"studio-a": "sk-schemathesis-a-4f1c9a", "studio-b": "sk-schemathesis-b-77d0e2"}
