@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from services.devstack.pipeline import SERVICE_NAMES
@@ -29,6 +30,7 @@ ROOT = Path(__file__).parents[2]  # the hooks module is imported from here
 WITHOUT_COMPARER = [name for name in SERVICE_NAMES if name not in ("comparer", "webhooks")]
 # No comparer runs, so a ?wait= would wait its whole cap: keep the cap short.
 INGEST_ENV = {"FORGELINE_INGEST_SSE_KEEPALIVE_S": "1", "FORGELINE_INGEST_COMPARISON_WAIT_MAX_S": "0.2"}
+EXAMPLE_TENANT = "studio-alpha"  # the X-Forgeline-Tenant header's documented example
 KEYS = {"studio-a": "sk-schemathesis-a-4f1c9a", "studio-b": "sk-schemathesis-b-77d0e2"}
 # What an unhandled exception leaves in a log (uvicorn's and the ASGI app's own words).
 CRASH_MARKS = ("Traceback (most recent call last)", "Exception in ASGI application")
@@ -56,8 +58,17 @@ def assert_clean(code: int, output: str, log: str, label: str) -> None:
     assert not crashes, f"ingest logged an unhandled exception ({label}):\n{log[-4000:]}"
 
 
+async def signing_secret(base_url: str, headers: dict[str, str]) -> None:
+    """The tenant's webhook signing secret, made as its integration would first: the documented
+    examples give a job a webhook_url, which needs one."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+        response = await http.post("/v1/webhooks/secret", headers=headers)
+    assert response.status_code == 201, response.text
+
+
 async def test_schemathesis_finds_nothing_without_auth(running_pipeline, tmp_path: Path):
     async with running_pipeline(services=WITHOUT_COMPARER, env=INGEST_ENV) as p:
+        await signing_secret(p.ingest_url, {"X-Forgeline-Tenant": EXAMPLE_TENANT})
         code, output, _ = await schemathesis(p.ingest_url, tmp_path / "report.json")
         log = p.pipeline.process("ingest").log_path.read_text(errors="replace")
 
@@ -67,6 +78,8 @@ async def test_schemathesis_finds_nothing_without_auth(running_pipeline, tmp_pat
 async def test_schemathesis_finds_nothing_with_two_tenants(running_pipeline, tmp_path: Path):
     env = INGEST_ENV | {"FORGELINE_INGEST_API_KEYS": json.dumps(KEYS)}
     async with running_pipeline(services=WITHOUT_COMPARER, env=env) as p:
+        for key in KEYS.values():
+            await signing_secret(p.ingest_url, {"Authorization": f"Bearer {key}"})
         runs = [(tenant, await schemathesis(p.ingest_url, tmp_path / f"{tenant}.json",
                                             f"Authorization: Bearer {key}"))
                 for tenant, key in KEYS.items()]
