@@ -30,9 +30,10 @@ unit: install
 integration: install
 	$(BIN)/python -m pytest tests/integration tests/e2e $(PYTEST_ARGS)
 
+# Topics are made on the stack `dev up` started (its ports, its broker count and replication).
 demo: install
 	$(BIN)/forgeline dev up
-	$(BIN)/forgeline topics create
+	eval "$$($(BIN)/forgeline dev env)" && $(BIN)/forgeline topics create
 	$(BIN)/forgeline demo
 	@echo "Dashboard: http://127.0.0.1:$${FORGELINE_DEV_INGEST_PORT:-18080}/dashboard"
 	@echo "The stack is still running: 'make status' shows it, 'make down' stops it."
@@ -50,7 +51,7 @@ status: install
 	$(BIN)/forgeline dev status
 
 topics: install
-	$(BIN)/forgeline topics create
+	eval "$$($(BIN)/forgeline dev env)" && $(BIN)/forgeline topics create
 
 schema: install
 	$(BIN)/forgeline schema --out schemas-out
