@@ -140,7 +140,11 @@ def _claim_value(job_id: str, body: GenerationRequestBody, *, state: ClaimState 
     """What an Idempotency-Key holds: the job, the body it was made from, and whether its request
     record is known to be on Kafka (``published``), being sent (``pending``) or not acknowledged."""
     value = {"job_id": job_id, "body": body.fingerprint()}
-    return json.dumps(value if state == "published" else value | {"state": state})
+    if state == "pending":
+        value |= {"state": state, "at": round(time.time(), 3)}  # when it began: a claim left by a dead request ages out
+    elif state == "unconfirmed":
+        value |= {"state": state}
+    return json.dumps(value)
 
 
 async def _serve_or_queue(request: GenerationRequested, deps: IngestDeps, *, keep_queued: bool = False,
@@ -213,16 +217,28 @@ async def _claim_idempotency_key(claim: _Claim, deps: IngestDeps) -> SubmitResul
     return SubmitResult(earlier["job_id"], status, "replayed", view=view)
 
 
+#: How long a retry waits for a concurrent first request with its key to finish queueing.
+_CONCURRENT_WAIT_S = 1.0
+
+
 async def _settled_claim(key: str, claim: dict[str, Any], deps: IngestDeps) -> dict[str, Any]:
-    """The claim once its first request is done publishing: it may still be sending (a concurrent
-    duplicate), so wait up to that request's publish timeout for it to confirm or fail."""
-    deadline = time.monotonic() + deps.settings.publish_timeout_s + 1.0
+    """The claim of a first request that may still be sending its record.
+
+    A concurrent duplicate waits briefly for it (it takes milliseconds when Kafka is well). A
+    claim still pending after the first request's whole publish timeout was left by a request
+    that died: it is returned as it is, and the job re-sent. In between, the answer is a quick
+    503 to retry, never a wait: under an outage, retries must not pile up inside ingest.
+    """
+    deadline = time.monotonic() + _CONCURRENT_WAIT_S
     while claim.get("state") == "pending" and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
         raw = await deps.redis.get(key)
         if raw is None:  # released: the first request failed before queueing; a fresh retry will own it
             raise Unavailable("redis", "the first request with this Idempotency-Key failed; retry the request")
         claim = json.loads(raw)
+    if claim.get("state") == "pending" and time.time() - float(claim.get("at", 0)) <= deps.settings.publish_timeout_s + 1:
+        raise Unavailable("kafka", "the first request with this Idempotency-Key is still being queued; "
+                                   "retry the request shortly")
     return claim
 
 
