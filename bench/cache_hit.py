@@ -10,6 +10,10 @@ last lines are each figure's median over the runs and the ratio.
     python bench/cache_hit.py                       # 3 runs of 10 s, 16 connections
     python bench/cache_hit.py --runs 3 --duration 10 --connections 16 --light-rate 50
     python bench/cache_hit.py --ingest-workers 2    # two ingest processes on the port, against one floor
+    python bench/cache_hit.py --profile /tmp/prof   # py-spy on ingest during its first wrk run
+
+Besides req/s and latency it prints the CPU each server spent per request (``/proc``, the
+ingest's siblings included): on a shared machine that figure moves far less than the others.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from e2e import cpu_seconds, start_profilers, stop_profilers
 from kafka_ceiling import percentile
 
 from services import devstack
@@ -49,6 +54,24 @@ class Load:
     req_per_s: float
     p50_ms: float
     p99_ms: float
+    cpu_us: float = 0.0  # the server's CPU per request
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its children (the ingest's sibling workers), from ``/proc``."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            raw = stat.read_text()
+        except OSError:  # ended meanwhile
+            continue
+        if int(raw[raw.rindex(")") + 2:].split()[1]) == pid:
+            children.append(int(stat.parent.name))
+    return [pid, *children]
+
+
+def tree_cpu_seconds(pids: list[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
 
 
 def ensure_wrk() -> str:
@@ -67,17 +90,23 @@ def _ms(text: str) -> float:
     return float(value) * _UNITS[unit]
 
 
-def run_wrk(wrk: str, url: str, script: Path, connections: int, duration: int) -> Load:
-    """``wrk`` against ``url`` with the POST of ``script``; fails on any non-2xx answer."""
+def run_wrk(wrk: str, url: str, script: Path, connections: int, duration: int, server: list[int]) -> Load:
+    """``wrk`` against ``url`` with the POST of ``script``; fails on any non-2xx answer.
+
+    ``server``: the pids answering, whose CPU per request is measured over the run.
+    """
+    cpu_before = tree_cpu_seconds(server)
     out = subprocess.run([wrk, "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
                          check=True, capture_output=True, text=True).stdout
+    cpu = tree_cpu_seconds(server) - cpu_before
     if "Non-2xx" in out:
         raise SystemExit(f"wrk saw error answers from {url}:\n{out}")
     if errors := re.search(r"Socket errors: .*", out):  # e.g. answers slower than wrk's 2 s timeout
         print(f"    wrk against {url}: {errors.group(0)}", flush=True)
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
-    return Load(rate, _ms(latency["50"]), _ms(latency["99"]))
+    return Load(rate, _ms(latency["50"]), _ms(latency["99"]), cpu * 1e6 / max(1, requests))
 
 
 async def paced(url: str, rate: float, duration: float) -> Load:
@@ -122,13 +151,16 @@ def middle(loads: list[Load]) -> Load:
     def pick(attr: str) -> float:
         return sorted(getattr(load, attr) for load in loads)[len(loads) // 2]
 
-    return Load(pick("req_per_s"), pick("p50_ms"), pick("p99_ms"))
+    return Load(pick("req_per_s"), pick("p50_ms"), pick("p99_ms"), pick("cpu_us"))
 
 
 def report(title: str, ingest: Load, minimal: Load) -> None:
     print(f"\n{title}")
     print(f"{'figure':12} {'ingest':>10} {'minimal':>10} {'ratio':>8}")
-    for name, attr in (("req/s", "req_per_s"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms")):
+    figures = [("req/s", "req_per_s"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms")]
+    if ingest.cpu_us:
+        figures.append(("CPU µs/req", "cpu_us"))
+    for name, attr in figures:
         mine, floor = getattr(ingest, attr), getattr(minimal, attr)
         print(f"{name:12} {mine:10.1f} {floor:10.1f} {mine / floor:8.2f}")
 
@@ -141,6 +173,7 @@ async def main() -> None:
     parser.add_argument("--light-rate", type=float, default=50.0, help="req/s of the light-load run")
     parser.add_argument("--light-duration", type=float, default=10.0)
     parser.add_argument("--ingest-workers", type=int, default=1, help="FORGELINE_INGEST_WORKERS (the floor has one)")
+    parser.add_argument("--profile", type=Path, help="py-spy ingest during its first wrk run into DIR/ingest.txt")
     args = parser.parse_args()
 
     wrk = ensure_wrk()
@@ -178,14 +211,18 @@ async def main() -> None:
                 raise SystemExit(f"ingest did not answer from the cache: HTTP {first.status_code}: {first.text[:300]}")
             print(f"cache hit: ingest ({args.ingest_workers} worker(s)) {urls['ingest']} vs minimal {urls['minimal']}; wrk {args.connections} "
                   f"connections × {args.duration} s, {args.runs} runs", flush=True)
+            servers = {"ingest": process_tree(pipeline.process("ingest").pid()), "minimal": [minimal.pid]}
             loaded: dict[str, list[Load]] = {"ingest": [], "minimal": []}
             light: dict[str, list[Load]] = {"ingest": [], "minimal": []}
             for run in range(args.runs):
                 for name in ("minimal", "ingest"):
-                    load = run_wrk(wrk, urls[name], script, args.connections, args.duration)
+                    profiling = args.profile is not None and run == 0 and name == "ingest"
+                    profilers = start_profilers({"ingest": servers["ingest"][0]}, args.profile) if profiling else []
+                    load = run_wrk(wrk, urls[name], script, args.connections, args.duration, servers[name])
+                    stop_profilers(profilers)
                     loaded[name].append(load)
                     print(f"  run {run + 1} {name:8} wrk: {load.req_per_s:7.1f} req/s, p50 {load.p50_ms:6.1f} ms, "
-                          f"p99 {load.p99_ms:6.1f} ms", flush=True)
+                          f"p99 {load.p99_ms:6.1f} ms, CPU {load.cpu_us:6.0f} µs/req", flush=True)
                 for name in ("minimal", "ingest"):
                     load = await paced(urls[name], args.light_rate, args.light_duration)
                     light[name].append(load)

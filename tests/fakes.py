@@ -576,6 +576,9 @@ class MemoryResultCache:
         self._count("hit_redis")
         return found
 
+    def peek_local(self, cache_key: str) -> GenerationCompleted | None:
+        return self._local.get(cache_key)
+
     async def put(self, cache_key: str, completed: GenerationCompleted) -> None:
         self._shared[cache_key] = completed.to_json_bytes()
         self._local.set(cache_key, completed)

@@ -91,6 +91,10 @@ class RedisResultCache:
         await self._count("hit_redis")
         return found
 
+    def peek_local(self, cache_key: str) -> GenerationCompleted | None:
+        """The result this process holds in memory for ``cache_key``, if any; no I/O, and not counted as a lookup."""
+        return self._local.get(cache_key)
+
     async def put(self, cache_key: str, completed: GenerationCompleted) -> None:
         await self._redis.set(self._key(cache_key), completed.to_json_bytes(), ex=self._ttl_s)
         self._local.set(cache_key, completed)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from services.common.consumer import Outcome, Output
 from services.common.contracts import (
@@ -145,15 +146,23 @@ class RedisJobStore:
     async def update(self, job_id: str, status: JobStatus, **fields: Any) -> bool:
         """Move ``job_id`` to ``status`` with ``fields``; False when the change was stale.
 
-        A terminal status also frees the job's in-flight slot under its tenant's cap (``ratelimit``);
-        a separate call, as the slot set lives in the tenant's hash slot, not the job's.
+        A terminal status also frees the job's in-flight slot under its tenant's cap (``ratelimit``):
+        a command of its own, as the slot set lives in the tenant's hash slot, not the job's, sent
+        in the same round trip.
         """
-        applied = await self._update(
-            keys=[self._hash(job_id), self._stream(job_id)],
-            args=[status, RANK[status], self._ttl_s, json.dumps(encode_fields(fields)), utcnow().isoformat()],
-        )
-        if status in TERMINAL and fields.get("tenant"):
-            await self._redis.zrem(in_flight_key(self._keys, fields["tenant"]), job_id)
+        keys = [self._hash(job_id), self._stream(job_id)]
+        args = [status, RANK[status], self._ttl_s, json.dumps(encode_fields(fields)), utcnow().isoformat()]
+        if status not in TERMINAL or not fields.get("tenant"):
+            return bool(await self._update(keys=keys, args=args))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.evalsha(self._update.sha, len(keys), *keys, *args)
+            pipe.zrem(in_flight_key(self._keys, fields["tenant"]), job_id)
+            applied, freed = await pipe.execute(raise_on_error=False)
+        if isinstance(applied, NoScriptError):  # a restarted Redis: load the script, and run it again
+            applied = await self._update(keys=keys, args=args)
+        for outcome in (applied, freed):
+            if isinstance(outcome, Exception):
+                raise outcome
         return bool(applied)
 
     async def get(self, job_id: str) -> JobView | None:

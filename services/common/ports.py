@@ -150,6 +150,9 @@ class ResultCache(Protocol):
 
     async def get(self, cache_key: str) -> GenerationCompleted | None: ...
 
+    def peek_local(self, cache_key: str) -> GenerationCompleted | None:
+        """What this process holds in memory for ``cache_key`` (no I/O, not counted): ingest's fast path asks."""
+
     async def put(self, cache_key: str, completed: GenerationCompleted) -> None: ...
 
     async def stats(self) -> dict[str, int]:

@@ -38,6 +38,7 @@ from services.ingest.errors import (
     PayloadTooLarge,
     Unavailable,
 )
+from services.ingest.fastpath import CacheHitFastPath
 from services.ingest.middleware import BodyLimit, RequestLog
 from services.ingest.routes import router
 from services.ingest.settings import IngestSettings
@@ -118,6 +119,8 @@ def create_app(deps: IngestDeps | None) -> FastAPI:
     app.include_router(cancel.router)
     app.include_router(webhooks_router)
     _add_error_handlers(app)
+    if deps is not None and deps.settings.fast_cache_hits:
+        app.add_middleware(CacheHitFastPath, fastapi=app)  # innermost of ours: the headers, limit and log wrap it
     limits.install(app)
     # Last added is outermost: the log sees the final status, including the limit's 413.
     app.add_middleware(BodyLimit, limit=lambda path: app.state.deps.settings.body_limit(path))

@@ -13,6 +13,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import SecretStr
 
 from services.common.contracts import Tenant
@@ -52,14 +53,8 @@ async def current_caller(
     ] = None,
 ) -> str:
     """The caller: tenant, key and limits. 401 when keys are configured and none of them was presented."""
-    if not deps.auth_enabled:
-        return await _unkeyed(x_forgeline_tenant or DEFAULT_TENANT, deps)
     presented = bearer.credentials if bearer is not None else api_key
-    caller: Caller | None = None
-    if presented and presented.startswith(KEY_PREFIX) and deps.tenants is not None and deps.settings.tenant_keys:
-        caller = await deps.tenants.caller(presented)
-    elif presented and (tenant := tenant_for_key(presented, deps.settings.api_keys)) is not None:
-        caller = await _unkeyed(tenant, deps)
+    caller = await resolve_caller(deps, presented, x_forgeline_tenant)
     if caller is None:
         raise HTTPException(
             status_code=401,
@@ -67,6 +62,27 @@ async def current_caller(
             headers={"WWW-Authenticate": "Bearer"},
         )
     return caller
+
+
+async def resolve_caller(deps: IngestDeps, presented: str | None, x_forgeline_tenant: str | None) -> Caller | None:
+    """The caller of a request that ``presented`` a key (or none) and named a tenant (or none);
+    None when keys are configured and ``presented`` is none of them."""
+    if not deps.auth_enabled:
+        return await _unkeyed(x_forgeline_tenant or DEFAULT_TENANT, deps)
+    if presented and presented.startswith(KEY_PREFIX) and deps.tenants is not None and deps.settings.tenant_keys:
+        return await deps.tenants.caller(presented)
+    if presented and (tenant := tenant_for_key(presented, deps.settings.api_keys)) is not None:
+        return await _unkeyed(tenant, deps)
+    return None
+
+
+def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    """The key a request presents, read from its raw headers as ``current_caller``'s two schemes read it:
+    ``Authorization: Bearer <key>`` first, else ``X-API-Key``."""
+    scheme, credentials = get_authorization_scheme_param(authorization)
+    if authorization and scheme.lower() == "bearer" and credentials:
+        return credentials
+    return x_api_key or None
 
 
 async def _unkeyed(tenant: str, deps: IngestDeps) -> Caller:

@@ -84,7 +84,7 @@ async def submit(
     body: GenerationRequestBody, tenant: str, idempotency_key: str | None, deps: IngestDeps
 ) -> SubmitResult:
     """Accept one generation request. Raises ``InvalidRequest`` or ``Unavailable``."""
-    request = _build_request(body, tenant, idempotency_key)
+    request = build_request(body, tenant, idempotency_key)
     await check_job_webhook(request, deps)
     if isinstance(request.reference_image, str):
         checked = await checked_image(request.reference_image, field="reference_image", deps=deps)
@@ -92,7 +92,7 @@ async def submit(
         reference = checked.url if isinstance(checked, HttpsImage) else checked
         request = request.model_copy(update={"reference_image": reference})
     if idempotency_key is None:
-        return await _serve_or_queue(request, deps)
+        return await serve_or_queue(request, deps)
 
     claim = _Claim(
         key=deps.keys.key("idem", tenant, hashlib.sha256(idempotency_key.encode()).hexdigest()),
@@ -113,7 +113,7 @@ async def submit(
         JOBS.labels("replayed").inc()
         return earlier
     try:
-        result = await _serve_or_queue(request, deps, keep_queued=True)
+        result = await serve_or_queue(request, deps, keep_queued=True)
     except _Unconfirmed:
         # Kafka did not acknowledge the record in time, but it may have taken it: keep the key,
         # so the client's retry with it re-sends this job instead of making a second one.
@@ -147,8 +147,10 @@ def _claim_value(job_id: str, body: GenerationRequestBody, *, state: ClaimState 
     return json.dumps(value)
 
 
-async def _serve_or_queue(request: GenerationRequested, deps: IngestDeps, *, keep_queued: bool = False,
-                          ) -> SubmitResult:
+async def serve_or_queue(request: GenerationRequested, deps: IngestDeps, *, keep_queued: bool = False,
+                         ) -> SubmitResult:
+    """A cache hit, or the job queued: ``submit`` once the request's images, webhook and Idempotency-Key
+    are dealt with (``fastpath`` calls it straight for a request with none of them)."""
     # A request that wants a comparison must run: a cached image carries no comparison for this target.
     if request.reference_image is None:
         cached = await deps.cache.get(request.spec.cache_key())
@@ -167,7 +169,8 @@ async def _serve_or_queue(request: GenerationRequested, deps: IngestDeps, *, kee
     return SubmitResult(request.job_id, "queued", "queued")
 
 
-def _build_request(body: GenerationRequestBody, tenant: str, idempotency_key: str | None) -> GenerationRequested:
+def build_request(body: GenerationRequestBody, tenant: str, idempotency_key: str | None) -> GenerationRequested:
+    """The contract's request for ``body``, with a new job id; raises ``InvalidRequest``."""
     try:
         return GenerationRequested.model_validate({
             "job_id": new_job_id(),

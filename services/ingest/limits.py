@@ -10,6 +10,7 @@ from __future__ import annotations
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter
+from starlette.types import Scope
 
 from services.common.tenants import Caller, TenantLimits
 from services.ingest.auth import CallerDep, DepsDep
@@ -31,6 +32,11 @@ class TooManyInFlight(Exception):
 
 async def admitted(request: Request, caller: CallerDep, deps: DepsDep) -> None:
     """Spend a token of the caller's buckets; 429 with ``Retry-After`` and the RateLimit headers when empty."""
+    await admit(caller, deps, request.scope)
+
+
+async def admit(caller: Caller, deps: IngestDeps, scope: Scope) -> None:
+    """``admitted`` on a bare ASGI ``scope``: the RateLimit headers go into its state, for ``RateLimitHeaders``."""
     if deps.limiter is None:
         return
     admission = await deps.limiter.admit(caller)
@@ -40,7 +46,7 @@ async def admitted(request: Request, caller: CallerDep, deps: DepsDep) -> None:
         raise HTTPException(status_code=429, headers=headers, detail=(
             f"rate limit of tenant {caller.tenant!r} reached; retry after {headers['Retry-After']} s"))
     if headers:
-        request.state.ratelimit_headers = headers
+        scope.setdefault("state", {})[_HEADERS_STATE] = headers
 
 
 async def take_slot(tenant: str, job_id: str, deps: IngestDeps) -> None:

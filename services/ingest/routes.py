@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
 from services.common.jobs import TERMINAL, JobView
 from services.ingest import comparisons, handlers, status, webhooks
@@ -109,13 +110,21 @@ async def create_generation(
     A request whose normalised spec was generated before is answered from the result cache
     (200, `cached: true`) without running a job.
     """
-    result = await handlers.submit(body, tenant, idempotency_key, deps)
-    replay = result.outcome == "replayed"
+    return generation_response(await handlers.submit(body, tenant, idempotency_key, deps))
+
+
+def generation_response(result: handlers.SubmitResult) -> Response:
+    """202 with where to follow a queued job, or 200 with a finished one (a cache hit, a replay)."""
     if not result.finished:
         accepted = Accepted(job_id=result.job_id, status=result.status, status_url=status_url(result.job_id),
-                            events_url=events_url(result.job_id), idempotent_replay=replay)
-        return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
-    return JSONResponse(_finished(result).model_dump(mode="json"), status_code=200)
+                            events_url=events_url(result.job_id), idempotent_replay=result.outcome == "replayed")
+        return _json(accepted, status_code=202)
+    return _json(_finished(result), status_code=200)
+
+
+def _json(model: BaseModel, *, status_code: int) -> Response:
+    """``model`` as JSON, encoded by pydantic in one step (the bytes ``JSONResponse(model_dump())`` gives)."""
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
 
 
 def _finished(result: handlers.SubmitResult) -> GenerationResult:

@@ -54,6 +54,9 @@ class IngestSettings(BaseSettings):
     status_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="How long job status and idempotency keys live.")
     local_cache_size: int = Field(1024, ge=0, description="Entries of the in-process result-cache LRU.")
     local_cache_ttl_s: float = Field(300.0, ge=0, description="Lifetime of an in-process result-cache entry.")
+    fast_cache_hits: bool = Field(
+        True, description="Answer a plain POST /v1/generations whose result this process holds in memory before "
+                          "FastAPI's routing (services/ingest/fastpath.py); off: every request takes the full route.")
     sse_keepalive_s: float = Field(15.0, gt=0, le=300, description="A ': keepalive' comment this often on /events.")
     publish_timeout_s: float = Field(
         15.0, gt=0, le=300,

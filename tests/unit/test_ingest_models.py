@@ -9,7 +9,7 @@ from services.common.contracts import GenerationRequested, ImageSpec
 from services.ingest.api_models import GenerationRequestBody, contract_errors
 from services.ingest.app import create_app
 from services.ingest.auth import tenant_for_key
-from services.ingest.handlers import InvalidRequest, _build_request
+from services.ingest.handlers import InvalidRequest, build_request
 from services.ingest.settings import IngestSettings
 from services.ingest.validation import EXCERPT_CHARS, STREAM_ID_PATTERN
 
@@ -42,7 +42,7 @@ def test_fingerprint_ignores_spelt_out_defaults_but_not_values():
 def test_building_the_event_splits_spec_and_job_fields():
     body = GenerationRequestBody(prompt="axe", width=256, priority="high", metadata={"a": "b"})
 
-    event = _build_request(body, "studio-alpha", "key-1")
+    event = build_request(body, "studio-alpha", "key-1")
 
     assert isinstance(event, GenerationRequested)
     assert (event.spec.prompt, event.spec.width, event.priority, event.metadata) == ("axe", 256, "high", {"a": "b"})
@@ -52,7 +52,7 @@ def test_building_the_event_splits_spec_and_job_fields():
 
 def test_contract_checks_become_api_shaped_errors_in_the_request():
     with pytest.raises(InvalidRequest) as caught:
-        _build_request(GenerationRequestBody(prompt="axe"), "public", "x" * 300)
+        build_request(GenerationRequestBody(prompt="axe"), "public", "x" * 300)
 
     assert [tuple(error["loc"]) for error in caught.value.errors] == [("header", "Idempotency-Key")]
     assert all(set(error) <= {"type", "loc", "msg", "ctx"} for error in caught.value.errors)  # no echoed input
