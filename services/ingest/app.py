@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -244,6 +245,10 @@ async def serve(settings: IngestSettings, infra: Infra, stop: asyncio.Event) -> 
     async def open_when_built() -> None:
         try:
             app.app = await build(settings, infra)
+            # Everything built so far lives as long as the process: out of the collector's sight, a
+            # full collection scans only what requests left behind (over 100 ms here, once a few
+            # seconds under load, without it).
+            gc.freeze()
         except BaseException:
             server.should_exit = True  # a broken providers file, say: the error is raised below
             raise
