@@ -194,7 +194,7 @@ class MemoryJobStore:
     async def forwarded(self, job_id: str) -> bool:
         return job_id in self._forwarded
 
-    async def update(self, job_id: str, status: JobStatus, **fields: Any) -> bool:
+    async def update(self, job_id: str, status: JobStatus, *, frees_slot: bool = True, **fields: Any) -> bool:
         record = self._jobs.setdefault(job_id, {})
         current, rank = int(record.get("rank", -1)), RANK[status]
         if current >= 4:

@@ -143,16 +143,16 @@ class RedisJobStore:
     def _stream(self, job_id: str) -> str:
         return job_key(self._keys, job_id) + ":events"
 
-    async def update(self, job_id: str, status: JobStatus, **fields: Any) -> bool:
+    async def update(self, job_id: str, status: JobStatus, *, frees_slot: bool = True, **fields: Any) -> bool:
         """Move ``job_id`` to ``status`` with ``fields``; False when the change was stale.
 
         A terminal status also frees the job's in-flight slot under its tenant's cap (``ratelimit``):
         a command of its own, as the slot set lives in the tenant's hash slot, not the job's, sent
-        in the same round trip.
+        in the same round trip. ``frees_slot=False``: the job never took one (a cache hit).
         """
         keys = [self._hash(job_id), self._stream(job_id)]
         args = [status, RANK[status], self._ttl_s, json.dumps(encode_fields(fields)), utcnow().isoformat()]
-        if status not in TERMINAL or not fields.get("tenant"):
+        if status not in TERMINAL or not fields.get("tenant") or not frees_slot:
             return bool(await self._update(keys=keys, args=args))
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.evalsha(self._update.sha, len(keys), *keys, *args)

@@ -68,8 +68,12 @@ class KeyPool(Protocol):
 class JobStore(Protocol):
     """Job status that only moves forward (``queued → routed → … → completed | failed``)."""
 
-    async def update(self, job_id: str, status: JobStatus, **fields: Any) -> bool:
-        """Move the job to ``status`` with ``fields``; False when the change was stale."""
+    async def update(self, job_id: str, status: JobStatus, *, frees_slot: bool = True, **fields: Any) -> bool:
+        """Move the job to ``status`` with ``fields``; False when the change was stale.
+
+        A terminal status frees the job's in-flight slot under its tenant's cap, unless ``frees_slot``
+        is False: a job that never took one (a cache hit) saves the call.
+        """
 
     async def get(self, job_id: str) -> JobView | None: ...
 

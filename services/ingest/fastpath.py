@@ -109,8 +109,9 @@ class CacheHitFastPath:
         return None
 
     def _generation_route(self) -> BaseRoute | None:
+        """The route this answer stands in for (``routes.router``'s; FastAPI keeps included routers whole)."""
         if self._route is None:
-            self._route = next((route for route in self._fastapi.routes if getattr(route, "path", None) == PATH
+            self._route = next((route for route in routes.router.routes if getattr(route, "path", None) == PATH
                                 and "POST" in getattr(route, "methods", ())), None)
         return self._route
 

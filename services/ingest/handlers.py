@@ -251,7 +251,8 @@ async def _complete_from_cache(request: GenerationRequested, cached: GenerationC
         "url", "object_key", "sha256", "content_type", "size_bytes", "provider", "deterministic", "placeholder"})
     result |= {"cached": True, "metadata": request.metadata, "source_job_id": cached.job_id}
     await deps.jobs.update(
-        request.job_id, "completed", tenant=request.tenant, url=cached.url, provider=cached.provider, cached=True,
+        request.job_id, "completed", frees_slot=False,  # a cache hit takes no in-flight slot
+        tenant=request.tenant, url=cached.url, provider=cached.provider, cached=True,
         deterministic=cached.deterministic, placeholder=cached.placeholder,
         timings={"accepted_at": now, "completed_at": now}, result=result,
     )
