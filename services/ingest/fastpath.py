@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from pydantic import TypeAdapter, ValidationError
+from redis.exceptions import RedisError
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -133,7 +134,10 @@ async def _from_memory(body: bytes, headers: _Headers, deps: IngestDeps) -> _Hit
     tenant_header = headers.x_forgeline_tenant
     if tenant_header is not None and not _valid_tenant(tenant_header):
         return None  # the app's 422 names the header
-    caller = await resolve_caller(deps, presented_key(headers.authorization, headers.x_api_key), tenant_header)
+    try:
+        caller = await resolve_caller(deps, presented_key(headers.authorization, headers.x_api_key), tenant_header)
+    except RedisError:
+        return None  # a key's lookup could not be read: the app answers, as it answers Redis being down
     if caller is None:
         return None  # the app's 401
     try:
