@@ -146,14 +146,18 @@ class RedisJobStore:
         """Move ``job_id`` to ``status`` with ``fields``; False when the change was stale.
 
         A terminal status also frees the job's in-flight slot under its tenant's cap (``ratelimit``);
-        a separate call, as the slot set lives in the tenant's hash slot, not the job's.
+        a separate call, as the slot set lives in the tenant's hash slot, not the job's, sent at the
+        same time (freeing the slot does not depend on the update's verdict).
         """
-        applied = await self._update(
+        update = self._update(
             keys=[self._hash(job_id), self._stream(job_id)],
             args=[status, RANK[status], self._ttl_s, json.dumps(encode_fields(fields)), utcnow().isoformat()],
         )
         if status in TERMINAL and fields.get("tenant"):
-            await self._redis.zrem(in_flight_key(self._keys, fields["tenant"]), job_id)
+            applied, _ = await asyncio.gather(update, self._redis.zrem(in_flight_key(self._keys, fields["tenant"]),
+                                                                        job_id))
+        else:
+            applied = await update
         return bool(applied)
 
     async def get(self, job_id: str) -> JobView | None:
