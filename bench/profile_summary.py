@@ -26,9 +26,10 @@ PARTS = (
     ("forgeline code", ("services/",)),
 )
 #: Innermost functions that mean the thread was waiting (the event loop's ``EpollSelector.select``, a
-#: thread pool's idle worker…), by their qualified name or its last part: py-spy samples them as running.
+#: thread pool's idle worker, an S3 thread blocked reading its answer…), by their qualified name or its
+#: last part: py-spy samples them as running.
 WAITING = frozenset(("select", "Condition.wait", "Queue.get", "wait_for_read", "poll_wait_for_socket", "_worker",
-                     "sleep"))
+                     "sleep", "SocketIO.readinto"))
 
 
 def is_waiting(frame: str) -> bool:

@@ -48,7 +48,7 @@ class StoreHandler:
     recent: RecentJobs | None = None  # the dashboard's gallery; None: not recorded
     # Objects this process uploaded: a replay or a popular image skips the upload. Any other case
     # is one PUT with no HEAD first: the key is the bytes' digest, so writing it again changes nothing,
-    # and a HEAD per job cost as much S3 work as the PUT it sometimes saved.
+    # while a HEAD on every job cost an S3 request to save a PUT only on the rare repeat.
     uploaded: LruTtlCache[bool] = field(default_factory=lambda: LruTtlCache(4096, 3600.0))
 
     async def handle(self, generated: GenerationGenerated) -> Outcome:
