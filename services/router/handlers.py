@@ -6,6 +6,7 @@ status, metrics, route counts) and emits the routed request.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -88,8 +89,8 @@ class RouterHandler:
 
     async def handle(self, request: GenerationRequested) -> Outcome:
         # A copy of a request already routed, or whose job has ended (ingest re-sent it for a
-        # client's retry, a producer's retry, a replay): nothing more to do.
-        if await self.jobs.forwarded(request.job_id) or await self.guard.finished(request.job_id):
+        # client's retry, a producer's retry, a replay): nothing more to do. Both asked at once.
+        if any(await asyncio.gather(self.jobs.forwarded(request.job_id), self.guard.finished(request.job_id))):
             ROUTED.labels("duplicate").inc()
             return Outcome()
         # Requests produced straight to Kafka never met ingest's cache check; no provider call
