@@ -75,7 +75,7 @@ class CacheHitFastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         deps: IngestDeps | None = self._fastapi.state.deps
-        if (scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != PATH or deps is None):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != PATH or deps is None:
             await self.app(scope, receive, send)
             return
         headers = _Headers.of(scope)
