@@ -38,6 +38,7 @@ from services.common.outages import is_outage
 from services.common.redis import KeySpace, make_redis
 from services.common.settings import BudgetSettings, Connections
 from services.common.spend_journal import S3SpendJournal, journal_namespace
+from services.common.tenants import TenantStore
 from services.common.topics import GroupIds, Topics
 
 __all__ = ["Infra", "bootstrap", "make_http_client"]
@@ -173,7 +174,8 @@ class Infra:
             ) if settings.journal else None
             self._made["budget"] = RedisBudgetLedger(
                 self.redis, self.keys, cap_micros=usd(settings.cap_usd),
-                reservation_ttl_s=settings.reservation_ttl_s, journal=journal)
+                reservation_ttl_s=settings.reservation_ttl_s, journal=journal,
+                tenants=TenantStore(self.redis, self.keys))  # each tenant's own cap (``forgeline tenants --budget``)
         return self._made["budget"]
 
     def jobs(self, *, ttl_s: int | None = None) -> RedisJobStore:

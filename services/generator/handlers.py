@@ -51,7 +51,7 @@ class GenerateHandler:
             if routed.decision.placeholder:
                 image, attempts = await self._placeholder(routed)
             else:
-                image, attempts = await self.failover.generate(routed.job_id, routed.spec)
+                image, attempts = await self.failover.generate(routed.job_id, routed.spec, tenant=routed.tenant)
         except JobAlreadyFinished:
             # A replay of a job whose result exists: whoever made it terminal publishes it, once.
             return Outcome()

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.common.budget import BudgetSnapshot, usd
+from services.common.budget import BudgetSnapshot, TenantSpend, usd
 from services.common.contracts import GenerationRequested, ImageSpec
 from services.router.budget_gate import BudgetGate
 from services.router.depth import DepthMonitor
@@ -51,6 +51,10 @@ class SimulatedLedger:
     async def snapshot(self, month: str | None = None) -> BudgetSnapshot:
         return BudgetSnapshot(month="simulated", cap_micros=self.cap_micros, spent_micros=self.spent_micros,
                               reserved_micros=0)
+
+    async def tenant_snapshot(self, tenant: str, month: str | None = None) -> TenantSpend:
+        """The simulated day has one tenant, with no budget of its own."""
+        return TenantSpend(tenant, 0, 0, None)
 
 
 @dataclass
