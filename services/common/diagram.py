@@ -136,8 +136,9 @@ def layout(facts: Facts) -> Diagram:
         "router", f"queue depth < {facts.depth_high} → Spaces (free)", f"queue depth ≥ {facts.depth_high} → API (paid)",
         f"back to Spaces below {facts.depth_low}", f"paid only under the {usd(facts.cap_usd)}/month cap"),
         ("route.split", "route.reasons")))
-    d.add(Node("budget", "shared", 600, 410, 260, 86, ("budget ledger (Redis)", f"cap {usd(facts.cap_usd)} per month"),
-               ("budget",)))
+    d.add(Node("budget", "shared", 600, 410, 260, 104, ("budget ledger (Redis)",
+                                                        f"cap {usd(facts.cap_usd)} per month, tenants' own too"),
+               ("budget", "budget.tenants")))
     d.add(_topic(facts, "generation.primary", "primary", 890, 95, ("queue.primary",)))
     d.add(_topic(facts, "generation.fallback", "fallback", 890, 455, ("queue.fallback",)))
     d.add(Node("generator:primary", "primary", 1150, 40, 250, 170,
