@@ -39,7 +39,7 @@ async def build(settings: RouterSettings, infra: Infra, *, paid: PaidCapacity | 
         paid=paid or BudgetGate(infra.budget, cheapest_cost_micros=usd(settings.paid_cost_usd)),
         jobs=infra.jobs(), routes=RedisRouteStats(infra.redis, infra.keys),
         cache=RedisResultCache(infra.redis, infra.keys, ttl_s=settings.cache_ttl_s, local=LruTtlCache(0, 0)),
-        guard=infra.terminal_guard(),
+        guard=infra.terminal_guard(), cache_scope=infra.cache_scope,
     )
 
 

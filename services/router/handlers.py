@@ -11,6 +11,7 @@ from typing import Literal, Protocol
 
 from prometheus_client import Counter
 
+from services.common.cache import CacheScope
 from services.common.consumer import Outcome, Output
 from services.common.contracts import (
     GenerationCompleted,
@@ -85,6 +86,7 @@ class RouterHandler:
     routes: RouteStats
     cache: ResultCache
     guard: TerminalGuard
+    cache_scope: CacheScope = CacheScope()  # whose results answer a request: its tenant's unless shared
 
     async def handle(self, request: GenerationRequested) -> Outcome:
         # A copy of a request already routed, or whose job has ended (ingest re-sent it for a
@@ -94,7 +96,7 @@ class RouterHandler:
             return Outcome()
         # Requests produced straight to Kafka never met ingest's cache check; no provider call
         # (and no paid call) for an image we already have. A comparison job must run, though.
-        if request.reference_image is None and (cached := await self.cache.get(request.spec.cache_key())):
+        if request.reference_image is None and (cached := await self.cache.get(self.cache_scope.key(request.spec, request.tenant))):
             ROUTED.labels("cache").inc()
             DECISIONS.labels("cache", "cache").inc()
             return await terminal_outcome(GenerationCompleted.from_cache(cached, request),

@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass
 
 from services.common.blobstore import content_key
+from services.common.cache import CacheScope
 from services.common.consumer import Outcome, Output
 from services.common.contracts import (
     ComparisonRequested,
@@ -44,6 +45,7 @@ class StoreHandler:
     guard: TerminalGuard
     key_prefix: str
     recent: RecentJobs | None = None  # the dashboard's gallery; None: not recorded
+    cache_scope: CacheScope = CacheScope()  # whose later requests this result answers: its tenant's unless shared
 
     async def handle(self, generated: GenerationGenerated) -> Outcome:
         actual_type = sniff_content_type(generated.image)
@@ -69,7 +71,7 @@ class StoreHandler:
             timings=timings.with_stage("completed"), **webhook_fields(generated),
         )
         if not generated.placeholder:  # a stand-in must not answer later requests for the real thing
-            await self.cache.put(generated.spec.cache_key(), completed)
+            await self.cache.put(self.cache_scope.key(generated.spec, generated.tenant), completed)
         if generated.reference_image is not None:
             return await self._compare_first(generated, completed)
         return await terminal_outcome(completed, topic=self.topics.name("generation.completed"), guard=self.guard,
