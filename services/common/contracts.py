@@ -530,10 +530,15 @@ class ErrorInfo(_Model):
     stage: Literal["ingest", "router", "generator", "storage", "comparer"]
     retryable: bool = Field(description="True when the same request may succeed later.")
     provider: str | None = None
+    retry_after_s: float | None = Field(
+        None, ge=0, le=86_400, examples=[2.0],
+        description="Seconds after which the same request may succeed (code rate_limited: the tenant's limits).")
 
 
 #: ``ErrorInfo.code`` of a job its client cancelled; its status reads ``canceled``.
 CANCELED = "canceled"
+#: ``ErrorInfo.code`` of a request produced straight to Kafka beyond its tenant's limits (see ``retry_after_s``).
+RATE_LIMITED = "rate_limited"
 
 
 class GenerationFailed(Event):
