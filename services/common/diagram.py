@@ -66,6 +66,7 @@ class Facts:
     cache_ttl_s: int
     bucket: str
     cdn: str
+    cache_shared: bool = False  # FORGELINE_CACHE_SCOPE=shared: every tenant answered from every tenant's results
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,8 @@ def layout(facts: Facts) -> Diagram:
     d.add(_topic(facts, "generation.generated", "shared", 1410, 255, w=220))
     d.add(Node("storage", "shared", 1410, 610, 220, 96, ("storage", "content-addressed upload,", "CDN URL"),
                ("stage.stored",)))
-    d.add(Node("cache", "shared", 1410, 770, 220, 80, ("result cache", f"Redis + in-process, {ttl}"), ("cache",)))
+    scope = "shared by all tenants" if facts.cache_shared else "per tenant"
+    d.add(Node("cache", "shared", 1410, 770, 220, 80, ("result cache", f"Redis + in-process, {ttl}", scope), ("cache",)))
     d.add(Node("blobs", "shared", 1150, 610, 220, 50, ("blob store (S3/R2)", f"bucket {facts.bucket}")))
     d.add(Node("cdn", "shared", 1150, 680, 220, 50, ("CDN", facts.cdn)))
     d.add(_topic(facts, "generation.completed", "shared", 860, 610))
