@@ -6,6 +6,7 @@ status, metrics, route counts) and emits the routed request.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -93,8 +94,8 @@ class RouterHandler:
 
     async def handle(self, request: GenerationRequested) -> Outcome:
         # A copy of a request already routed, or whose job has ended (ingest re-sent it for a
-        # client's retry, a producer's retry, a replay): nothing more to do.
-        if await self.jobs.forwarded(request.job_id) or await self.guard.finished(request.job_id):
+        # client's retry, a producer's retry, a replay): nothing more to do. Both asked at once.
+        if any(await asyncio.gather(self.jobs.forwarded(request.job_id), self.guard.finished(request.job_id))):
             ROUTED.labels("duplicate").inc()
             return Outcome()
         # Produced straight to Kafka: held to the tenant's limits here, as ingest holds HTTP callers.
@@ -104,7 +105,8 @@ class RouterHandler:
                                           jobs=self.jobs)
         # Requests produced straight to Kafka never met ingest's cache check; no provider call
         # (and no paid call) for an image we already have. A comparison job must run, though.
-        if request.reference_image is None and (cached := await self.cache.get(self.cache_scope.key(request.spec, request.tenant))):
+        if request.reference_image is None and (
+                cached := await self.cache.get(self.cache_scope.key(request.spec, request.tenant))):
             ROUTED.labels("cache").inc()
             DECISIONS.labels("cache", "cache").inc()
             return await terminal_outcome(GenerationCompleted.from_cache(cached, request),

@@ -43,11 +43,11 @@ class KafkaNativeLimits:
 
     async def refusal(self, request: GenerationRequested) -> GenerationFailed | None:
         """The request's ``rate_limited`` terminal event when its tenant is over its limits; else None."""
+        limits = await self.tenants.registered_limits(request.tenant)  # in-process for a few seconds
+        if limits is None or not (limits.rate_per_s or limits.max_in_flight):
+            return None  # no limits to hold it to: no Redis call at all
         if await self.jobs.get(request.job_id) is not None:
             return None  # ingest admitted it, or this router did on an earlier delivery
-        limits = await self.tenants.registered_limits(request.tenant)
-        if limits is None:
-            return None  # no such tenant registered: no limits to hold it to
         admission = await self.limiter.admit(Caller(tenant=request.tenant, key_id=None, tenant_limits=limits),
                                              job_id=request.job_id)
         if admission.allowed:
