@@ -88,7 +88,8 @@ def simulate(
         _table("with priority lanes on the primary (simulated only: the pipeline has one primary topic)", lanes,
                markdown)
         floor = floor_under(fixed, scenario)
-        out.print(verdict(fixed, deadline, summaries[1], at_fixed_spend, floor))
+        out.print(verdict(fixed, deadline, summaries[1], at_fixed_spend, floor,
+                          floor_under(fixed, scenario, tail_share=0.0)))
         if plot_to:
             waits = sorted({s.wait_p95 for s in summaries + swept} | {floor.wait_p95})
             plot(summaries + swept + [s for s in lanes if s.family == "deadline, lanes"], Path(plot_to),
