@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from services.common.coalescing import RedisCoalescer, coalesces
 from services.common.consumer import Outcome, Output
 from services.common.contracts import (
     ErrorInfo,
@@ -14,12 +19,15 @@ from services.common.contracts import (
     webhook_fields,
 )
 from services.common.errors import Retryable
-from services.common.jobs import terminal_outcome
+from services.common.jobs import JobView, terminal_outcome
 from services.common.ports import JobStore, TerminalGuard
+from services.common.queue_position import RedisQueueBook
 from services.common.topics import Topics
 from services.providers.failover import Failover
 from services.providers.port import GeneratedImage, JobAlreadyFinished, ProviderError
 from services.providers.procedural import ProceduralProvider
+
+log = logging.getLogger(__name__)
 
 #: The provider name of a placeholder the router asked for (the paid path was refused).
 PLACEHOLDER_PROVIDER = "procedural-placeholder"
@@ -34,6 +42,39 @@ class GenerateHandler:
     jobs: JobStore
     guard: TerminalGuard
     placeholders: ProceduralProvider = field(default_factory=ProceduralProvider)
+    coalescer: RedisCoalescer | None = None  # None: no coalescing leases to keep
+    queue: RedisQueueBook | None = None  # None: jobs taken up are not counted for queue positions
+
+    async def _waits_on_another(self, routed: GenerationRouted, current: JobView | None) -> bool:
+        """A leader that lost its lease (its generator died mid-call) now waits on the job that took it
+        over: the redelivered message costs no second call, and the fan-out gives it its image."""
+        if self.coalescer is None or not coalesces(routed):
+            return False
+        if current is not None and current.coalesced_with and current.status == "completed":
+            return True
+        return await self.coalescer.parked(routed)
+
+    @contextlib.asynccontextmanager
+    async def _lease_kept(self, routed: GenerationRouted) -> AsyncIterator[None]:
+        """Renew the job's coalescing lease while its provider call runs, so no follower takes it over."""
+        if self.coalescer is None or not coalesces(routed):
+            yield
+            return
+        coalescer = self.coalescer
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(coalescer.lease_s / 3)
+                try:
+                    await coalescer.renew(routed)
+                except Exception as exc:  # noqa: BLE001 — a missed renewal is retried a third of a lease later
+                    log.warning("job %s: could not renew its coalescing lease: %r", routed.job_id, exc)
+
+        renewing = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            renewing.cancel()
 
     async def _placeholder(self, routed: GenerationRouted) -> tuple[GeneratedImage, int]:
         """The router's call: no paid provider (budget refused), a free procedural stand-in instead."""
@@ -41,17 +82,22 @@ class GenerateHandler:
         return dataclasses.replace(image, placeholder=True, provider=PLACEHOLDER_PROVIDER), 1
 
     async def handle(self, routed: GenerationRouted) -> Outcome:
+        if self.queue is not None:
+            await self.queue.started(routed.decision.path, routed.job_id)
         # Cancelled while it waited in the queue: no provider call for it. (Any other ended job goes on:
         # its replay republishes the stored terminal event, or resumes and cancels its paid call.)
         current = await self.jobs.get(routed.job_id)
         if current is not None and current.status == "canceled":
             return Outcome()
+        if await self._waits_on_another(routed, current):
+            return Outcome()
         await self.jobs.update(routed.job_id, "generating", tenant=routed.tenant)
         try:
-            if routed.decision.placeholder:
-                image, attempts = await self._placeholder(routed)
-            else:
-                image, attempts = await self.failover.generate(routed.job_id, routed.spec)
+            async with self._lease_kept(routed):
+                if routed.decision.placeholder:
+                    image, attempts = await self._placeholder(routed)
+                else:
+                    image, attempts = await self.failover.generate(routed.job_id, routed.spec)
         except JobAlreadyFinished:
             # A replay of a job whose result exists: whoever made it terminal publishes it, once.
             return Outcome()

@@ -22,6 +22,7 @@ from services.common.ports import (
     RouteStats,
     TerminalGuard,
 )
+from services.common.queue_position import RedisQueueBook
 from services.common.ratelimit import RateLimiter
 from services.common.redis import KeySpace
 from services.common.settings import Connections
@@ -89,6 +90,7 @@ class IngestDeps:
     tenants: TenantStore | None = None  # None: no keys in Redis and no limits (tests of other parts)
     limiter: RateLimiter | None = None
     guard: TerminalGuard | None = None  # for cancellations: a cancelled job's one terminal event
+    queue: RedisQueueBook | None = None  # queue positions of routed jobs; None: not shown
 
     @property
     def auth_enabled(self) -> bool:
