@@ -13,7 +13,9 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from services.cli import app
 from services.common import contracts as c
 from services.common.kafka import make_consumer, make_producer, send_event
 from services.fakeproviders import replicate
@@ -196,6 +198,8 @@ async def test_jobs_queued_behind_a_slow_primary_show_their_position_and_start(r
             return routed if len(routed) >= 3 and all(v["estimated_start_s"] for v in routed) else None
 
         routed = await _until(waiting, "three queued jobs with an estimated start")
+        shown = await asyncio.to_thread(CliRunner().invoke, app, ["status", routed[-1]["job_id"], "--url", p.ingest_url],
+                                        catch_exceptions=False)
         events = await _terminal_events(p, set(queued))
         ended = [await _view(http, job) for job in queued]
 
@@ -210,6 +214,8 @@ async def test_jobs_queued_behind_a_slow_primary_show_their_position_and_start(r
         assert view["estimated_start_at"] is not None and view["route"] == "primary"
     assert all(records[0].topic.endswith("generation.completed") for records in events.values())
     assert all(v["status"] == "completed" and v["queue_position"] is None for v in ended)  # only while waiting
+    assert shown.exit_code == 0, shown.output
+    assert " ahead on primary; starts in about " in shown.output, shown.output
 
 
 async def _done(http: httpx.AsyncClient, job_id: str) -> bool:

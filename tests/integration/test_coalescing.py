@@ -4,16 +4,26 @@ takeover of a lease that was not renewed, and queue positions."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import pytest
 
 from services.common import contracts as c
+from services.common.budget import usd
 from services.common.coalescing import RedisCoalescer, coalescing_key
 from services.common.jobs import RedisJobStore
 from services.common.queue_position import RedisQueueBook
 from services.common.redis import KeySpace
+from services.common.topics import Topics
+from services.router.budget_gate import BudgetGate
+from services.router.coalesce import FanOut
+from services.router.handlers import RouterHandler
+from services.router.policy import HysteresisPolicy
+from tests.fakes import MemoryBudgetLedger, MemoryJobStore, MemoryResultCache, MemoryRouteStats, MemoryTerminalGuard
 
 pytestmark = pytest.mark.integration
+
+TOPICS = Topics("t")
 
 
 def _request(prompt: str = "healing potion", **spec) -> c.GenerationRequested:
@@ -97,3 +107,84 @@ async def test_queue_position_counts_jobs_ahead_not_yet_taken(redis, connections
     assert estimate.start_in_s == pytest.approx(6.0)  # three more jobs must finish, at 0.5/s
     assert (await book.estimate(ids[1])).position == 0
     assert await book.estimate(c.new_job_id()) is None
+
+
+# --------------------------------------------------------------------------------- the fan-out's policy
+
+
+@dataclass
+class _Depth:
+    depth: int = 0
+    rate: float = 1.0
+
+    def routed_to_primary(self) -> None:
+        pass
+
+
+async def _group(coalescer: RedisCoalescer, n: int) -> tuple[FanOut, c.GenerationRequested, list]:
+    """A fan-out over a router on fakes (Redis for the groups), and a leader with ``n`` parked followers."""
+    router = RouterHandler(
+        topics=TOPICS, depth=_Depth(), policy=HysteresisPolicy(high=10, low=5),
+        paid=BudgetGate(MemoryBudgetLedger(cap_micros=usd("10")), cheapest_cost_micros=usd("0.0023")),
+        jobs=MemoryJobStore(), routes=MemoryRouteStats(), cache=MemoryResultCache(), guard=MemoryTerminalGuard(),
+        coalescer=coalescer)
+    prompt = f"ice sword {c.new_job_id()}"  # a group of its own
+    leader, *followers = [_request(prompt) for _ in range(n + 1)]
+    assert (await router.handle(leader)).outputs  # routed
+    for follower in followers:
+        assert (await router.handle(follower)).outputs == ()  # parked: nothing forwarded
+        assert (await router.jobs.get(follower.job_id)).coalesced_with == leader.job_id
+    return FanOut(coalescer=coalescer, router=router, topics=TOPICS, jobs=router.jobs, guard=router.guard), \
+        leader, followers
+
+
+def _failed(leader: c.GenerationRequested, *, retryable: bool, code: str = "provider_rejected") -> c.GenerationFailed:
+    return c.GenerationFailed(job_id=leader.job_id, tenant=leader.tenant, error=c.ErrorInfo(
+        code=code, message="NSFW content detected", stage="generator", retryable=retryable))
+
+
+async def test_the_leaders_image_completes_every_follower_once(coalescer):
+    fan_out, leader, followers = await _group(coalescer, 3)
+    completed = c.GenerationCompleted(
+        job_id=leader.job_id, tenant=leader.tenant, url="https://cdn.test/ab/abc.png", object_key="ab/abc.png",
+        sha256="a" * 64, content_type="image/png", size_bytes=123, spec=leader.spec, path="fallback",
+        provider="replicate", deterministic=False)
+    await fan_out.guard.claim(completed)
+
+    outcome = await fan_out.handle(completed)
+    events = [o.event for o in outcome.outputs]
+    assert sorted(e.job_id for e in events) == sorted(f.job_id for f in followers)
+    assert all(o.topic == "t.generation.completed" for o in outcome.outputs)
+    assert {(e.url, e.sha256, e.coalesced_with, e.cached, e.path) for e in events} == {
+        (completed.url, completed.sha256, leader.job_id, False, "fallback")}
+    await outcome.on_acked()
+    assert (await fan_out.jobs.get(followers[0].job_id)).status == "completed"
+    assert (await fan_out.handle(completed)).outputs == ()  # a replay publishes nothing twice
+
+
+async def test_a_permanent_failure_fails_the_followers_with_the_same_reason(coalescer):
+    fan_out, leader, followers = await _group(coalescer, 2)
+    outcome = await fan_out.handle(_failed(leader, retryable=False))
+
+    events = [o.event for o in outcome.outputs]
+    assert sorted(e.job_id for e in events) == sorted(f.job_id for f in followers)
+    assert all(e.error.code == "provider_rejected" and not e.error.retryable for e in events)
+    assert events[0].error.message == f"coalesced with job {leader.job_id}: NSFW content detected"
+
+
+async def test_a_cancelled_or_retryable_leader_hands_its_followers_a_new_leader(coalescer):
+    for ended in ("canceled", "retryable"):
+        fan_out, leader, followers = await _group(coalescer, 3)
+        failed = c.GenerationFailed.cancel(leader.job_id, leader.tenant, "player left", stage="ingest") \
+            if ended == "canceled" else _failed(leader, retryable=True, code="provider_unavailable")
+        cancelled_follower = followers[2]  # cancelled while it waited: it keeps its one terminal event
+        await fan_out.guard.claim(c.GenerationFailed.cancel(cancelled_follower.job_id, "studio-a", "gone",
+                                                            stage="ingest"))
+        await fan_out.guard.mark_published(cancelled_follower.job_id)
+
+        outcome = await fan_out.handle(failed)
+
+        [routed] = outcome.outputs  # one follower routed as the new leader; the other waits on it; no third
+        assert isinstance(routed.event, c.GenerationRouted) and routed.event.job_id in {f.job_id for f in followers}
+        other = next(f for f in followers[:2] if f.job_id != routed.event.job_id)
+        assert (await fan_out.jobs.get(other.job_id)).coalesced_with == routed.event.job_id, ended
