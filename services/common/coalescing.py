@@ -17,7 +17,7 @@ Keys (all of one group share the key's hash tag, so each script runs on one clus
 ``coalesce:{<key>}:followers``     hash: follower job id → its ``GenerationRequested`` JSON
 ``coalesce:{<key>}:closing:<job>`` the followers ``<job>``'s terminal event is completing
 ``coalesce:led:{<job>}``           the key of the group ``<job>`` led (the fan-out's lookup)
-``coalesce:groups``                set of keys with a lease or followers (what the sweeper visits)
+``coalesce:groups``                set of keys whose groups have had followers (the sweeper's visits)
 =================================  =============================================================
 
 The lease has a deadline. The generator running the leader renews it; while the leader still
@@ -191,7 +191,8 @@ class RedisCoalescer:
         role = Role(kind.decode(), leader.decode())
         if role.leads:
             await self.mark_leader(key, request.job_id)
-        await self._redis.sadd(self._index, key)
+        else:  # only a group with someone waiting needs the sweeper's visits
+            await self._redis.sadd(self._index, key)
         return role
 
     async def mark_leader(self, key: str, job_id: str) -> None:
@@ -227,7 +228,7 @@ class RedisCoalescer:
     # -- the sweeper
 
     async def groups(self) -> list[LeaseState]:
-        """Every group with a leader or followers, with its lease's state."""
+        """Every group that has had followers, with its lease's state."""
         states = []
         for raw in await self._redis.smembers(self._index):
             key = raw.decode()
