@@ -1,6 +1,6 @@
 """Coalescing and queue positions through the real pipeline: identical requests in flight share one
-provider call (over HTTP, over Kafka, and with the leader's generator killed mid-call), and jobs
-queued behind a slow primary show where they stand."""
+provider call (over HTTP and over Kafka at once, and with the leader's generator killed mid-call),
+and jobs queued behind a slow primary show where they stand."""
 
 from __future__ import annotations
 
@@ -108,39 +108,34 @@ async def _same_image_for_all(events: dict[str, list], http: httpx.AsyncClient) 
     return leaders
 
 
-async def test_twenty_identical_requests_make_one_provider_call(running_pipeline, tmp_path):
-    async with _pipeline(running_pipeline, tmp_path, Knobs(slow_start_polls=8)) as (fake, p, http):
-        answers = await asyncio.gather(*(http.post("/v1/generations", json=BODY) for _ in range(20)))
-        assert all(a.status_code == 202 for a in answers), [a.text for a in answers]
-        job_ids = {a.json()["job_id"] for a in answers}
-        events = await _terminal_events(p, job_ids)
-        leaders = await _same_image_for_all(events, http)
-        follower = await _view(http, next(iter(job_ids - leaders)))
-
-    assert len(job_ids) == 20
-    assert len(_creates(fake)) == 1, fake.requests
-    assert len(fake.charges) == 1
-    [leader] = leaders
-    assert follower["status"] == "completed" and follower["coalesced_with"] == leader
-    assert follower["result"]["coalesced_with"] == leader
-
-
-async def test_kafka_native_duplicates_coalesce(running_pipeline, tmp_path):
+async def test_identical_requests_over_http_and_kafka_make_one_provider_call_each(running_pipeline, tmp_path):
     async with _pipeline(running_pipeline, tmp_path, Knobs(slow_start_polls=8)) as (fake, p, http):
         producer = make_producer(p.connections.kafka)
         await producer.start()
         try:
-            requests = [c.GenerationRequested(job_id=c.new_job_id(), tenant="kafka-native",
-                                              spec=c.ImageSpec(prompt="frost crystal longbow", width=64, height=64))
-                        for _ in range(10)]
-            await asyncio.gather(*(send_event(producer, p.topics.name("generation.requested"), r) for r in requests))
+            native = [c.GenerationRequested(job_id=c.new_job_id(), tenant="kafka-native",
+                                            spec=c.ImageSpec(prompt="frost crystal longbow", width=64, height=64))
+                      for _ in range(10)]
+            # Twenty over HTTP and ten produced straight to Kafka, all at once.
+            answers, _ = await asyncio.gather(
+                asyncio.gather(*(http.post("/v1/generations", json=BODY) for _ in range(20))),
+                asyncio.gather(*(send_event(producer, p.topics.name("generation.requested"), r) for r in native)))
         finally:
             await producer.stop()
-        events = await _terminal_events(p, {r.job_id for r in requests})
-        leaders = await _same_image_for_all(events, http)
+        assert all(a.status_code == 202 for a in answers), [a.text for a in answers]
+        over_http = {a.json()["job_id"] for a in answers}
+        events = await _terminal_events(p, over_http | {r.job_id for r in native})
+        leaders = await _same_image_for_all({job: events[job] for job in over_http}, http)
+        native_leaders = await _same_image_for_all({r.job_id: events[r.job_id] for r in native}, http)
+        follower = await _view(http, next(iter(over_http - leaders)))
 
-    assert len(leaders) == 1
-    assert len(_creates(fake)) == 1, fake.requests
+    assert len(over_http) == 20
+    assert len(_creates(fake)) == 2, fake.requests  # one per distinct request
+    assert len(fake.charges) == 2
+    [leader] = leaders
+    assert len(native_leaders) == 1
+    assert follower["status"] == "completed" and follower["coalesced_with"] == leader
+    assert follower["result"]["coalesced_with"] == leader
 
 
 async def test_the_lease_of_a_leader_whose_generator_was_killed_is_taken_over(running_pipeline, tmp_path):
@@ -179,7 +174,7 @@ async def test_jobs_queued_behind_a_slow_primary_show_their_position_and_start(r
     async with _pipeline(running_pipeline, tmp_path, Knobs(slow_start_polls=4), env=fast_rate,
                          per_service_env=one_at_a_time) as (fake, p, http):
         # A first few jobs, one after the other, so the router measures the primary's rate.
-        for i in range(3):
+        for i in range(2):
             job = (await http.post("/v1/generations", json=BODY | {"prompt": f"warm-up {i}"})).json()["job_id"]
             await _until(lambda job=job: _done(http, job), f"warm-up job {i}")
         queued = []
