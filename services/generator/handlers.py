@@ -76,22 +76,27 @@ class GenerateHandler:
         finally:
             renewing.cancel()
 
+    async def _taken_up(self, routed: GenerationRouted) -> None:
+        if self.queue is not None:
+            await self.queue.started(routed.decision.path, routed.job_id)
+
     async def _placeholder(self, routed: GenerationRouted) -> tuple[GeneratedImage, int]:
         """The router's call: no paid provider (budget refused), a free procedural stand-in instead."""
         image = await self.placeholders.generate(routed.spec)
         return dataclasses.replace(image, placeholder=True, provider=PLACEHOLDER_PROVIDER), 1
 
     async def handle(self, routed: GenerationRouted) -> Outcome:
-        if self.queue is not None:
-            await self.queue.started(routed.decision.path, routed.job_id)
         # Cancelled while it waited in the queue: no provider call for it. (Any other ended job goes on:
         # its replay republishes the stored terminal event, or resumes and cancels its paid call.)
-        current = await self.jobs.get(routed.job_id)
+        # Read and update at once: an ended job takes no status change, so the update cannot undo a cancel;
+        # the job also counts as taken up on its path (queue positions) in the same wait.
+        current, *_ = await asyncio.gather(self.jobs.get(routed.job_id),
+                                           self.jobs.update(routed.job_id, "generating", tenant=routed.tenant),
+                                           self._taken_up(routed))
         if current is not None and current.status == "canceled":
             return Outcome()
         if await self._waits_on_another(routed, current):
             return Outcome()
-        await self.jobs.update(routed.job_id, "generating", tenant=routed.tenant)
         try:
             async with self._lease_kept(routed):
                 if routed.decision.placeholder:

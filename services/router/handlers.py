@@ -7,6 +7,7 @@ status, metrics, route counts) and emits the routed request.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -98,8 +99,11 @@ class RouterHandler:
         was never forwarded, though it may have been forwarded once as a leader that lost its lease.
         """
         # A copy of a request already routed, or whose job has ended (ingest re-sent it for a
-        # client's retry, a producer's retry, a replay): nothing more to do.
-        if (not parked and await self.jobs.forwarded(request.job_id)) or await self.guard.finished(request.job_id):
+        # client's retry, a producer's retry, a replay): nothing more to do. Both asked at once; a parked
+        # follower re-routed after its leader failed may have been forwarded once (a leader that lost its lease).
+        forwarded, finished = await asyncio.gather(self.jobs.forwarded(request.job_id),
+                                                   self.guard.finished(request.job_id))
+        if (forwarded and not parked) or finished:
             ROUTED.labels("duplicate").inc()
             return Outcome()
         # Requests produced straight to Kafka never met ingest's cache check; no provider call

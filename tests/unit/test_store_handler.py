@@ -26,7 +26,7 @@ KEY = f"images/{DIGEST[:2]}/{DIGEST}.png"
 
 
 class _DownStore(MemoryBlobStore):
-    async def exists(self, key: str) -> bool:
+    async def put(self, key: str, data: bytes, **headers: str) -> str:
         raise BlobStoreError("the object store answered 503")
 
 
@@ -99,6 +99,20 @@ async def test_a_replay_uploads_nothing_again_and_publishes_the_same_event_or_no
     await first.on_acked()
     assert list((await handler.handle(generated)).outputs) == []
     assert handler.store.puts == 1
+
+
+async def test_a_replay_in_another_process_writes_the_same_object_again_and_publishes_the_same_event():
+    first_process = _handler()
+    generated = _generated()
+    [first] = (await first_process.handle(generated)).outputs
+    second_process = StoreHandler(store=first_process.store, cache=first_process.cache, topics=TOPICS,
+                                  jobs=first_process.jobs, guard=first_process.guard, key_prefix="images/")
+
+    [again] = (await second_process.handle(generated)).outputs
+
+    assert first_process.store.puts == 2 and list(first_process.store.objects) == [KEY]  # no HEAD: one more PUT
+    assert first_process.store.objects[KEY].data == FAKE_PNG
+    assert again.event.to_json_bytes() == first.event.to_json_bytes()
 
 
 async def test_the_same_bytes_for_another_job_share_one_object():
