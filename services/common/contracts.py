@@ -343,8 +343,13 @@ class ImageSpec(_Model):
     style: Style | None = Field(
         None, examples=["pixel-art", "painterly"])
 
-    def cache_key(self) -> str:
-        """SHA-256 of the normalised spec: whitespace runs collapsed, optional fields explicit."""
+    def cache_key(self, scope: str | None = None) -> str:
+        """SHA-256 of the normalised spec: whitespace runs collapsed, optional fields explicit.
+
+        ``scope``: whose results it may be answered from — the job's tenant by default (``CacheScope.of``
+        gives it: one tenant never gets another's image, URL or metadata), None when the deployment
+        shares its cache across tenants (the key of a spec alone, as before tenants had a scope).
+        """
         normalised = {
             "prompt": " ".join(self.prompt.split()),
             "negative_prompt": " ".join(self.negative_prompt.split()) if self.negative_prompt else None,
@@ -353,6 +358,8 @@ class ImageSpec(_Model):
             "seed": self.seed,
             "style": self.style.lower() if self.style else None,
         }
+        if scope is not None:
+            normalised["scope"] = scope
         canonical = json.dumps(normalised, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -491,6 +498,9 @@ class GenerationCompleted(Event):
     deterministic: bool
     placeholder: bool = False
     cached: bool = Field(False, description="True when served from the result cache.")
+    coalesced_with: JobId | None = Field(
+        None, description="The job whose provider call made this image: an identical request was in flight "
+                          "when this one arrived, so both share one call (None: this job made it).")
     metadata: Metadata = Field(default_factory=dict)
     timings: StageTimes = Field(default_factory=StageTimes)
     comparison: ComparisonResult | None = Field(
@@ -515,6 +525,18 @@ class GenerationCompleted(Event):
         )
 
 
+    @classmethod
+    def from_leader(cls, leader: GenerationCompleted, request: GenerationRequested) -> GenerationCompleted:
+        """``request``'s result when it waited on ``leader``, an identical job in flight: the same image."""
+        return cls(
+            **leader.model_dump(include={"url", "object_key", "sha256", "content_type", "size_bytes", "path",
+                                         "provider", "deterministic", "placeholder"}),
+            job_id=request.job_id, tenant=request.tenant, trace=request.trace.child(), spec=request.spec,
+            coalesced_with=leader.job_id, metadata=request.metadata,
+            timings=request.timings.with_stage("completed"), **webhook_fields(request),
+        )
+
+
 class ErrorInfo(_Model):
     """Why a job failed, in words a caller can act on."""
 
@@ -523,10 +545,15 @@ class ErrorInfo(_Model):
     stage: Literal["ingest", "router", "generator", "storage", "comparer"]
     retryable: bool = Field(description="True when the same request may succeed later.")
     provider: str | None = None
+    retry_after_s: float | None = Field(
+        None, ge=0, le=86_400, examples=[2.0],
+        description="Seconds after which the same request may succeed (code rate_limited: the tenant's limits).")
 
 
 #: ``ErrorInfo.code`` of a job its client cancelled; its status reads ``canceled``.
 CANCELED = "canceled"
+#: ``ErrorInfo.code`` of a request produced straight to Kafka beyond its tenant's limits (see ``retry_after_s``).
+RATE_LIMITED = "rate_limited"
 
 
 class GenerationFailed(Event):
@@ -544,6 +571,14 @@ class GenerationFailed(Event):
     @property
     def canceled(self) -> bool:
         return self.error.code == CANCELED
+
+    @classmethod
+    def from_leader(cls, leader: GenerationFailed, request: GenerationRequested) -> GenerationFailed:
+        """``request``'s end when the identical job it waited on failed for good: the same reason."""
+        message = f"coalesced with job {leader.job_id}: {leader.error.message}"
+        return cls(job_id=request.job_id, tenant=request.tenant, trace=request.trace.child(),
+                   metadata=request.metadata, timings=request.timings, **webhook_fields(request),
+                   error=leader.error.model_copy(update={"message": message[:2000]}))
 
     @classmethod
     def cancel(cls, job_id: str, tenant: str, reason: str, *, stage: Literal["ingest", "router"]) -> Self:

@@ -10,6 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
 from services.common.breaker import RedisCircuitBreaker
+from services.common.cache import CacheScope
 from services.common.contracts import Path
 from services.common.kafka import Producer
 from services.common.ports import (
@@ -22,6 +23,7 @@ from services.common.ports import (
     RouteStats,
     TerminalGuard,
 )
+from services.common.queue_position import RedisQueueBook
 from services.common.ratelimit import RateLimiter
 from services.common.redis import KeySpace
 from services.common.settings import Connections
@@ -89,6 +91,8 @@ class IngestDeps:
     tenants: TenantStore | None = None  # None: no keys in Redis and no limits (tests of other parts)
     limiter: RateLimiter | None = None
     guard: TerminalGuard | None = None  # for cancellations: a cancelled job's one terminal event
+    cache_scope: CacheScope = CacheScope()  # whose results answer a request: its tenant's unless shared
+    queue: RedisQueueBook | None = None  # queue positions of routed jobs; None: not shown
 
     @property
     def auth_enabled(self) -> bool:

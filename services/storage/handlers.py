@@ -7,7 +7,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from services.common.blobstore import content_key
-from services.common.cache import LruTtlCache
+from services.common.cache import CacheScope, LruTtlCache
 from services.common.consumer import Outcome, Output
 from services.common.contracts import (
     ComparisonRequested,
@@ -46,6 +46,7 @@ class StoreHandler:
     guard: TerminalGuard
     key_prefix: str
     recent: RecentJobs | None = None  # the dashboard's gallery; None: not recorded
+    cache_scope: CacheScope = CacheScope()  # whose later requests this result answers: its tenant's unless shared
     # Objects this process uploaded: a replay or a popular image skips the upload. Any other case
     # is one PUT with no HEAD first: the key is the bytes' digest, so writing it again changes nothing,
     # while a HEAD on every job cost an S3 request to save a PUT only on the rare repeat.
@@ -74,7 +75,8 @@ class StoreHandler:
         if generated.placeholder:  # a stand-in must not answer later requests for the real thing
             await stored
         else:  # independent writes: one round trip's wait for both
-            await asyncio.gather(stored, self.cache.put(generated.spec.cache_key(), completed))
+            await asyncio.gather(stored, self.cache.put(self.cache_scope.key(generated.spec, generated.tenant),
+                                                        completed))
         if generated.reference_image is not None:
             return await self._compare_first(generated, completed)
         return await terminal_outcome(completed, topic=self.topics.name("generation.completed"), guard=self.guard,

@@ -63,7 +63,8 @@ async def test_an_image_is_uploaded_under_its_digest_cached_and_published_as_com
     assert (done.path, done.provider, done.cached, done.placeholder, done.metadata) == (
         "fallback", "replicate", False, False, {"slot": "3"})
     assert done.timings.stored_at is not None and done.timings.completed_at is not None
-    assert await handler.cache.get(generated.spec.cache_key()) == done
+    assert await handler.cache.get(generated.spec.cache_key("studio")) == done  # its tenant's, by default
+    assert await handler.cache.get(generated.spec.cache_key()) is None  # nobody else's
     view = await handler.jobs.get(generated.job_id)
     assert (view.status, view.url) == ("stored", done.url)  # completed only once the broker has the event
 
@@ -133,7 +134,7 @@ async def test_a_placeholder_is_published_but_never_cached():
     [output] = (await handler.handle(generated)).outputs
 
     assert output.event.placeholder is True
-    assert await handler.cache.get(generated.spec.cache_key()) is None
+    assert await handler.cache.get(generated.spec.cache_key("studio")) is None
 
 
 async def test_bytes_that_are_not_the_announced_type_fail_the_job_without_an_upload():
