@@ -144,7 +144,7 @@ async def _from_memory(body: bytes, headers: _Headers, deps: IngestDeps) -> _Hit
         request = handlers.build_request(parsed, caller.tenant, None)
     except InvalidRequest:
         return None
-    if deps.cache.peek_local(request.spec.cache_key()) is None:
+    if deps.cache.peek_local(deps.cache_scope.key(request.spec, request.tenant)) is None:
         return None
     return _Hit(request, caller)
 

@@ -47,8 +47,9 @@ def route_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-async def _seeded(client: Api) -> None:
-    await client.deps.cache.put(SPEC.cache_key(), _completed())  # in Redis and this process's memory
+async def _seeded(client: Api, tenant: str = "public") -> None:
+    """The result in Redis and this process's memory, where ``tenant``'s requests find it."""
+    await client.deps.cache.put(client.deps.cache_scope.key(SPEC, tenant), _completed(tenant))
 
 
 async def test_a_hit_in_memory_is_answered_without_the_route_and_counted(connections: Connections, topics,
@@ -83,7 +84,7 @@ async def test_the_fast_and_the_full_path_give_the_same_answer(connections: Conn
     answers = {}
     for fast in (True, False):
         async with api(connections, IngestSettings(fast_cache_hits=fast)) as client:
-            await _seeded(client)
+            await _seeded(client, "studio-c")
             response = await client.http.post("/v1/generations", json=BODY, headers={"X-Forgeline-Tenant": "studio-c"})
             assert response.status_code == 200, response.text
             job_id = response.json()["job_id"]
@@ -99,7 +100,7 @@ async def test_a_hit_spends_a_token_and_carries_the_ratelimit_headers(connection
     await store.set_limits("studio-a", TenantLimits(rate_per_s=0.2, burst=2))
     _, key = await store.create_key("studio-a")
     async with api(connections, IngestSettings(tenant_keys=True)) as client:
-        await _seeded(client)
+        await _seeded(client, "studio-a")
         answers = [await client.http.post("/v1/generations", json=BODY, headers={"Authorization": f"Bearer {key}"})
                    for _ in range(3)]
 
@@ -139,7 +140,7 @@ async def test_what_is_not_a_plain_hit_in_memory_goes_to_the_route(connections: 
 
         # In Redis only (another replica stored it): the route reads it, and this process keeps it.
         other = ImageSpec(prompt="ember helm", width=256, height=256)
-        await client.deps.redis.set(client.deps.keys.key("cache", other.cache_key()),
+        await client.deps.redis.set(client.deps.keys.key("cache", client.deps.cache_scope.key(other, "public")),
                                     _completed().model_copy(update={"spec": other}).to_json_bytes())
         first = await client.http.post("/v1/generations", json={"prompt": "ember helm", "width": 256, "height": 256})
         again = await client.http.post("/v1/generations", json={"prompt": "ember helm", "width": 256, "height": 256})
@@ -149,4 +150,7 @@ async def test_what_is_not_a_plain_hit_in_memory_goes_to_the_route(connections: 
         miss = await client.http.post("/v1/generations", json=BODY | {"seed": 4})
         assert miss.status_code == 202
         assert route_calls[-1] == "ember shield" and len(route_calls) == 3
-        assert await requested_count(client.deps) == 1
+        # Another tenant's result does not answer (the cache is scoped per tenant by default).
+        elsewhere = await client.http.post("/v1/generations", json=BODY, headers={"X-Forgeline-Tenant": "studio-z"})
+        assert elsewhere.status_code == 202 and len(route_calls) == 4
+        assert await requested_count(client.deps) == 2
