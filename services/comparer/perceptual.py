@@ -39,7 +39,9 @@ import asyncio
 import io
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 
 import imagehash
 import numpy as np
@@ -92,8 +94,13 @@ _LINEAR_Y = (np.where(_SRGB > 0.04045, ((_SRGB + 0.055) / 1.055) ** 2.4, _SRGB /
 
 @dataclass(frozen=True)
 class _Image:
+    """Everything one image contributes to a comparison, measured once, before the pair is looked at."""
+
     rgb: Image.Image  # SIZE × SIZE
-    lightness: np.ndarray  # SIZE × SIZE CIELAB L*: the structure, which a change of hue leaves alone
+    lightness: np.ndarray  # SIZE × SIZE CIELAB L* (float32): the structure, which a change of hue leaves alone
+    coarse: np.ndarray  # the lightness at COARSE_SIZE², for the unaligned coarse SSIM
+    lab: np.ndarray  # CIELAB at COLOUR_SIZE², for the unaligned colour term
+    phash: imagehash.ImageHash  # of the lightness
     side: int  # the decoded image's shorter side
     mean: float
     std: float
@@ -153,19 +160,42 @@ def _dominant_hue(hsv: np.ndarray) -> str | None:
 
 
 def _prepare(raw: bytes, role: str) -> _Image:
+    """Decode one image and take every measurement that needs only it. Pillow, scipy and most of numpy
+    release the GIL here, so the two images of a pair are prepared at once (:func:`_prepare_pair`)."""
     decoded = _decode(raw, role)
     factor = min(decoded.size) // SIZE
     rgb = decoded.reduce(factor) if factor >= 2 else decoded  # a box filter first: cheap, and no aliasing
     if rgb.size != (SIZE, SIZE):
         rgb = rgb.resize((SIZE, SIZE), Image.Resampling.BILINEAR)
     grey = rgb.convert("L")
-    luma = np.asarray(grey, dtype=np.float64)
+    luma = np.asarray(grey)
     hsv = np.asarray(rgb.convert("HSV"))
     std = float(luma.std())
     # mean edge strength per unit of luminance spread, so a darker copy does not read as blurrier
-    edges = float(np.asarray(grey.filter(ImageFilter.FIND_EDGES), dtype=np.float64)[1:-1, 1:-1].mean())
-    return _Image(rgb, _lightness(rgb), min(decoded.size), float(luma.mean()), std,
-                  float(hsv[..., 1].mean()), edges / max(std, 1.0), _dominant_hue(hsv))
+    edges = float(np.asarray(grey.filter(ImageFilter.FIND_EDGES))[1:-1, 1:-1].mean())
+    lightness = _lightness(rgb)
+    coarse = _shrink(lightness, COARSE_SIZE)
+    return _Image(rgb, lightness, coarse, _lab(rgb), _phash(coarse),
+                  min(decoded.size), float(luma.mean()), std, float(hsv[..., 1].mean()), edges / max(std, 1.0),
+                  _dominant_hue(hsv))
+
+
+@cache
+def _workers() -> ThreadPoolExecutor:
+    """The threads that prepare a pair's generated image while the caller prepares its target: decoding
+    is most of a comparison's time at large sides, and two images decode in the time of one."""
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="perceptual-prepare")
+
+
+def _prepare_pair(target: bytes, generated: bytes) -> tuple[_Image, _Image]:
+    """Both images prepared at once; a target that cannot be decoded is named first, as before."""
+    pending = _workers().submit(_prepare, generated, "generated")
+    try:
+        t = _prepare(target, "target")
+    except BaseException:
+        pending.cancel()
+        raise
+    return t, pending.result()
 
 
 def _ssim(a: np.ndarray, b: np.ndarray, *, full: bool = False):
@@ -174,12 +204,14 @@ def _ssim(a: np.ndarray, b: np.ndarray, *, full: bool = False):
 
 
 def _shrink(pixels: np.ndarray, side: int) -> np.ndarray:
-    image = Image.fromarray(pixels.astype(np.float32))  # mode F: any range, one channel
+    image = Image.fromarray(pixels.astype(np.float32, copy=False))  # mode F: any range, one channel
     return np.asarray(image.resize((side, side), Image.Resampling.BOX), dtype=np.float32)
 
 
-def _shrink_rgb(pixels: np.ndarray, side: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(pixels).resize((side, side), Image.Resampling.BOX), dtype=np.float64)
+def _lab(rgb: Image.Image, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """CIELAB of ``box`` of the image (all of it by default) at COLOUR_SIZE², in float32 (skimage keeps it)."""
+    small = rgb.resize((COLOUR_SIZE, COLOUR_SIZE), Image.Resampling.BOX, box=box)
+    return rgb2lab(np.asarray(small, dtype=np.float32) / 255)
 
 
 @dataclass(frozen=True)
@@ -192,8 +224,12 @@ class _Alignment:
 
     @classmethod
     def none(cls) -> _Alignment:
-        everything = (slice(None), slice(None))
+        everything = (slice(0, SIZE), slice(0, SIZE))
         return cls(everything, everything, 0.0)
+
+    @property
+    def moved(self) -> bool:
+        return self.shift > 0
 
     @classmethod
     def by(cls, dy: int, dx: int) -> _Alignment:
@@ -207,7 +243,7 @@ class _Alignment:
 def _align(t: _Image, g: _Image) -> tuple[_Alignment, float]:
     """The alignment that gives the better coarse SSIM (moved or not), and that SSIM."""
     plain = _Alignment.none()
-    plain_ssim = _ssim(_shrink(t.lightness, COARSE_SIZE), _shrink(g.lightness, COARSE_SIZE))
+    plain_ssim = _ssim(t.coarse, g.coarse)
     (dy, dx), _error, _phase = phase_cross_correlation(t.lightness, g.lightness, normalization=None)
     dy, dx = int(dy), int(dx)
     if (dy, dx) == (0, 0) or max(abs(dy), abs(dx)) > MAX_SHIFT * SIZE:
@@ -220,10 +256,10 @@ def _align(t: _Image, g: _Image) -> tuple[_Alignment, float]:
 
 def _colour_difference(t: _Image, g: _Image, where: _Alignment) -> float:
     """Mean CIELAB ΔE of each target pixel to the closest of its 3×3 neighbours in the generated image."""
-    def lab(image: Image.Image, span: tuple[slice, slice]) -> np.ndarray:
-        return rgb2lab(_shrink_rgb(np.asarray(image)[span], COLOUR_SIZE) / 255)
-
-    a, b = lab(t.rgb, where.target), lab(g.rgb, where.generated)
+    if where.moved:
+        a, b = _lab(t.rgb, _box(where.target)), _lab(g.rgb, _box(where.generated))
+    else:
+        a, b = t.lab, g.lab
     edge = np.clip(np.arange(-1, COLOUR_SIZE + 1), 0, COLOUR_SIZE - 1)
     padded = b[edge][:, edge]  # one pixel of edge around it; np.pad costs more than the rest
     squared = np.min([np.square(a - padded[y:y + COLOUR_SIZE, x:x + COLOUR_SIZE]).sum(axis=-1)
@@ -231,8 +267,15 @@ def _colour_difference(t: _Image, g: _Image, where: _Alignment) -> float:
     return float(np.maximum(np.sqrt(squared) - JUST_NOTICEABLE, 0).mean())
 
 
-def _phash(image: _Image) -> imagehash.ImageHash:
-    return imagehash.phash(Image.fromarray((image.lightness * 2.55).astype(np.uint8)))
+def _box(span: tuple[slice, slice]) -> tuple[int, int, int, int]:
+    """Pillow's (left, upper, right, lower) of a (rows, columns) span: it resizes a region without a copy."""
+    rows, columns = span
+    return columns.start, rows.start, columns.stop, rows.stop
+
+
+def _phash(coarse: np.ndarray) -> imagehash.ImageHash:
+    """imagehash's pHash of the coarse lightness: it is already the 32² that pHash shrinks every image to."""
+    return imagehash.phash(Image.fromarray((coarse * 2.55).astype(np.uint8)))
 
 
 def _detail(t: _Image, g: _Image) -> float:
@@ -321,14 +364,14 @@ def compare(target: bytes, generated: bytes, original_prompt: str) -> Comparison
     Raises ``ValueError`` when either image cannot be decoded.
     """
     started = time.perf_counter()
-    t, g = _prepare(target, "target"), _prepare(generated, "generated")
+    t, g = _prepare_pair(target, generated)
 
     where, coarse = _align(t, g)
     fine, ssim_map = _ssim(t.lightness[where.target], g.lightness[where.generated], full=True)
     terms = {
         "structure": max(0.0, (fine + coarse) / 2),
         "colour": math.exp(-_colour_difference(t, g, where) / COLOUR_SCALE),
-        "phash": max(0.0, 1 - max(0, (_phash(t) - _phash(g)) - PHASH_SLACK) / (32 - PHASH_SLACK)),
+        "phash": max(0.0, 1 - max(0, (t.phash - g.phash) - PHASH_SLACK) / (32 - PHASH_SLACK)),
         "placement": 1 - where.shift / MAX_SHIFT,
     }
     detail = _detail(t, g)
