@@ -36,8 +36,10 @@ hold at most :data:`MAX_ITEMS` entries.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,9 +52,10 @@ from skimage.color import rgb2lab
 from skimage.metrics import structural_similarity
 from skimage.registration import phase_cross_correlation
 
+from services.common.cache import LruTtlCache
 from services.common.contracts import ComparisonResult, quality_band
 
-__all__ = ["METHOD", "SIZE", "WEIGHTS", "PerceptualComparer", "compare"]
+__all__ = ["METHOD", "SIZE", "WEIGHTS", "PerceptualComparer", "PreparedImages", "compare"]
 
 METHOD = "perceptual"
 SIZE = 128  # every measurement is taken at SIZE × SIZE
@@ -68,6 +71,8 @@ PHASH_SLACK = 4  # bits that flip under any re-encoding
 WEIGHTS = {"structure": 0.50, "colour": 0.35, "phash": 0.05, "placement": 0.10}
 MAX_ITEMS = 5
 MAX_PIXELS = 64_000_000  # refuse larger images before decoding them
+PREPARED_MAXSIZE = 64  # images kept prepared by a PerceptualComparer, about 150 KB each
+PREPARED_TTL_S = 600.0
 ORIENTATION = 0x0112  # the EXIF tag
 
 # Thresholds for the written differences.
@@ -161,7 +166,7 @@ def _dominant_hue(hsv: np.ndarray) -> str | None:
 
 def _prepare(raw: bytes, role: str) -> _Image:
     """Decode one image and take every measurement that needs only it. Pillow, scipy and most of numpy
-    release the GIL here, so the two images of a pair are prepared at once (:func:`_prepare_pair`)."""
+    release the GIL here, so the two images of a pair are prepared at once (:func:`_prepare_both`)."""
     decoded = _decode(raw, role)
     factor = min(decoded.size) // SIZE
     rgb = decoded.reduce(factor) if factor >= 2 else decoded  # a box filter first: cheap, and no aliasing
@@ -187,7 +192,7 @@ def _workers() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=2, thread_name_prefix="perceptual-prepare")
 
 
-def _prepare_pair(target: bytes, generated: bytes) -> tuple[_Image, _Image]:
+def _prepare_both(target: bytes, generated: bytes) -> tuple[_Image, _Image]:
     """Both images prepared at once; a target that cannot be decoded is named first, as before."""
     pending = _workers().submit(_prepare, generated, "generated")
     try:
@@ -196,6 +201,34 @@ def _prepare_pair(target: bytes, generated: bytes) -> tuple[_Image, _Image]:
         pending.cancel()
         raise
     return t, pending.result()
+
+
+class PreparedImages:
+    """Images prepared lately, by the SHA-256 of their bytes, so that a target compared with several
+    candidates (one reference image across a game's generations, one concept art against each try) is
+    decoded and measured once: at 1024² that is most of a comparison. Comparisons run in worker
+    threads, hence the lock."""
+
+    def __init__(self, maxsize: int = PREPARED_MAXSIZE, ttl_s: float = PREPARED_TTL_S) -> None:
+        self._images: LruTtlCache[_Image] = LruTtlCache(maxsize, ttl_s)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def pair(self, target: bytes, generated: bytes) -> tuple[_Image, _Image]:
+        keys = hashlib.sha256(target).hexdigest(), hashlib.sha256(generated).hexdigest()
+        with self._lock:
+            t, g = (self._images.get(key) for key in keys)
+        if t is None and g is None:
+            t, g = _prepare_both(target, generated)
+        else:  # one of them is known: the other alone is left, no thread needed
+            t = t or _prepare(target, "target")
+            g = g or _prepare(generated, "generated")
+        with self._lock:
+            for key, image in zip(keys, (t, g), strict=True):
+                self._images.set(key, image)
+        return t, g
 
 
 def _ssim(a: np.ndarray, b: np.ndarray, *, full: bool = False):
@@ -358,13 +391,15 @@ def _differences(t: _Image, g: _Image, region: str | None, prompt: str) -> tuple
     return diffs[:MAX_ITEMS], tips[:MAX_ITEMS]
 
 
-def compare(target: bytes, generated: bytes, original_prompt: str) -> ComparisonResult:
-    """Score ``generated`` against ``target`` (0–100) and say what differs; pure and synchronous.
+def compare(target: bytes, generated: bytes, original_prompt: str, *,
+            prepared: PreparedImages | None = None) -> ComparisonResult:
+    """Score ``generated`` against ``target`` (0–100) and say what differs; synchronous, and pure but for
+    ``prepared``, where images already seen are looked up and new ones kept (the score is the same).
 
     Raises ``ValueError`` when either image cannot be decoded.
     """
     started = time.perf_counter()
-    t, g = _prepare_pair(target, generated)
+    t, g = prepared.pair(target, generated) if prepared is not None else _prepare_both(target, generated)
 
     where, coarse = _align(t, g)
     fine, ssim_map = _ssim(t.lightness[where.target], g.lightness[where.generated], full=True)
@@ -388,9 +423,13 @@ def compare(target: bytes, generated: bytes, original_prompt: str) -> Comparison
 
 
 class PerceptualComparer:
-    """Async face of :func:`compare`, run in a worker thread so the event loop stays free."""
+    """Async face of :func:`compare`, run in a worker thread so the event loop stays free, keeping the
+    images it has prepared (:class:`PreparedImages`) for the next comparisons."""
 
     method = METHOD
 
+    def __init__(self, prepared: PreparedImages | None = None) -> None:
+        self.prepared = prepared if prepared is not None else PreparedImages()
+
     async def compare(self, target: bytes, generated: bytes, original_prompt: str) -> ComparisonResult:
-        return await asyncio.to_thread(compare, target, generated, original_prompt)
+        return await asyncio.to_thread(compare, target, generated, original_prompt, prepared=self.prepared)
