@@ -31,6 +31,13 @@ noise, JPEG, hue rotation, crop, shift; unrelated pairs) and
 Differences are read from measurements (mean luminance, luminance spread, saturation, edge
 energy, dominant hue, SSIM of the image halves), each with a prompt improvement; both lists
 hold at most :data:`MAX_ITEMS` entries.
+
+Speed: everything that needs one image alone (decoding, the box reduce, L*, the coarse copy, CIELAB
+at :data:`COLOUR_SIZE`², pHash, hue and edge measures) is taken in :func:`_prepare`, and the two
+images of a pair are prepared in two threads at once: decoding is most of the time at large sides,
+and Pillow releases the GIL while it decodes. Only what needs both images (alignment, SSIM, ΔE)
+runs after. :class:`PreparedImages` keeps prepared images by content, so a target compared with
+several candidates is decoded once (:class:`PerceptualComparer` keeps one).
 """
 
 from __future__ import annotations
