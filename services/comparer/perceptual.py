@@ -207,6 +207,8 @@ def _prepare_both(target: bytes, generated: bytes) -> tuple[_Image, _Image]:
     except BaseException:
         pending.cancel()
         raise
+    if pending.cancel():  # not started: the workers are busy with other comparisons, so do it here, not wait
+        return t, _prepare(generated, "generated")
     return t, pending.result()
 
 

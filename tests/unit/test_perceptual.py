@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -163,3 +165,20 @@ def test_comparisons_in_threads_share_prepared_images() -> None:
     with ThreadPoolExecutor(4) as pool:
         scores = list(pool.map(lambda c: compare(target, c, PROMPT, prepared=prepared).score, candidates * 3))
     assert scores == expected * 3
+
+
+def test_busy_workers_do_not_hold_a_comparison_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every worker thread taken (other comparisons), the caller prepares the second image itself."""
+    expected = compare(icon(), icon(seed=3), PROMPT).score
+    release = threading.Event()
+    busy = ThreadPoolExecutor(1)
+    busy.submit(release.wait, 10)
+    monkeypatch.setattr(perceptual, "_workers", lambda: busy)
+    started = time.monotonic()
+    try:
+        score = compare(icon(), icon(seed=3), PROMPT).score
+    finally:
+        release.set()
+        busy.shutdown()
+    assert score == expected
+    assert time.monotonic() - started < 5
