@@ -31,7 +31,7 @@ import httpx
 from kafka_ceiling import percentile
 
 from services import devstack
-from services.common.cache import LruTtlCache, RedisResultCache
+from services.common.cache import CacheScope, LruTtlCache, RedisResultCache
 from services.common.contracts import GenerationCompleted
 from services.common.redis import KeySpace, make_redis
 from services.common.settings import RedisSettings
@@ -112,10 +112,10 @@ async def seed_cache(redis_url: str, key_prefix: str) -> str:
     )
     redis = make_redis(RedisSettings(url=redis_url))
     keys = KeySpace(key_prefix)
-    await RedisResultCache(redis, keys, ttl_s=3600, local=LruTtlCache(0, 0)).put(completed.spec.cache_key(),
-                                                                                  completed)
+    key = CacheScope().key(completed.spec, "public")  # the unkeyed callers' tenant, per-tenant scope
+    await RedisResultCache(redis, keys, ttl_s=3600, local=LruTtlCache(0, 0)).put(key, completed)
     await redis.aclose()
-    return keys.key("cache", completed.spec.cache_key())
+    return keys.key("cache", key)
 
 
 def middle(loads: list[Load]) -> Load:

@@ -241,6 +241,8 @@ async def main() -> None:
             pids = {name: pipeline.process(name).pid() for name in SERVICES}
             # The shared components too (shared with whatever else uses this stack while it runs).
             pids |= {s.name: s.pid for s in devstack.status(devstack.DevStackSettings()) if s.pid}
+            # And this script: its HTTP clients and subscriber share the two cores with the pipeline.
+            pids["load generator"] = os.getpid()
             for run in range(args.runs):
                 jobs = list(range(run * args.n, (run + 1) * args.n))
                 services = {name: pid for name, pid in pids.items() if name in SERVICES}

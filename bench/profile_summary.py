@@ -25,12 +25,25 @@ PARTS = (
     ("images", ("PIL/", "services/providers/procedural", "services/providers/instant")),
     ("forgeline code", ("services/",)),
 )
-WAITING = ("select (", "Condition.wait", "Queue.get", "wait_for_read", "poll_wait_for_socket", "_worker (", "sleep (")
+#: Innermost functions that mean the thread was waiting (the event loop's ``EpollSelector.select``, a
+#: thread pool's idle worker, an S3 thread blocked reading its answer…), by their qualified name or its
+#: last part: py-spy samples them as running.
+WAITING = frozenset(("select", "Condition.wait", "Queue.get", "wait_for_read", "poll_wait_for_socket", "_worker",
+                     "sleep", "SocketIO.readinto"))
+
+
+def is_waiting(frame: str) -> bool:
+    qualified = frame.partition(" (")[0]
+    return qualified in WAITING or qualified.rpartition(".")[2] in WAITING
 
 
 def part_of(frames: list[str]) -> str | None:
-    """The part a sample's CPU is spent in, or None when the sample is a wait."""
-    if any(frames[-1].startswith(w.split(" (")[0]) and w in frames[-1] for w in WAITING):
+    """The part a sample's CPU is spent in, or None when the sample is a wait.
+
+    The event loop's ``select`` calls no Python code: a stack with frames under it is a torn sample
+    (py-spy's ``--nonblocking`` reads a running process), taken while the loop waited.
+    """
+    if is_waiting(frames[-1]) or any(frame.startswith("EpollSelector.select (") for frame in frames):
         return None
     for frame in reversed(frames):
         location = frame.rpartition(" (")[2]

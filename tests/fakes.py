@@ -23,7 +23,7 @@ from typing import Any
 
 from services.common.blobstore import IMMUTABLE_CACHE_CONTROL
 from services.common.breaker import BreakerState
-from services.common.budget import BudgetSnapshot, Reservation, month_of
+from services.common.budget import BudgetSnapshot, Reservation, TenantBudget, TenantSpend, month_of
 from services.common.cache import LruTtlCache
 from services.common.contracts import GenerationCompleted, ImageSpec, utcnow
 from services.common.jobs import RANK, JobStatus, JobView, Terminal, TerminalBeingPublished, encode_fields, lease_holder
@@ -284,6 +284,20 @@ class _Month:
     expiry_ms: dict[str, int] = dataclasses.field(default_factory=dict)  # reservation id → when given back
     closed: set[str] = dataclasses.field(default_factory=set)
     journaled: bool = False
+    owners: dict[str, str] = dataclasses.field(default_factory=dict)  # reservation id → tenant
+    tenants: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # tenant → [spent, reserved]
+
+    def tenant(self, name: str) -> list[int]:
+        return self.tenants.setdefault(name, [0, 0])
+
+    def release(self, rid: str) -> int:
+        """Give a hold back, from the month's and its tenant's reserved; its cost (0: not held)."""
+        held = self.held.pop(rid, 0)
+        self.expiry_ms.pop(rid, None)
+        self.reserved -= held
+        if rid in self.owners:
+            self.tenant(self.owners[rid])[1] -= held
+        return held
 
 
 @dataclasses.dataclass
@@ -299,10 +313,12 @@ class MemoryBudgetLedger:
     """``BudgetLedger`` in dicts, with ``RedisBudgetLedger``'s scripts' rules: cap, replay, expiry, close once."""
 
     def __init__(self, *, cap_micros: int, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 reservation_ttl_s: float = 15 * 60, journal: MemorySpendJournal | None = None) -> None:
+                 reservation_ttl_s: float = 15 * 60, journal: MemorySpendJournal | None = None,
+                 tenants: MemoryTenantBudgets | None = None) -> None:
         if cap_micros < 0:
             raise ValueError("cap_micros must be >= 0")
         self.cap_micros = cap_micros
+        self._tenants = tenants or MemoryTenantBudgets()
         self._journal = journal
         self._clock = clock
         self._ttl_ms = int(reservation_ttl_s * 1000)
@@ -319,8 +335,7 @@ class MemoryBudgetLedger:
         """The month's totals after giving back holds whose expiry passed (a holder that crashed)."""
         totals = self._months.setdefault(month, _Month())
         for rid in [rid for rid, expiry in totals.expiry_ms.items() if expiry <= now_ms]:
-            totals.reserved -= totals.held.pop(rid, 0)
-            del totals.expiry_ms[rid]
+            totals.release(rid)
         return totals
 
     def forget(self) -> None:
@@ -341,13 +356,19 @@ class MemoryBudgetLedger:
             rid = entry.reservation_id
             if rid in totals.closed or rid in totals.held:
                 continue
+            if entry.tenant:
+                totals.owners[rid] = entry.tenant
             if entry.state == "settled":
                 totals.spent += entry.cost_micros
+                if entry.tenant:
+                    totals.tenant(entry.tenant)[0] += entry.cost_micros
                 totals.closed.add(rid)
             elif entry.state == "refunded":
                 totals.closed.add(rid)
             else:
                 totals.reserved += entry.cost_micros
+                if entry.tenant:
+                    totals.tenant(entry.tenant)[1] += entry.cost_micros
                 totals.held[rid] = entry.cost_micros
                 totals.expiry_ms[rid] = entry.expires_ms
         totals.journaled = True
@@ -358,12 +379,13 @@ class MemoryBudgetLedger:
             return True
         try:
             await self._journal.write(SpendEntry(reservation.reservation_id, reservation.job_id, reservation.month,
-                                                 cost, state, int(reservation.expires_at.timestamp() * 1000)))
+                                                 cost, state, int(reservation.expires_at.timestamp() * 1000),
+                                                 reservation.tenant))
         except SpendJournalUnavailable:
             return False
         return True
 
-    async def reserve(self, job_id: str, cost_micros: int) -> Reservation | None:
+    async def reserve(self, job_id: str, cost_micros: int, *, tenant: str | None = None) -> Reservation | None:
         if cost_micros <= 0:
             raise ValueError("cost_micros must be > 0")
         now_ms = self._now_ms()
@@ -373,25 +395,32 @@ class MemoryBudgetLedger:
         totals = self._swept(month, now_ms)
         job = self._jobs.get(job_id)
         if job is not None and (job.state == "settled" or (job.state == "reserved" and job.expires_ms > now_ms)):
-            return self._reservation(job_id, job, replayed=True)
+            return self._reservation(job_id, job, replayed=True, tenant=tenant)
         if totals.spent + totals.reserved + cost_micros > self.cap_micros:
+            return None
+        tenant_cap = (await self._tenants.budget(tenant)).cap_micros if tenant else None
+        if tenant and tenant_cap is not None and sum(totals.tenant(tenant)) + cost_micros > tenant_cap:
             return None
         rid = f"{job_id}:{uuid.uuid4().hex[:12]}"
         totals.reserved += cost_micros
         totals.held[rid] = cost_micros
         totals.expiry_ms[rid] = now_ms + self._ttl_ms
+        if tenant:
+            totals.owners[rid] = tenant
+            totals.tenant(tenant)[1] += cost_micros
         job = self._jobs[job_id] = _JobRecord(rid, cost_micros, month, now_ms + self._ttl_ms, "reserved")
-        reservation = self._reservation(job_id, job, replayed=False)
+        reservation = self._reservation(job_id, job, replayed=False, tenant=tenant)
         if not await self._write(reservation, "held", cost_micros):
             self._finish(reservation, "refunded", 0)
             return None
         return reservation
 
     @staticmethod
-    def _reservation(job_id: str, job: _JobRecord, *, replayed: bool) -> Reservation:
+    def _reservation(job_id: str, job: _JobRecord, *, replayed: bool, tenant: str | None) -> Reservation:
         return Reservation(job_id=job_id, reservation_id=job.reservation_id, cost_micros=job.cost, month=job.month,
                            expires_at=datetime.fromtimestamp(job.expires_ms / 1000, UTC),
-                           state="settled" if job.state == "settled" else "reserved", replayed=replayed)
+                           state="settled" if job.state == "settled" else "reserved", replayed=replayed,
+                           tenant=tenant)
 
     async def settle(self, reservation: Reservation, actual_cost_micros: int | None = None) -> bool:
         actual = reservation.cost_micros if actual_cost_micros is None else actual_cost_micros
@@ -415,11 +444,11 @@ class MemoryBudgetLedger:
         if rid in totals.closed:
             return False
         totals.closed.add(rid)
-        if rid in totals.held:
-            totals.reserved -= totals.held.pop(rid)
-            totals.expiry_ms.pop(rid, None)
+        totals.release(rid)
         if mode == "settled":
             totals.spent += actual
+            if rid in totals.owners:
+                totals.tenant(totals.owners[rid])[0] += actual
         job = self._jobs.get(reservation.job_id)
         if job is not None and job.reservation_id == rid:  # a superseded reservation leaves the record alone
             job.state = mode
@@ -434,6 +463,30 @@ class MemoryBudgetLedger:
         totals = self._swept(month, self._now_ms())
         return BudgetSnapshot(month=month, cap_micros=self.cap_micros, spent_micros=totals.spent,
                               reserved_micros=totals.reserved)
+
+    async def tenant_snapshot(self, tenant: str, month: str | None = None) -> TenantSpend:
+        month = month or self.current_month()
+        await self.snapshot(month)
+        spent, reserved = self._months.setdefault(month, _Month()).tenants.get(tenant, [0, 0])
+        return TenantSpend(tenant, spent, reserved, (await self._tenants.budget(tenant)).cap_micros)
+
+    async def tenant_spend(self, month: str | None = None) -> dict[str, TenantSpend]:
+        month = month or self.current_month()
+        await self.snapshot(month)
+        return {tenant: await self.tenant_snapshot(tenant, month)
+                for tenant in sorted(self._months.setdefault(month, _Month()).tenants)}
+
+
+class MemoryTenantBudgets:
+    """``TenantBudgets`` from a dict: tenant → its own cap in micro-dollars (None: registered, no cap)."""
+
+    def __init__(self, caps: dict[str, int | None] | None = None) -> None:
+        self.caps = dict(caps or {})
+
+    async def budget(self, tenant: str) -> TenantBudget:
+        if tenant not in self.caps:
+            return TenantBudget(registered=False)
+        return TenantBudget(registered=True, cap_micros=self.caps[tenant])
 
 
 class MemorySpendJournal:

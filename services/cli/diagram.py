@@ -14,7 +14,7 @@ import typer
 
 from services.cli._console import console
 from services.common.diagram import Facts, PathProvider, render_svg
-from services.common.settings import BudgetSettings, S3Settings, TopicSettings
+from services.common.settings import BudgetSettings, CacheSettings, S3Settings, TopicSettings
 from services.common.topics import Topics
 from services.generator.settings import GeneratorSettings
 from services.providers.catalog import load_providers_file
@@ -31,6 +31,7 @@ def facts_from_settings() -> Facts:
         cap_usd=BudgetSettings().cap_usd, primary=PathProvider.of(catalog.primary),
         fallback=PathProvider.of(catalog.fallback), cache_ttl_s=StorageSettings().cache_ttl_s, bucket=s3.bucket,
         cdn=str(s3.public_base_url) if s3.public_base_url is not None else "the bucket's public URL",
+        cache_shared=CacheSettings().scope == "shared",
     )
 
 

@@ -22,7 +22,7 @@ import typer
 from services.cli._console import fail, read_settings
 from services.common.bootstrap import bootstrap
 from services.common.health import Readiness
-from services.common.settings import BudgetSettings, Connections
+from services.common.settings import BudgetSettings, CacheSettings, Connections
 from services.common.tracing import TracingSettings
 from services.common.worker import run_service
 
@@ -74,7 +74,7 @@ def run(
     overrides = {"path": path} if service.value == "generator" and path is not None else {}
     service_settings = read_settings(lambda: settings_class(**overrides))
     connections, budget = read_settings(Connections.from_env), read_settings(BudgetSettings)
-    traces = read_settings(TracingSettings)
+    traces, cache = read_settings(TracingSettings), read_settings(CacheSettings)
     if entry.reads_providers_file:
         catalog_or_fail(service_settings.providers_file)
     serve = importlib.import_module(entry.module).serve
@@ -82,7 +82,8 @@ def run(
     readiness = Readiness("kafka")  # ready once its consumer is connected (ingest answers /readyz itself)
 
     async def main(stop: asyncio.Event) -> None:
-        async with bootstrap(connections, budget=budget, environ=os.environ, readiness=readiness) as infra:
+        async with bootstrap(connections, budget=budget, environ=os.environ, readiness=readiness,
+                             cache=cache) as infra:
             await serve(service_settings, infra, stop)
 
     name = f"generator-{service_settings.path}" if service.value == "generator" else service.value

@@ -29,7 +29,7 @@ from services.simulator import (
     sweeps,
     verdict,
 )
-from services.simulator.report import COLUMNS, markdown_table
+from services.simulator.report import COLUMNS, floor_under, markdown_table
 
 SWEEPS = ("policies", "spaces", "cap")
 
@@ -84,10 +84,18 @@ def simulate(
         at_fixed_spend = run_policy(compared(settings)[2], arrivals, same_spend, seed=seed, name="deadline, capped "
                                     f"at the fixed rule's ${fixed.cost_usd:.2f}")
         _table("at the fixed rule's spend", [at_fixed_spend], markdown)
-        out.print(verdict(fixed, deadline, summaries[1], at_fixed_spend))
+        lanes = _with_lanes(settings, arrivals, scenario, seed)
+        _table("with priority lanes on the primary (simulated only: the pipeline has one primary topic)", lanes,
+               markdown)
+        floor = floor_under(fixed, scenario)
+        out.print(verdict(fixed, deadline, summaries[1], at_fixed_spend, floor,
+                          floor_under(fixed, scenario, tail_share=0.0)))
         if plot_to:
-            plot(summaries + swept, Path(plot_to), title=f"{len(arrivals):,} requests, {spaces} free Spaces: "
-                                                         "paid cost against p95 wait")
+            waits = sorted({s.wait_p95 for s in summaries + swept} | {floor.wait_p95})
+            plot(summaries + swept + [s for s in lanes if s.family == "deadline, lanes"], Path(plot_to),
+                 title=f"{len(arrivals):,} requests, {spaces} free Spaces: paid cost against p95 wait",
+                 floor=[floor_under(fixed, scenario, wait_p95=wait) for wait in waits],
+                 target=(fixed.wait_p95, fixed.cost_per_day_usd / 2))
             progress(f"plot written to {plot_to}")
         return
 
@@ -107,6 +115,15 @@ def simulate(
         _table(label, summaries, markdown)
         answers.append((value, summaries))
     out.print(_answer(kind, answers, p95_target, span_s, scenario.paid.price_usd))
+
+
+def _with_lanes(settings: RouterSettings, arrivals: list, scenario: Scenario, seed: int) -> list[Summary]:
+    """The three policies and the deadline policy's max-wait sweep, the Spaces taking urgent jobs first."""
+    laned = dataclasses.replace(scenario, primary_order="lanes")
+    policies = compared(settings) + [policy for policy in sweeps(settings) if policy.family.startswith("deadline")]
+    return [dataclasses.replace(run_policy(policy, arrivals, laned, seed=seed, name=f"{policy.name}, lanes"),
+                                family="deadline, lanes" if policy.family.startswith("deadline") else "lanes")
+            for policy in policies]
 
 
 def _prorated(monthly_usd: float | None, span_s: float) -> float | None:

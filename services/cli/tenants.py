@@ -63,8 +63,24 @@ def tenants_set(
         limits = TenantLimits(rate_per_s=rate, burst=burst, max_in_flight=max_in_flight, monthly_budget_usd=budget)
     except ValidationError as exc:
         raise fail("invalid tenant or limits: " + escape(exc.errors(include_url=False)[0]["msg"])) from None
-    _with_store(lambda store: store.set_limits(name, limits))
+    async def save(store) -> float:
+        await store.set_limits(name, limits)
+        return sum(t.monthly_budget_usd or 0 for t, _keys in (await store.tenants()).values())
+
+    budgets = _with_store(save)
     console.print(f"tenant {name}: {limits.model_dump(exclude_none=True) or 'no limits'}")
+    _warn_if_overcommitted(budgets)
+
+
+def _warn_if_overcommitted(budgets: float) -> None:
+    """Tenants' budgets beyond the deployment's cap: the first to spend can leave the others nothing."""
+    from services.common.settings import BudgetSettings
+
+    cap = float(read_settings(BudgetSettings).cap_usd)
+    if budgets > cap:
+        console.print(f"[yellow]warning:[/] the tenants' budgets add up to ${budgets:.2f}, above the deployment's "
+                      f"monthly cap of ${cap:.2f} (FORGELINE_BUDGET_CAP_USD): a tenant within its own budget may "
+                      "still be refused once the others have spent the cap")
 
 
 def _tenant_name(value: str, tenant_type) -> str:

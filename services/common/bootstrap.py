@@ -30,14 +30,16 @@ from redis.asyncio import Redis
 from services.common.backoff import until_ready
 from services.common.blobstore import S3BlobStore
 from services.common.budget import RedisBudgetLedger, usd
+from services.common.cache import CacheScope
 from services.common.consumer import ConsumerLoop, Handler, LoopSettings
 from services.common.health import Readiness
 from services.common.jobs import RedisJobStore, RedisTerminalGuard
 from services.common.kafka import RenewingProducer, make_admin, make_consumer, make_producer
 from services.common.outages import is_outage
 from services.common.redis import KeySpace, make_redis
-from services.common.settings import BudgetSettings, Connections
+from services.common.settings import BudgetSettings, CacheSettings, Connections
 from services.common.spend_journal import S3SpendJournal, journal_namespace
+from services.common.tenants import TenantStore
 from services.common.topics import GroupIds, Topics
 
 __all__ = ["Infra", "bootstrap", "make_http_client"]
@@ -74,6 +76,7 @@ class Infra:
     keys: KeySpace
     _stack: AsyncExitStack
     readiness: Readiness = field(default_factory=Readiness)  # what /readyz reports (services.common.health)
+    cache_scope: CacheScope = field(default_factory=CacheScope)  # whose results answer a request (per tenant)
     _made: dict[str, Any] = field(default_factory=dict)
 
     async def _once(self, name: str, make: Callable[[], Awaitable[T]]) -> T:
@@ -173,7 +176,8 @@ class Infra:
             ) if settings.journal else None
             self._made["budget"] = RedisBudgetLedger(
                 self.redis, self.keys, cap_micros=usd(settings.cap_usd),
-                reservation_ttl_s=settings.reservation_ttl_s, journal=journal)
+                reservation_ttl_s=settings.reservation_ttl_s, journal=journal,
+                tenants=TenantStore(self.redis, self.keys))  # each tenant's own cap (``forgeline tenants --budget``)
         return self._made["budget"]
 
     def jobs(self, *, ttl_s: int | None = None) -> RedisJobStore:
@@ -199,12 +203,13 @@ class Infra:
 @asynccontextmanager
 async def bootstrap(connections: Connections, *, budget: BudgetSettings | None = None,
                     environ: Mapping[str, str] | None = None, readiness: Readiness | None = None,
-                    ) -> AsyncIterator[Infra]:
+                    cache: CacheSettings | None = None) -> AsyncIterator[Infra]:
     """The process's :class:`Infra`; every client it made is closed on exit, in reverse order.
 
     ``budget``: the monthly cap (None: read from ``FORGELINE_BUDGET_*``). ``environ``: where provider
     keys named by the providers file are read (None: nowhere, so no keys). ``readiness``: what the
-    process's ``/readyz`` reports (None: a fresh one nobody serves).
+    process's ``/readyz`` reports (None: a fresh one nobody serves). ``cache``: the result cache's scope
+    (None: read from ``FORGELINE_CACHE_*``).
     """
     async with AsyncExitStack() as stack:
         yield Infra(
@@ -216,4 +221,5 @@ async def bootstrap(connections: Connections, *, budget: BudgetSettings | None =
             keys=KeySpace(connections.redis.key_prefix),
             _stack=stack,
             readiness=readiness or Readiness(),
+            cache_scope=CacheScope.from_settings(cache or CacheSettings()),
         )

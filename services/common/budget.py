@@ -8,6 +8,13 @@ Per UTC calendar month ``budget:<YYYY-MM>`` holds ``spent`` and ``reserved``. A 
 ``spent + reserved + cost <= cap`` and takes the reservation, so any number of replicas racing
 for the last dollars cannot overshoot — then ``settle``s it (moved to ``spent``) or ``refund``s it.
 
+**Tenants.** A reservation may name its tenant. A tenant with a monthly budget of its own
+(``forgeline tenants set <name> --budget 5``) must fit under it *and* under the deployment's cap,
+checked and held in the same script: concurrent workers can pass neither, and a tenant that spent
+its budget stops paying while the others go on. A tenant without a budget draws on the
+deployment's cap only. Keep the sum of the tenants' budgets at or below the deployment's cap, and
+no tenant can take another's share of it.
+
 Keys, under the service's ``KeySpace`` prefix, all in the hash slot ``{budget}``:
 
 * ``{budget}:<month>`` hash ``spent``, ``reserved`` — the totals (and ``journaled`` once they
@@ -15,6 +22,9 @@ Keys, under the service's ``KeySpace`` prefix, all in the hash slot ``{budget}``
 * ``{budget}:<month>:held`` hash reservation id → cost, and ``{budget}:<month>:pending`` sorted set
   reservation id → expiry (ms): what is held, and when a crashed holder's hold is given back;
 * ``{budget}:<month>:closed`` set of settled/refunded reservation ids: settle and refund happen once;
+* ``{budget}:<month>:owners`` hash reservation id → tenant: whose cap the hold counts against, so a
+  settle, refund or expiry moves that tenant's totals too (fields ``tenant:<name>:spent|reserved`` of
+  the month's totals hash);
 * ``{budget}:reservation:<call>`` hash — the paid call's current reservation (the replay guard: a
   redelivered Kafka record resuming the same call gets the same reservation back instead of
   reserving twice). ``Failover`` names calls ``<job>:<provider>:<seq>``.
@@ -37,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Literal
+from typing import Literal, Protocol
 
 from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
@@ -54,9 +64,18 @@ MICROS_PER_USD = 1_000_000
 BUDGET_SPENT = Gauge("forgeline_budget_spent_micros", "Paid spend settled this UTC month, in micro-dollars.")
 BUDGET_RESERVED = Gauge("forgeline_budget_reserved_micros", "Paid spend reserved but not yet settled, micro-dollars.")
 BUDGET_CAP = Gauge("forgeline_budget_cap_micros", "Monthly cap on paid spend, in micro-dollars.")
+#: Per registered tenant (bounded: tenants are registered with ``forgeline tenants``); spend of any
+#: tenant name not registered is summed under ``tenant="other"``.
+TENANT_SPENT = Gauge("forgeline_budget_tenant_spent_micros", "A tenant's settled paid spend this UTC month.",
+                     ["tenant"])
+TENANT_RESERVED = Gauge("forgeline_budget_tenant_reserved_micros", "A tenant's paid spend reserved, not yet settled.",
+                        ["tenant"])
+TENANT_CAP = Gauge("forgeline_budget_tenant_cap_micros", "A tenant's own monthly cap (absent: none).", ["tenant"])
+UNREGISTERED_TENANT = "other"
 RESERVATIONS = Counter(
     "forgeline_budget_reservations_total",
-    "Budget operations by outcome: granted, replayed, refused, refused_unjournaled, settled, settled_late, refunded, "
+    "Budget operations by outcome: granted, replayed, refused, refused_tenant, refused_unjournaled, settled, "
+    "settled_late, refunded, "
     "duplicate, expired, rebuilt.",
     ["outcome"],
 )
@@ -125,6 +144,7 @@ class Reservation:
     expires_at: datetime
     state: Literal["reserved", "settled"] = "reserved"
     replayed: bool = False
+    tenant: str | None = None  # whose monthly budget it counts against too (None: the deployment's only)
 
 
 @dataclass(frozen=True)
@@ -148,6 +168,62 @@ class BudgetSnapshot:
         }
 
 
+@dataclass(frozen=True)
+class TenantBudget:
+    """What the ledger knows of a tenant: registered or not, and its own monthly cap (None: none)."""
+
+    registered: bool
+    cap_micros: int | None = None
+
+
+class TenantBudgets(Protocol):
+    """Where the ledger reads a tenant's monthly cap (``tenants.TenantStore``, cached briefly)."""
+
+    async def budget(self, tenant: str) -> TenantBudget: ...
+
+
+@dataclass(frozen=True)
+class TenantSpend:
+    """One tenant's month: spent, reserved and its own cap (None: it draws on the deployment's only)."""
+
+    tenant: str
+    spent_micros: int
+    reserved_micros: int
+    cap_micros: int | None
+
+    @property
+    def remaining_micros(self) -> int | None:
+        if self.cap_micros is None:
+            return None
+        return max(0, self.cap_micros - self.spent_micros - self.reserved_micros)
+
+    def as_dict(self) -> dict[str, str | int | None]:
+        """For ``/v1/status``: readable dollars, as the deployment's budget is shown."""
+        remaining = self.remaining_micros
+        return {"tenant": self.tenant, "spent": format_usd(self.spent_micros),
+                "reserved": format_usd(self.reserved_micros),
+                "cap": None if self.cap_micros is None else format_usd(self.cap_micros),
+                "remaining": None if remaining is None else format_usd(remaining)}
+
+
+class _NoTenantBudgets:
+    async def budget(self, tenant: str) -> TenantBudget:
+        return TenantBudget(registered=False)
+
+
+def _tenant_totals(fields: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """``{tenant: (spent, reserved)}`` from the month hash's ``tenant:<name>:spent|reserved`` fields."""
+    found: dict[str, tuple[int, int]] = {}
+    for name, value in fields.items():
+        kind, _, rest = name.partition(":")
+        tenant, _, what = rest.rpartition(":")
+        if kind != "tenant" or not tenant or what not in ("spent", "reserved"):
+            continue
+        spent, reserved = found.get(tenant, (0, 0))
+        found[tenant] = (value, reserved) if what == "spent" else (spent, value)
+    return found
+
+
 class RedisBudgetLedger:
     """Reserve, settle and refund paid spend against a monthly cap; safe for any number of replicas.
 
@@ -167,7 +243,9 @@ class RedisBudgetLedger:
         record_ttl_s: int = 2 * 24 * 3600,
         month_retention_s: int = 100 * 24 * 3600,
         journal: SpendJournal | None = None,
+        tenants: TenantBudgets | None = None,
     ) -> None:
+        """``tenants``: where each tenant's own monthly cap is read (None: no tenant has one)."""
         if cap_micros < 0:
             raise ValueError("cap_micros must be >= 0")
         self._redis = redis
@@ -182,6 +260,7 @@ class RedisBudgetLedger:
         self._snapshot = redis.register_script(lua.SNAPSHOT)
         self._seed = redis.register_script(lua.SEED)
         self._journal = journal
+        self._tenants = tenants or _NoTenantBudgets()
         BUDGET_CAP.set(cap_micros)
 
     @property
@@ -197,7 +276,7 @@ class RedisBudgetLedger:
 
     def _month_keys(self, month: str) -> list[str]:
         base = self.month_key(month)
-        return [base, base + ":pending", base + ":held"]
+        return [base, base + ":pending", base + ":held", base + ":owners"]
 
     def _record_key(self, job_id: str) -> str:
         return self._keys.key(hashtag("budget"), "reservation", job_id)
@@ -213,8 +292,8 @@ class RedisBudgetLedger:
             BUDGET_SPENT.set(spent)
             BUDGET_RESERVED.set(reserved)
 
-    async def reserve(self, job_id: str, cost_micros: int) -> Reservation | None:
-        """Hold ``cost_micros`` for ``job_id`` if the month's cap allows it; None if it does not.
+    async def reserve(self, job_id: str, cost_micros: int, *, tenant: str | None = None) -> Reservation | None:
+        """Hold ``cost_micros`` for ``job_id`` if the month's cap (and ``tenant``'s own) allows it; None if not.
 
         The same job gets its existing reservation back (``replayed=True``) while it is held or
         after it was settled; after a refund or expiry it reserves afresh.
@@ -224,14 +303,16 @@ class RedisBudgetLedger:
         now = self._clock()
         now_ms = int(now.timestamp() * 1000)
         month = month_of(now)
+        budget = await self._tenants.budget(tenant) if tenant else TenantBudget(registered=False)
+        tenant_cap = -1 if budget.cap_micros is None else budget.cap_micros
         for _ in range(2):  # a second round only after rebuilding the month from the journal
             reply = await self._reserve(
                 keys=[*self._month_keys(month), self._record_key(job_id)],
                 args=[now_ms, f"{job_id}:{uuid.uuid4().hex[:12]}", cost_micros, self.cap_micros,
                       now_ms + self._reservation_ttl_ms, self._record_ttl_s, self._month_retention_s, month,
-                      1 if self._journal is not None else 0],
+                      1 if self._journal is not None else 0, tenant or "", tenant_cap],
             )
-            outcome, rid, cost, res_month, expires_ms, state, spent, reserved, released = (
+            outcome, rid, cost, res_month, expires_ms, state, spent, reserved, released, t_spent, t_reserved = (
                 v.decode() if isinstance(v, bytes) else v for v in reply)
             if outcome != "unseeded" or not await self._rebuild(month):
                 break
@@ -239,13 +320,16 @@ class RedisBudgetLedger:
             RESERVATIONS.labels("refused_unjournaled").inc()
             return None
         self._observe(month, int(spent), int(reserved), int(released))
-        if outcome == "refused":
-            RESERVATIONS.labels("refused").inc()
+        if tenant:
+            self._observe_tenant(month, TenantSpend(tenant, int(t_spent), int(t_reserved), budget.cap_micros),
+                                 registered=budget.registered)
+        if outcome in ("refused", "refused_tenant"):
+            RESERVATIONS.labels(outcome).inc()
             return None
         reservation = Reservation(
             job_id=job_id, reservation_id=rid, cost_micros=int(cost), month=res_month,
             expires_at=datetime.fromtimestamp(int(expires_ms) / 1000, UTC),
-            state="settled" if state == "settled" else "reserved", replayed=outcome == "existing",
+            state="settled" if state == "settled" else "reserved", replayed=outcome == "existing", tenant=tenant,
         )
         if outcome == "granted" and not await self._write(reservation, "held", reservation.cost_micros):
             # Not on record outside Redis: a lost ledger would forget it, so the call is not made.
@@ -255,13 +339,23 @@ class RedisBudgetLedger:
         RESERVATIONS.labels("granted" if outcome == "granted" else "replayed").inc()
         return reservation
 
+    def _observe_tenant(self, month: str, spend: TenantSpend, *, registered: bool) -> None:
+        """The tenant's gauges; only registered tenants get a label of their own (bounded cardinality)."""
+        if month != self.current_month() or not registered:
+            return
+        TENANT_SPENT.labels(spend.tenant).set(spend.spent_micros)
+        TENANT_RESERVED.labels(spend.tenant).set(spend.reserved_micros)
+        if spend.cap_micros is not None:
+            TENANT_CAP.labels(spend.tenant).set(spend.cap_micros)
+
     async def _write(self, reservation: Reservation, state: EntryState, cost: int) -> bool:
         if self._journal is None:
             return True
         try:
             await self._journal.write(SpendEntry(
                 reservation_id=reservation.reservation_id, call=reservation.job_id, month=reservation.month,
-                cost_micros=cost, state=state, expires_ms=int(reservation.expires_at.timestamp() * 1000)))
+                cost_micros=cost, state=state, expires_ms=int(reservation.expires_at.timestamp() * 1000),
+                tenant=reservation.tenant))
         except SpendJournalUnavailable as exc:
             log.warning("budget %s: %s", reservation.month, exc)
             return False
@@ -277,7 +371,7 @@ class RedisBudgetLedger:
             return False
         args: list[str | int] = [self._month_retention_s]
         for entry in entries:
-            args += [entry.reservation_id, entry.state, entry.cost_micros, entry.expires_ms]
+            args += [entry.reservation_id, entry.state, entry.cost_micros, entry.expires_ms, entry.tenant or ""]
         base = self._month_keys(month)
         if await self._seed(keys=[*base, base[0] + ":closed"], args=args):
             RESERVATIONS.labels("rebuilt").inc()
@@ -335,3 +429,35 @@ class RedisBudgetLedger:
         self._observe(month, int(spent), int(reserved), int(released))
         return BudgetSnapshot(month=month, cap_micros=self.cap_micros, spent_micros=int(spent),
                               reserved_micros=int(reserved))
+
+    async def tenant_spend(self, month: str | None = None) -> dict[str, TenantSpend]:
+        """Every tenant that reserved this month (default: the current one), with its own cap.
+
+        After ``snapshot`` (which gives back abandoned holds and rebuilds a lost month first).
+        """
+        month = month or self.current_month()
+        await self.snapshot(month)
+        raw = await self._redis.hgetall(self.month_key(month))
+        fields = {name.decode(): int(value) for name, value in raw.items() if name.startswith(b"tenant:")}
+        found: dict[str, TenantSpend] = {}
+        other = [0, 0]
+        for tenant, (spent, reserved) in sorted(_tenant_totals(fields).items()):
+            budget = await self._tenants.budget(tenant)
+            found[tenant] = spend = TenantSpend(tenant, spent, reserved, budget.cap_micros)
+            self._observe_tenant(month, spend, registered=budget.registered)
+            if not budget.registered:
+                other[0] += spent
+                other[1] += reserved
+        if month == self.current_month():
+            TENANT_SPENT.labels(UNREGISTERED_TENANT).set(other[0])
+            TENANT_RESERVED.labels(UNREGISTERED_TENANT).set(other[1])
+        return found
+
+    async def tenant_snapshot(self, tenant: str, month: str | None = None) -> TenantSpend:
+        """``tenant``'s month: what it spent and holds, and its own cap (None: none)."""
+        month = month or self.current_month()
+        await self.snapshot(month)
+        spent, reserved = await self._redis.hmget(self.month_key(month), f"tenant:{tenant}:spent",
+                                                  f"tenant:{tenant}:reserved")
+        budget = await self._tenants.budget(tenant)
+        return TenantSpend(tenant, int(spent or 0), int(reserved or 0), budget.cap_micros)

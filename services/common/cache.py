@@ -1,8 +1,9 @@
 """The result cache: the same normalised request is answered from a stored image.
 
 Two levels (seed 002): an in-process LRU with a short TTL in front of Redis (seed 004: 24 h).
-The key is ``ImageSpec.cache_key()``, the SHA-256 of the normalised spec; the value is the
-``GenerationCompleted`` event of the job that first made the image.
+The key is ``ImageSpec.cache_key(scope)``, the SHA-256 of the normalised spec and of whose results
+may answer it (``CacheScope``: the job's tenant by default, nobody's in particular when shared); the
+value is the ``GenerationCompleted`` event of the job that first made the image.
 """
 
 from __future__ import annotations
@@ -11,15 +12,40 @@ import collections
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from prometheus_client import Counter
 from redis.asyncio import Redis
 
-from services.common.contracts import GenerationCompleted
+from services.common.contracts import GenerationCompleted, ImageSpec
 from services.common.redis import KeySpace
+from services.common.settings import CacheSettings
 
 V = TypeVar("V")
+
+
+@dataclass(frozen=True)
+class CacheScope:
+    """Whose results answer a request: its own tenant's (the default) or every tenant's (``shared``).
+
+    The one place the deployment's choice (``FORGELINE_CACHE_SCOPE``) turns into the cache key's
+    scope; everything that computes a result-cache key for a job goes through ``key``.
+    """
+
+    shared: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: CacheSettings) -> CacheScope:
+        return cls(shared=settings.scope == "shared")
+
+    def of(self, tenant: str) -> str | None:
+        """The ``scope`` argument of ``ImageSpec.cache_key`` for a job of ``tenant``."""
+        return None if self.shared else tenant
+
+    def key(self, spec: ImageSpec, tenant: str) -> str:
+        """The result-cache key of ``spec`` asked for by ``tenant``."""
+        return spec.cache_key(self.of(tenant))
 
 CACHE_LOOKUPS = Counter("forgeline_cache_lookups_total", "Result cache lookups by outcome.", ["result"])
 

@@ -343,8 +343,13 @@ class ImageSpec(_Model):
     style: Style | None = Field(
         None, examples=["pixel-art", "painterly"])
 
-    def cache_key(self) -> str:
-        """SHA-256 of the normalised spec: whitespace runs collapsed, optional fields explicit."""
+    def cache_key(self, scope: str | None = None) -> str:
+        """SHA-256 of the normalised spec: whitespace runs collapsed, optional fields explicit.
+
+        ``scope``: whose results it may be answered from — the job's tenant by default (``CacheScope.of``
+        gives it: one tenant never gets another's image, URL or metadata), None when the deployment
+        shares its cache across tenants (the key of a spec alone, as before tenants had a scope).
+        """
         normalised = {
             "prompt": " ".join(self.prompt.split()),
             "negative_prompt": " ".join(self.negative_prompt.split()) if self.negative_prompt else None,
@@ -353,6 +358,8 @@ class ImageSpec(_Model):
             "seed": self.seed,
             "style": self.style.lower() if self.style else None,
         }
+        if scope is not None:
+            normalised["scope"] = scope
         canonical = json.dumps(normalised, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -523,10 +530,15 @@ class ErrorInfo(_Model):
     stage: Literal["ingest", "router", "generator", "storage", "comparer"]
     retryable: bool = Field(description="True when the same request may succeed later.")
     provider: str | None = None
+    retry_after_s: float | None = Field(
+        None, ge=0, le=86_400, examples=[2.0],
+        description="Seconds after which the same request may succeed (code rate_limited: the tenant's limits).")
 
 
 #: ``ErrorInfo.code`` of a job its client cancelled; its status reads ``canceled``.
 CANCELED = "canceled"
+#: ``ErrorInfo.code`` of a request produced straight to Kafka beyond its tenant's limits (see ``retry_after_s``).
+RATE_LIMITED = "rate_limited"
 
 
 class GenerationFailed(Event):

@@ -66,6 +66,7 @@ class Facts:
     cache_ttl_s: int
     bucket: str
     cdn: str
+    cache_shared: bool = False  # FORGELINE_CACHE_SCOPE=shared: every tenant answered from every tenant's results
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,9 @@ def layout(facts: Facts) -> Diagram:
         "router", f"queue depth < {facts.depth_high} → Spaces (free)", f"queue depth ≥ {facts.depth_high} → API (paid)",
         f"back to Spaces below {facts.depth_low}", f"paid only under the {usd(facts.cap_usd)}/month cap"),
         ("route.split", "route.reasons")))
-    d.add(Node("budget", "shared", 600, 410, 260, 86, ("budget ledger (Redis)", f"cap {usd(facts.cap_usd)} per month"),
-               ("budget",)))
+    d.add(Node("budget", "shared", 600, 410, 260, 104, ("budget ledger (Redis)",
+                                                        f"cap {usd(facts.cap_usd)} per month, tenants' own too"),
+               ("budget", "budget.tenants")))
     d.add(_topic(facts, "generation.primary", "primary", 890, 95, ("queue.primary",)))
     d.add(_topic(facts, "generation.fallback", "fallback", 890, 455, ("queue.fallback",)))
     d.add(Node("generator:primary", "primary", 1150, 40, 250, 170,
@@ -147,7 +149,8 @@ def layout(facts: Facts) -> Diagram:
     d.add(_topic(facts, "generation.generated", "shared", 1410, 255, w=220))
     d.add(Node("storage", "shared", 1410, 610, 220, 96, ("storage", "content-addressed upload,", "CDN URL"),
                ("stage.stored",)))
-    d.add(Node("cache", "shared", 1410, 770, 220, 80, ("result cache", f"Redis + in-process, {ttl}"), ("cache",)))
+    scope = "shared by all tenants" if facts.cache_shared else "per tenant"
+    d.add(Node("cache", "shared", 1410, 770, 220, 80, ("result cache", f"Redis + in-process, {ttl}", scope), ("cache",)))
     d.add(Node("blobs", "shared", 1150, 610, 220, 50, ("blob store (S3/R2)", f"bucket {facts.bucket}")))
     d.add(Node("cdn", "shared", 1150, 680, 220, 50, ("CDN", facts.cdn)))
     d.add(_topic(facts, "generation.completed", "shared", 860, 610))

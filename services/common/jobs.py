@@ -146,14 +146,18 @@ class RedisJobStore:
         """Move ``job_id`` to ``status`` with ``fields``; False when the change was stale.
 
         A terminal status also frees the job's in-flight slot under its tenant's cap (``ratelimit``);
-        a separate call, as the slot set lives in the tenant's hash slot, not the job's.
+        a separate call, as the slot set lives in the tenant's hash slot, not the job's, sent at the
+        same time (freeing the slot does not depend on the update's verdict).
         """
-        applied = await self._update(
+        update = self._update(
             keys=[self._hash(job_id), self._stream(job_id)],
             args=[status, RANK[status], self._ttl_s, json.dumps(encode_fields(fields)), utcnow().isoformat()],
         )
         if status in TERMINAL and fields.get("tenant"):
-            await self._redis.zrem(in_flight_key(self._keys, fields["tenant"]), job_id)
+            applied, _ = await asyncio.gather(update, self._redis.zrem(in_flight_key(self._keys, fields["tenant"]),
+                                                                        job_id))
+        else:
+            applied = await update
         return bool(applied)
 
     async def get(self, job_id: str) -> JobView | None:
@@ -193,12 +197,24 @@ def lease_holder() -> str:
     return f"{_PROCESS}:{id(task) if task is not None else 0}"
 
 
-# KEYS: lease.  ARGV: holder, ttl ms.  1 when the lease is (now) the holder's, 0 when another holds it.
-_LEASE = """
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+# A claim in one round trip: store the event unless one is stored, then, unless it is published, take the lease.
+# KEYS: stored event, its published mark, its publishing lease.  ARGV: event envelope (JSON), ttl s, holder, lease ms.
+# Returns {1}: ours is stored, publish it; {2}: published already; {3, stored}: publish the stored one;
+# {0}: another copy holds the publishing lease.
+_CLAIM = """
+local function lease()
+  local holder = redis.call('GET', KEYS[3])
+  if holder and holder ~= ARGV[3] then return false end
+  redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
+  return true
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  if lease() then return {1} end
+  return {0}
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {2} end
+if not lease() then return {0} end
+return {3, redis.call('GET', KEYS[1])}
 """
 
 
@@ -221,33 +237,29 @@ class RedisTerminalGuard:
         self._keys = keys
         self._ttl_s = ttl_s
         self._lease_ms = max(1, int(lease_s * 1000))
-        self._lease = redis.register_script(_LEASE)
+        self._claim = redis.register_script(_CLAIM)
 
     async def claim(self, event: Terminal) -> Terminal | None:
         """The terminal event to publish for ``event.job_id``, or None if one was published already.
 
-        Raises ``TerminalBeingPublished`` while another copy holds the publishing lease.
+        Raises ``TerminalBeingPublished`` while another copy holds the publishing lease. One Lua
+        call (``_CLAIM``): storage claims every job it completes, so this is on every job's path.
         """
         key = self._key(event.job_id)
         stored = json.dumps({"type": type(event).__name__, "event": event.model_dump(mode="json")})
-        if await self._redis.set(key, stored, nx=True, ex=self._ttl_s):
-            await self._take_lease(event.job_id)
+        verdict, *found = await self._claim(keys=[key, key + ":published", key + ":publishing"],
+                                            args=[stored, self._ttl_s, lease_holder(), self._lease_ms])
+        if verdict == 0:
+            raise TerminalBeingPublished(f"job {event.job_id}: another replica is publishing its terminal event")
+        if verdict == 1:
             return event
-        if await self._redis.exists(key + ":published"):
+        if verdict == 2:
             return None
-        await self._take_lease(event.job_id)
-        raw = await self._redis.get(key)
-        if raw is None:  # expired between the two calls: ours is as good as any
-            return event
-        envelope = json.loads(raw)
+        envelope = json.loads(found[0])
         model = self._MODELS.get(envelope["type"])
         if model is None:
             raise ContractError("RedisTerminalGuard", {"type": f"unknown terminal event {envelope['type']!r}"})
         return model.model_validate(envelope["event"])  # type: ignore[return-value]
-
-    async def _take_lease(self, job_id: str) -> None:
-        if not await self._lease(keys=[self._key(job_id) + ":publishing"], args=[lease_holder(), self._lease_ms]):
-            raise TerminalBeingPublished(f"job {job_id}: another replica is publishing its terminal event")
 
     def _key(self, job_id: str) -> str:
         return self._keys.key("terminal", hashtag(job_id))
@@ -273,9 +285,9 @@ async def terminal_outcome(event: Terminal, *, topic: str, guard: TerminalGuard,
         return Outcome()
 
     async def acked() -> None:
-        await guard.mark_published(to_publish.job_id)
+        # Both at once: either order is safe (a replay before the mark republishes the same bytes).
         status, fields = _terminal_status(to_publish)
-        await jobs.update(to_publish.job_id, status, **fields)
+        await asyncio.gather(guard.mark_published(to_publish.job_id), jobs.update(to_publish.job_id, status, **fields))
         if recent is not None and isinstance(to_publish, GenerationCompleted):
             await recent.add(to_publish.job_id)
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from services.common.breaker import BreakerState
-    from services.common.budget import BudgetSnapshot, Reservation
+    from services.common.budget import BudgetSnapshot, Reservation, TenantSpend
     from services.common.contracts import GenerationCompleted
     from services.common.jobs import JobStatus, JobView, Terminal
     from services.common.keypool import ApiKey, KeyState
@@ -102,11 +102,12 @@ class BudgetLedger(Protocol):
 
     cap_micros: int
 
-    async def reserve(self, job_id: str, cost_micros: int) -> Reservation | None:
+    async def reserve(self, job_id: str, cost_micros: int, *, tenant: str | None = None) -> Reservation | None:
         """A hold on ``cost_micros``, or None when it would pass the cap (or the spend cannot be known).
 
         ``job_id`` names the paid call (``Failover`` passes ``<job>:<provider>:<seq>``): repeating it
-        returns its hold, so a replay of the same call reserves once.
+        returns its hold, so a replay of the same call reserves once. With ``tenant``, the hold must
+        fit that tenant's own monthly cap as well, in the same atomic step.
         """
 
     async def settle(self, reservation: Reservation, actual_cost_micros: int | None = None) -> bool: ...
@@ -114,6 +115,12 @@ class BudgetLedger(Protocol):
     async def refund(self, reservation: Reservation) -> bool: ...
 
     async def snapshot(self, month: str | None = None) -> BudgetSnapshot: ...
+
+    async def tenant_snapshot(self, tenant: str, month: str | None = None) -> TenantSpend:
+        """One tenant's spend, holds and own cap this month."""
+
+    async def tenant_spend(self, month: str | None = None) -> dict[str, TenantSpend]:
+        """Every tenant that reserved this month."""
 
 
 class Breaker(Protocol):

@@ -152,6 +152,17 @@ class BudgetSettings(BaseSettings):
     journal_bucket: str | None = Field(None, description="A private bucket for the journal (default: FORGELINE_S3_BUCKET).")
 
 
+class CacheSettings(BaseSettings):
+    """Whose results the result cache shares (ingest, router and storage must agree: set it for all three)."""
+
+    model_config = _config("FORGELINE_CACHE_")
+
+    scope: Literal["tenant", "shared"] = Field(
+        "tenant", description="tenant: a tenant is answered only from its own results (the default: one tenant "
+                              "never sees another's prompts, URLs or metadata); shared: every tenant is answered "
+                              "from every tenant's results, for deployments whose tenants are one company's games.")
+
+
 @dataclass(frozen=True)
 class Connections:
     """The shared connection settings every service is built with."""
@@ -179,4 +190,4 @@ def env_names(settings_cls: type[BaseSettings]) -> set[str]:
 
 
 SHARED_SETTINGS: tuple[type[BaseSettings], ...] = (KafkaSettings, TopicSettings, RedisSettings, S3Settings,
-                                                  BudgetSettings)
+                                                  BudgetSettings, CacheSettings)

@@ -6,7 +6,8 @@ the cap. So every reservation the ledger grants is also written here *before* th
 made, and written again when it settles or is refunded. One object per reservation:
 
     <journal prefix><deployment>/<YYYY-MM>/<reservation id>.json
-    {"reservation_id", "call", "month", "cost_micros", "state": "held"|"settled"|"refunded", "expires_ms"}
+    {"reservation_id", "call", "month", "cost_micros", "state": "held"|"settled"|"refunded", "expires_ms",
+     "tenant"}
 
 A rebuild (``RedisBudgetLedger``, when the month's totals carry no ``journaled`` mark) lists the
 month's objects and counts settled entries as spent and held ones as held again, so a call whose
@@ -47,6 +48,7 @@ class SpendEntry:
     cost_micros: int
     state: EntryState
     expires_ms: int
+    tenant: str | None = None  # whose own budget it counts against too (entries written before tenants: None)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -55,7 +57,8 @@ class SpendEntry:
     def from_json(cls, raw: bytes) -> SpendEntry:
         data = json.loads(raw)
         return cls(reservation_id=str(data["reservation_id"]), call=str(data["call"]), month=str(data["month"]),
-                   cost_micros=int(data["cost_micros"]), state=data["state"], expires_ms=int(data["expires_ms"]))
+                   cost_micros=int(data["cost_micros"]), state=data["state"], expires_ms=int(data["expires_ms"]),
+                   tenant=data.get("tenant"))
 
 
 def journal_namespace(key_prefix: str) -> str:

@@ -21,15 +21,29 @@ import hashlib
 import json
 import secrets
 from datetime import UTC, datetime
+from decimal import ROUND_DOWN, Decimal
 
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
+from services.common.budget import TenantBudget, usd
 from services.common.cache import LruTtlCache
 from services.common.contracts import Tenant
 from services.common.redis import KeySpace
 
 KEY_PREFIX = "fl_"
+
+
+class _Unregistered:
+    """The cached answer "no such tenant" (the cache keeps no None)."""
+
+
+UNREGISTERED = _Unregistered()
+
+
+def _to_micro_dollars(amount: float) -> Decimal:
+    """A budget given as a float (``--budget 2.5``) in whole micro-dollars, as the ledger counts."""
+    return Decimal(str(amount)).quantize(Decimal("0.000001"), rounding=ROUND_DOWN)
 
 
 class Limits(BaseModel):
@@ -85,7 +99,7 @@ class TenantStore:
         self._redis = redis
         self._keys = keys
         self._callers: LruTtlCache[Caller | None] = LruTtlCache(4096, lookup_ttl_s)
-        self._limits: LruTtlCache[TenantLimits] = LruTtlCache(4096, lookup_ttl_s)
+        self._limits: LruTtlCache[TenantLimits | _Unregistered] = LruTtlCache(4096, lookup_ttl_s)
 
     def _k(self, *parts: str) -> str:
         return self._keys.key(*parts)
@@ -107,13 +121,25 @@ class TenantStore:
 
     async def limits(self, tenant: str) -> TenantLimits:
         """The tenant's limits (no limits for a tenant never configured)."""
+        return await self.registered_limits(tenant) or TenantLimits()
+
+    async def registered_limits(self, tenant: str) -> TenantLimits | None:
+        """The tenant's limits; None for a tenant never configured (a name only a Kafka producer used)."""
         cached = self._limits.get(tenant)
         if cached is not None:
-            return cached
+            return None if cached is UNREGISTERED else cached
         raw = await self._redis.get(self._k("tenant", tenant))
-        found = TenantLimits.model_validate_json(raw) if raw is not None else TenantLimits()
-        self._limits.set(tenant, found)
+        found = TenantLimits.model_validate_json(raw) if raw is not None else None
+        self._limits.set(tenant, UNREGISTERED if found is None else found)
         return found
+
+    async def budget(self, tenant: str) -> TenantBudget:
+        """What the budget ledger needs of ``tenant``: registered, and its own monthly cap (``--budget``)."""
+        limits = await self.registered_limits(tenant)
+        if limits is None:
+            return TenantBudget(registered=False)
+        cap = limits.monthly_budget_usd
+        return TenantBudget(registered=True, cap_micros=None if cap is None else usd(_to_micro_dollars(cap)))
 
     async def set_limits(self, tenant: str, limits: TenantLimits) -> None:
         await self._redis.set(self._k("tenant", tenant), limits.model_dump_json())

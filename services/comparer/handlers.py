@@ -55,7 +55,8 @@ class CompareHandler:
                 job_id=request.job_id, tenant=request.tenant, trace=request.trace.child(), error=error,
                 generation_job_id=request.generation_job_id))
 
-        scored = await self.service.score(request.job_id, target, generated, request.original_prompt)
+        scored = await self.service.score(request.job_id, target, generated, request.original_prompt,
+                                          tenant=request.tenant)
         return await self._finish(request, ComparisonCompleted(
             job_id=request.job_id, tenant=request.tenant, trace=request.trace.child(), result=scored.result,
             generation_job_id=request.generation_job_id, cached=scored.cached))

@@ -81,7 +81,8 @@ class ComparisonService:
         return "vlm" if self.vlm is not None else "perceptual"
 
     async def score(self, comparison_id: str, target: ValidImage, generated: ValidImage,
-                    prompt: str) -> Scored:
+                    prompt: str, *, tenant: str | None = None) -> Scored:
+        """``tenant``: whose monthly budget a paid VLM call counts against too (besides the deployment's)."""
         key = self.cache.key(target, generated, prompt, self.preferred_method)
         if (cached := await self.cache.get(key)) is not None:
             COMPARISONS.labels(cached.method, "true").inc()
@@ -90,7 +91,7 @@ class ComparisonService:
         fallback_reason = None
         if self.vlm is not None:
             try:
-                result = await self._judge(comparison_id, target, generated, prompt)
+                result = await self._judge(comparison_id, target, generated, prompt, tenant)
             except ProviderError as exc:
                 FALLBACKS.labels(exc.code).inc()
                 fallback_reason = f"VLM unavailable, perceptual comparer used: {exc}"[:500]
@@ -109,7 +110,7 @@ class ComparisonService:
         return Scored(result, cached=False)
 
     async def _judge(self, comparison_id: str, target: ValidImage, generated: ValidImage,
-                     prompt: str) -> ComparisonResult:
+                     prompt: str, tenant: str | None = None) -> ComparisonResult:
         assert self.vlm is not None
         started = time.perf_counter()
         target_url, generated_url = vlm_data_url(target), vlm_data_url(generated)
@@ -117,7 +118,7 @@ class ComparisonService:
         async def call(candidate: Candidate, token: str | None):
             return await candidate.adapter.judge(target_url, generated_url, prompt, token)
 
-        attempted = await self.vlm.run(comparison_id, call)
+        attempted = await self.vlm.run(comparison_id, call, tenant=tenant)
         verdict = attempted.value
         band, colour = quality_band(verdict.score)
         return ComparisonResult(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from dataclasses import dataclass, field
 
@@ -43,15 +44,16 @@ class GenerateHandler:
     async def handle(self, routed: GenerationRouted) -> Outcome:
         # Cancelled while it waited in the queue: no provider call for it. (Any other ended job goes on:
         # its replay republishes the stored terminal event, or resumes and cancels its paid call.)
-        current = await self.jobs.get(routed.job_id)
+        # Read and update at once: an ended job takes no status change, so the update cannot undo a cancel.
+        current, _ = await asyncio.gather(self.jobs.get(routed.job_id),
+                                          self.jobs.update(routed.job_id, "generating", tenant=routed.tenant))
         if current is not None and current.status == "canceled":
             return Outcome()
-        await self.jobs.update(routed.job_id, "generating", tenant=routed.tenant)
         try:
             if routed.decision.placeholder:
                 image, attempts = await self._placeholder(routed)
             else:
-                image, attempts = await self.failover.generate(routed.job_id, routed.spec)
+                image, attempts = await self.failover.generate(routed.job_id, routed.spec, tenant=routed.tenant)
         except JobAlreadyFinished:
             # A replay of a job whose result exists: whoever made it terminal publishes it, once.
             return Outcome()

@@ -301,6 +301,18 @@ class ProviderStatus(BaseModel):
         default_factory=list, description="Empty for providers without keys, or when their keys are not set here.")
 
 
+class TenantBudgetStatus(BaseModel):
+    """One tenant's paid spend this month, against its own cap (``forgeline tenants set … --budget``)."""
+
+    tenant: str = Field(examples=["studio-a"])
+    spent: str = Field(examples=["$0.0046"], description="Settled paid calls.")
+    reserved: str = Field(examples=["$0.00"], description="Held by paid calls in flight.")
+    cap: str | None = Field(None, examples=["$5.00"], description="Its own monthly cap; null: it draws on the "
+                                                                  "deployment's cap only.")
+    remaining: str | None = Field(None, examples=["$4.9954"], description="cap - spent - reserved; null without "
+                                                                          "a cap of its own.")
+
+
 class BudgetStatus(BaseModel):
     """The paid path's spend this month (UTC), in US dollars as `format_usd` writes them ("$0.0023")."""
 
@@ -309,6 +321,8 @@ class BudgetStatus(BaseModel):
     spent: str = Field(description="Settled paid calls.")
     reserved: str = Field(description="Held by paid calls in flight.")
     remaining: str = Field(description="cap - spent - reserved, never below 0.")
+    tenants: list[TenantBudgetStatus] = Field(
+        default_factory=list, description="Each tenant that reserved paid spend this month, by name.")
 
 
 class PipelineStatus(BaseModel):
@@ -327,6 +341,7 @@ __all__ = [
     "Accepted",
     "BreakerStatus",
     "BudgetStatus",
+    "TenantBudgetStatus",
     "CacheStats",
     "ErrorDetail",
     "GenerationRequestBody",

@@ -93,6 +93,7 @@ async def build_deps(settings: IngestSettings, infra: Infra) -> IngestDeps:
         tenants=TenantStore(infra.redis, infra.keys, lookup_ttl_s=settings.tenant_lookup_ttl_s),
         limiter=RateLimiter(infra.redis, infra.keys),
         guard=infra.terminal_guard(),
+        cache_scope=infra.cache_scope,
     )
 
 

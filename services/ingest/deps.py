@@ -10,6 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
 from services.common.breaker import RedisCircuitBreaker
+from services.common.cache import CacheScope
 from services.common.contracts import Path
 from services.common.kafka import Producer
 from services.common.ports import (
@@ -89,6 +90,7 @@ class IngestDeps:
     tenants: TenantStore | None = None  # None: no keys in Redis and no limits (tests of other parts)
     limiter: RateLimiter | None = None
     guard: TerminalGuard | None = None  # for cancellations: a cancelled job's one terminal event
+    cache_scope: CacheScope = CacheScope()  # whose results answer a request: its tenant's unless shared
 
     @property
     def auth_enabled(self) -> bool:

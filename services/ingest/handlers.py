@@ -151,7 +151,7 @@ async def _serve_or_queue(request: GenerationRequested, deps: IngestDeps, *, kee
                           ) -> SubmitResult:
     # A request that wants a comparison must run: a cached image carries no comparison for this target.
     if request.reference_image is None:
-        cached = await deps.cache.get(request.spec.cache_key())
+        cached = await deps.cache.get(deps.cache_scope.key(request.spec, request.tenant))
         if cached is not None:
             await _complete_from_cache(request, cached, deps)
             JOBS.labels("cached").inc()

@@ -1,7 +1,7 @@
 """What ingest tells operators: readiness per dependency and the pipeline's state (``/v1/status``).
 
 Queue depth per path, the route split, the cache hit rate, every provider's keys and circuit
-breaker, and the month's budget; each read bounded by ``probe_timeout_s``.
+breaker, and the month's budget (per tenant too); each read bounded by ``probe_timeout_s``.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ async def pipeline_status(deps: IngestDeps) -> dict[str, Any]:
     cache = await deps.cache.stats()
     hits, lookups = cache.get("hit_local", 0) + cache.get("hit_redis", 0), sum(cache.values())
     budget = await deps.budget.snapshot()
+    tenants = await deps.budget.tenant_spend()
     return {
         "queues": {"primary": primary, "fallback": fallback},
         "routes": {"primary": routes.get("primary", 0), "fallback": routes.get("fallback", 0),
@@ -69,7 +70,8 @@ async def pipeline_status(deps: IngestDeps) -> dict[str, Any]:
         "providers": [await _provider_status(provider) for provider in deps.providers],
         "budget": {"month": budget.month, "cap": format_usd(budget.cap_micros),
                    "spent": format_usd(budget.spent_micros), "reserved": format_usd(budget.reserved_micros),
-                   "remaining": format_usd(budget.remaining_micros)},
+                   "remaining": format_usd(budget.remaining_micros),
+                   "tenants": [spend.as_dict() for spend in tenants.values()]},
         "measured_at": utcnow(),
     }
 

@@ -132,8 +132,12 @@ class Failover:
     calls: ProviderCalls | None = None  # where paid calls are numbered and recorded, shared by every replica
     guard: TerminalGuard | None = None  # asked whether a resumed call's job is finished already
 
-    async def generate(self, job_id: str, spec: ImageSpec) -> tuple[GeneratedImage, int]:
-        """The image and the number of attempts it took; raises the ``ProviderError`` that ended the job."""
+    async def generate(self, job_id: str, spec: ImageSpec, *, tenant: str | None = None
+                       ) -> tuple[GeneratedImage, int]:
+        """The image and the number of attempts it took; raises the ``ProviderError`` that ended the job.
+
+        ``tenant``: whose monthly budget a paid call counts against too (besides the deployment's).
+        """
 
         async def call(candidate: Candidate, token: str | None, chosen: _Attempt) -> GeneratedImage:
             if chosen.call is not None and self._resumable(candidate):
@@ -142,7 +146,7 @@ class Failover:
                 image = await candidate.adapter.generate(spec, token)
             return dataclasses.replace(image, provider=candidate.name)  # "hf-space-b", not the protocol name
 
-        result = await self._run(job_id, call)
+        result = await self._run(job_id, call, tenant)
         return result.value, result.attempts
 
     def _resumable(self, candidate: Candidate) -> bool:
@@ -159,20 +163,21 @@ class Failover:
         return ResumableCall(job_id=job_id, provider=chosen.candidate.name, seq=chosen.call.seq,
                              call_id=chosen.call.call_id, calls=self.calls, finished=finished)
 
-    async def run(self, job_id: str, call: Callable[[Candidate, str | None], Awaitable[T]]) -> Attempted[T]:
+    async def run(self, job_id: str, call: Callable[[Candidate, str | None], Awaitable[T]], *,
+                  tenant: str | None = None) -> Attempted[T]:
         """``call(candidate, token)`` under this loop's rules: the comparer's VLM calls use it too.
 
         Returns the value with who served it; raises the ``ProviderError`` that ended the job.
         """
-        return await self._run(job_id, lambda candidate, token, _chosen: call(candidate, token))
+        return await self._run(job_id, lambda candidate, token, _chosen: call(candidate, token), tenant)
 
-    async def _run(self, job_id: str, call: Callable[[Candidate, str | None, _Attempt], Awaitable[T]]
-                   ) -> Attempted[T]:
+    async def _run(self, job_id: str, call: Callable[[Candidate, str | None, _Attempt], Awaitable[T]],
+                   tenant: str | None = None) -> Attempted[T]:
         failed_on: set[str] = set()
         last: ProviderError | None = None
         history = self.calls if self.calls is not None else _LocalCalls()
         for attempt in range(1, self.attempts + 1):
-            chosen = await self._choose(job_id, history, failed_on)
+            chosen = await self._choose(job_id, history, failed_on, tenant)
             try:
                 value = await self._call(chosen, call)
             except JobAlreadyFinished:
@@ -194,7 +199,8 @@ class Failover:
         assert last is not None
         raise last
 
-    async def _choose(self, job_id: str, history: ProviderCalls | _LocalCalls, failed_on: set[str]) -> _Attempt:
+    async def _choose(self, job_id: str, history: ProviderCalls | _LocalCalls, failed_on: set[str],
+                      tenant: str | None = None) -> _Attempt:
         """The first usable candidate, fresh ones first; ``NoProviderAvailable`` says why there is none."""
         reasons: list[str] = []
         retry_after: list[float] = []
@@ -214,9 +220,10 @@ class Failover:
                     continue
             reservation, call = None, None
             if candidate.cost_micros and self.budget is not None:
-                call, reservation = await self._reserve(job_id, candidate, history)
+                call, reservation = await self._reserve(job_id, candidate, history, tenant)
                 if reservation is None:
-                    reasons.append(f"{candidate.name} would exceed the monthly budget")
+                    whose = f" (the deployment's or tenant {tenant!r}'s)" if tenant else ""
+                    reasons.append(f"{candidate.name} would exceed the monthly budget{whose}")
                     continue
             return _Attempt(candidate, key, reservation, job_id, call)
         first_back = min(retry_after) if retry_after else None
@@ -224,12 +231,13 @@ class Failover:
         raise NoProviderAvailable("no provider can take the job: " + "; ".join(reasons) + when,
                                   retry_after_s=first_back)
 
-    async def _reserve(self, job_id: str, candidate: Candidate, history: ProviderCalls | _LocalCalls
-                       ) -> tuple[PaidCall, Reservation | None]:
+    async def _reserve(self, job_id: str, candidate: Candidate, history: ProviderCalls | _LocalCalls,
+                       tenant: str | None = None) -> tuple[PaidCall, Reservation | None]:
         """The job's current call to ``candidate`` and its reservation (the same one on a replay)."""
         assert self.budget is not None
         call = await history.current(job_id, candidate.name)
-        reservation = await self.budget.reserve(f"{job_id}:{candidate.name}:{call.seq}", candidate.cost_micros)
+        reservation = await self.budget.reserve(f"{job_id}:{candidate.name}:{call.seq}", candidate.cost_micros,
+                                                tenant=tenant)
         if reservation is None or not reservation.replayed or self._resumable(candidate):
             return call, reservation
         # A replay of a call that cannot be resumed: the interrupted one was most likely paid for.
@@ -237,7 +245,8 @@ class Failover:
             await self.budget.settle(reservation)
         await history.close(job_id, candidate.name, call.seq)
         call = await history.current(job_id, candidate.name)
-        return call, await self.budget.reserve(f"{job_id}:{candidate.name}:{call.seq}", candidate.cost_micros)
+        return call, await self.budget.reserve(f"{job_id}:{candidate.name}:{call.seq}", candidate.cost_micros,
+                                               tenant=tenant)
 
     async def _close(self, chosen: _Attempt, history: ProviderCalls | _LocalCalls) -> None:
         """The call ended without an image: refund it, and let the next attempt make a new one."""

@@ -14,12 +14,15 @@ from services.common.budget import usd
 from services.common.cache import LruTtlCache, RedisResultCache
 from services.common.consumer import LoopSettings
 from services.common.contracts import GenerationCancelRequested, GenerationRequested
+from services.common.ratelimit import RateLimiter
 from services.common.route_stats import RedisRouteStats
+from services.common.tenants import TenantStore
 from services.common.worker import consume
 from services.router.budget_gate import BudgetGate
 from services.router.cancel import CancelHandler
 from services.router.depth import DepthMonitor
 from services.router.handlers import RouterHandler
+from services.router.limits import KafkaNativeLimits
 from services.router.policy import PaidCapacity, policy_from_settings
 from services.router.settings import RouterSettings
 
@@ -39,7 +42,9 @@ async def build(settings: RouterSettings, infra: Infra, *, paid: PaidCapacity | 
         paid=paid or BudgetGate(infra.budget, cheapest_cost_micros=usd(settings.paid_cost_usd)),
         jobs=infra.jobs(), routes=RedisRouteStats(infra.redis, infra.keys),
         cache=RedisResultCache(infra.redis, infra.keys, ttl_s=settings.cache_ttl_s, local=LruTtlCache(0, 0)),
-        guard=infra.terminal_guard(),
+        guard=infra.terminal_guard(), cache_scope=infra.cache_scope,
+        limits=KafkaNativeLimits(TenantStore(infra.redis, infra.keys), RateLimiter(infra.redis, infra.keys),
+                                 infra.jobs()),
     )
 
 

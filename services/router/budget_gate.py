@@ -27,14 +27,22 @@ class BudgetGate:
         self._cost = cheapest_cost_micros
 
     async def allows(self, request: GenerationRequested) -> tuple[bool, str]:
+        """Room for one image under the deployment's cap, and under the request's tenant's own, if it has one."""
         try:
             snap = await self._ledger.snapshot()
+            tenant = await self._ledger.tenant_snapshot(request.tenant)
         except RedisError as exc:
             # Refusing keeps the job on the free path; allowing would only move the failure to
             # the generator's reservation.
             log.warning("budget gate: ledger unavailable: %r", exc)
             return False, f"budget ledger unavailable ({type(exc).__name__})"
-        if snap.remaining_micros >= self._cost:
-            return True, f"monthly budget {format_usd(snap.remaining_micros)} of {format_usd(snap.cap_micros)} left"
-        committed = snap.spent_micros + snap.reserved_micros
-        return False, f"monthly budget {format_usd(committed)} of {format_usd(snap.cap_micros)} spent"
+        if snap.remaining_micros < self._cost:
+            committed = snap.spent_micros + snap.reserved_micros
+            return False, f"monthly budget {format_usd(committed)} of {format_usd(snap.cap_micros)} spent"
+        left = tenant.remaining_micros
+        if left is not None and tenant.cap_micros is not None and left < self._cost:
+            committed = tenant.spent_micros + tenant.reserved_micros
+            return False, (f"tenant {request.tenant!r}'s monthly budget {format_usd(committed)} of "
+                           f"{format_usd(tenant.cap_micros)} spent")
+        mine = "" if left is None else f"; tenant {request.tenant!r}: {format_usd(left)} left"
+        return True, f"monthly budget {format_usd(snap.remaining_micros)} of {format_usd(snap.cap_micros)} left{mine}"

@@ -6,11 +6,13 @@ status, metrics, route counts) and emits the routed request.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from prometheus_client import Counter
 
+from services.common.cache import CacheScope
 from services.common.consumer import Outcome, Output
 from services.common.contracts import (
     GenerationCompleted,
@@ -21,9 +23,11 @@ from services.common.contracts import (
 from services.common.jobs import terminal_outcome
 from services.common.ports import JobStore, ResultCache, RouteStats, TerminalGuard
 from services.common.topics import Topics
+from services.router.limits import KafkaNativeLimits
 from services.router.policy import PaidCapacity, RoutingPolicy, route
 
-ROUTED = Counter("forgeline_routes_total", "Route decisions by path (cache: answered at once; duplicate: a copy of an ended job).",
+ROUTED = Counter("forgeline_routes_total", "Route decisions by path (cache: answered at once; duplicate: a copy of an "
+                 "ended job; rate_limited: produced straight to Kafka beyond its tenant's limits).",
                  ["path"])
 DECISIONS = Counter(
     "forgeline_route_decisions_total",
@@ -85,16 +89,24 @@ class RouterHandler:
     routes: RouteStats
     cache: ResultCache
     guard: TerminalGuard
+    cache_scope: CacheScope = CacheScope()  # whose results answer a request: its tenant's unless shared
+    limits: KafkaNativeLimits | None = None  # tenant limits for requests that did not come through ingest
 
     async def handle(self, request: GenerationRequested) -> Outcome:
         # A copy of a request already routed, or whose job has ended (ingest re-sent it for a
-        # client's retry, a producer's retry, a replay): nothing more to do.
-        if await self.jobs.forwarded(request.job_id) or await self.guard.finished(request.job_id):
+        # client's retry, a producer's retry, a replay): nothing more to do. Both asked at once.
+        if any(await asyncio.gather(self.jobs.forwarded(request.job_id), self.guard.finished(request.job_id))):
             ROUTED.labels("duplicate").inc()
             return Outcome()
+        # Produced straight to Kafka: held to the tenant's limits here, as ingest holds HTTP callers.
+        if self.limits is not None and (refused := await self.limits.refusal(request)) is not None:
+            ROUTED.labels("rate_limited").inc()
+            return await terminal_outcome(refused, topic=self.topics.name("generation.failed"), guard=self.guard,
+                                          jobs=self.jobs)
         # Requests produced straight to Kafka never met ingest's cache check; no provider call
         # (and no paid call) for an image we already have. A comparison job must run, though.
-        if request.reference_image is None and (cached := await self.cache.get(request.spec.cache_key())):
+        if request.reference_image is None and (
+                cached := await self.cache.get(self.cache_scope.key(request.spec, request.tenant))):
             ROUTED.labels("cache").inc()
             DECISIONS.labels("cache", "cache").inc()
             return await terminal_outcome(GenerationCompleted.from_cache(cached, request),

@@ -18,8 +18,9 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from services.common.budget import BudgetSnapshot, usd
+from services.common.budget import BudgetSnapshot, TenantSpend, usd
 from services.common.contracts import GenerationRequested, ImageSpec
 from services.router.budget_gate import BudgetGate
 from services.router.depth import DepthMonitor
@@ -41,6 +42,79 @@ class Job:
     done: float | None = None
 
 
+class PrimaryQueue(Protocol):
+    """The free path's waiting jobs, in the order the Spaces take them."""
+
+    def append(self, job: Job) -> None: ...
+    def appendleft(self, job: Job) -> None: ...
+    def popleft(self) -> Job: ...
+    def __len__(self) -> int: ...
+
+    def ahead_of(self, arrival: Arrival) -> int:
+        """Jobs waiting that a new request like ``arrival`` would be served after."""
+
+
+class FifoQueue:
+    """Today's primary topic: one queue, first come first served."""
+
+    def __init__(self) -> None:
+        self._jobs: deque[Job] = deque()
+
+    def append(self, job: Job) -> None:
+        self._jobs.append(job)
+
+    def appendleft(self, job: Job) -> None:
+        self._jobs.appendleft(job)
+
+    def popleft(self) -> Job:
+        return self._jobs.popleft()
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def ahead_of(self, arrival: Arrival) -> int:
+        return len(self._jobs)
+
+
+#: Deadlines up to this go first on a prioritised primary (the built-in day's crafting screens and purchases).
+URGENT_DEADLINE_S = 120.0
+
+
+def lane(arrival: Arrival) -> int:
+    """A request's lane on a prioritised primary: 0 urgent (deadline <= 120 s), 1 other deadlines, 2 none."""
+    if arrival.deadline_s is None:
+        return 2
+    return 0 if arrival.deadline_s <= URGENT_DEADLINE_S else 1
+
+
+
+class LaneQueue:
+    """A primary with priority lanes (not built in the pipeline): urgent, then other deadlines, then none.
+
+    Each lane is first come first served; a Space takes from the most urgent lane that has a job.
+    What a request waits for is the jobs in its own lane and the more urgent ones: that count is
+    the "depth" the router's policy is given, as a router reading one topic per lane would.
+    """
+
+    def __init__(self) -> None:
+        self._lanes: tuple[deque[Job], ...] = (deque(), deque(), deque())
+
+    def append(self, job: Job) -> None:
+        self._lanes[lane(job.arrival)].append(job)
+
+    def appendleft(self, job: Job) -> None:
+        self._lanes[lane(job.arrival)].appendleft(job)
+
+    def popleft(self) -> Job:
+        return next(jobs for jobs in self._lanes if jobs).popleft()
+
+    def __len__(self) -> int:
+        return sum(len(jobs) for jobs in self._lanes)
+
+    def ahead_of(self, arrival: Arrival) -> int:
+        return sum(len(jobs) for jobs in self._lanes[: lane(arrival) + 1])
+
+
 class SimulatedLedger:
     """The ``BudgetLedger`` reads the gate makes, over the simulated spend (no Redis)."""
 
@@ -51,6 +125,10 @@ class SimulatedLedger:
     async def snapshot(self, month: str | None = None) -> BudgetSnapshot:
         return BudgetSnapshot(month="simulated", cap_micros=self.cap_micros, spent_micros=self.spent_micros,
                               reserved_micros=0)
+
+    async def tenant_snapshot(self, tenant: str, month: str | None = None) -> TenantSpend:
+        """The simulated day has one tenant, with no budget of its own."""
+        return TenantSpend(tenant, 0, 0, None)
 
 
 @dataclass
@@ -81,7 +159,7 @@ class _Simulation:
         luck, paid = random.Random(seed + 1), scenario.paid
         self.jobs = [Job(arrival, luck.uniform(*scenario.spaces.service_s), _paid_latency(luck, paid))
                      for arrival in arrivals]
-        self.queue: deque[Job] = deque()
+        self.queue: PrimaryQueue = LaneQueue() if scenario.primary_order == "lanes" else FifoQueue()
         self.spaces = [_Space() for _ in range(scenario.spaces.count)]
         self.routed_primary = 0
         self.completed_primary = 0
@@ -140,7 +218,7 @@ class _Simulation:
         request = GenerationRequested(
             job_id=f"simulated-{self.seq_job}", tenant="simulated", spec=ImageSpec(prompt=arrival.prompt_hash),
             priority=arrival.priority, deadline_s=arrival.deadline_s, allow_placeholder=arrival.allow_placeholder)
-        depth = self.monitor.depth
+        depth = self.monitor.depth if self.scenario.primary_order == "fifo" else self._lane_depth(arrival)
         self.peak_depth = max(self.peak_depth, depth)
         decision = await route(request, depth, self.policy, self.gate, rate=self.monitor.rate)
         if decision.placeholder:
@@ -156,6 +234,10 @@ class _Simulation:
             self.monitor.routed_to_primary()
             self.queue.append(job)
             self._dispatch()
+
+    def _lane_depth(self, arrival: Arrival) -> int:
+        """Jobs ahead of ``arrival`` in its lane and the more urgent ones, those in service included (as lag counts them)."""
+        return self.queue.ahead_of(arrival) + sum(space.busy is not None for space in self.spaces)
 
     async def _on_paid_done(self, job: Job) -> None:
         job.done = self.now

@@ -46,7 +46,7 @@ def router_policy(settings: RouterSettings, kind: str, **overrides: Any) -> Name
     """The router's ``kind`` policy ("hysteresis" or "deadline") from ``settings`` with ``overrides``."""
     configured = settings.model_copy(update={"policy": kind, **overrides})
     label = " ".join(f"{key}={value:g}" for key, value in overrides.items())
-    family = {"hysteresis": "hysteresis (old default)", "deadline": "deadline (new default)"}[kind]
+    family = {"hysteresis": "hysteresis (old default)", "deadline": "deadline (default)"}[kind]
     return NamedPolicy(f"{kind} {label}".strip(), family, lambda: policy_from_settings(configured))
 
 

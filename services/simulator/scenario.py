@@ -13,6 +13,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from services.common.contracts import Priority
 from services.router.settings import RouterSettings
@@ -73,6 +74,9 @@ class Scenario:
     #: The router's depth refresh and rate window (``FORGELINE_ROUTER_DEPTH_REFRESH_S``, ``_RATE_WINDOW_S``).
     refresh_s: float = RouterSettings.model_fields["depth_refresh_s"].default
     rate_window_s: float = RouterSettings.model_fields["rate_window_s"].default
+    #: How the Spaces take waiting jobs: ``fifo`` (the primary topic today) or ``lanes`` (urgent first; see
+    #: ``engine.LaneQueue``: the pipeline has no such lanes yet, so this answers what they would buy).
+    primary_order: Literal["fifo", "lanes"] = "fifo"
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ async def build(settings: StorageSettings, infra: Infra) -> StoreHandler:
         cache=RedisResultCache(infra.redis, infra.keys, ttl_s=settings.cache_ttl_s,
                                local=LruTtlCache(settings.local_cache_size, settings.local_cache_ttl_s)),
         topics=infra.topics, jobs=infra.jobs(), guard=infra.terminal_guard(), key_prefix=settings.key_prefix,
-        recent=RedisRecentJobs(infra.redis, infra.keys),
+        recent=RedisRecentJobs(infra.redis, infra.keys), cache_scope=infra.cache_scope,
     )
 
 

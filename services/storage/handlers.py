@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.common.blobstore import content_key
+from services.common.cache import CacheScope, LruTtlCache
 from services.common.consumer import Outcome, Output
 from services.common.contracts import (
     ComparisonRequested,
@@ -44,6 +46,11 @@ class StoreHandler:
     guard: TerminalGuard
     key_prefix: str
     recent: RecentJobs | None = None  # the dashboard's gallery; None: not recorded
+    cache_scope: CacheScope = CacheScope()  # whose later requests this result answers: its tenant's unless shared
+    # Objects this process uploaded: a replay or a popular image skips the upload. Any other case
+    # is one PUT with no HEAD first: the key is the bytes' digest, so writing it again changes nothing,
+    # while a HEAD on every job cost an S3 request to save a PUT only on the rare repeat.
+    uploaded: LruTtlCache[bool] = field(default_factory=lambda: LruTtlCache(4096, 3600.0))
 
     async def handle(self, generated: GenerationGenerated) -> Outcome:
         actual_type = sniff_content_type(generated.image)
@@ -53,14 +60,9 @@ class StoreHandler:
                                     f"not the {generated.content_type} it announced")
         digest = hashlib.sha256(generated.image).hexdigest()
         key = content_key(self.key_prefix, digest, generated.content_type)
-        # A BlobStoreError is Retryable: the consumer loop tries the record again.
-        if not await self.store.exists(key):  # a replay or a popular image: the bytes are there already
-            await self.store.put(key, generated.image, content_type=generated.content_type)
+        await self._upload(key, generated)
         url = self.store.public_url(key)
         timings = generated.timings.with_stage("stored")
-        await self.jobs.update(generated.job_id, "stored", tenant=generated.tenant, url=url,
-                               timings=timings.model_dump(mode="json"))
-
         completed = GenerationCompleted(
             job_id=generated.job_id, tenant=generated.tenant, trace=generated.trace.child(), url=url,
             object_key=key, sha256=digest, content_type=generated.content_type, size_bytes=len(generated.image),
@@ -68,12 +70,27 @@ class StoreHandler:
             deterministic=generated.deterministic, placeholder=generated.placeholder, metadata=generated.metadata,
             timings=timings.with_stage("completed"), **webhook_fields(generated),
         )
-        if not generated.placeholder:  # a stand-in must not answer later requests for the real thing
-            await self.cache.put(generated.spec.cache_key(), completed)
+        stored = self.jobs.update(generated.job_id, "stored", tenant=generated.tenant, url=url,
+                                  timings=timings.model_dump(mode="json"))
+        if generated.placeholder:  # a stand-in must not answer later requests for the real thing
+            await stored
+        else:  # independent writes: one round trip's wait for both
+            await asyncio.gather(stored, self.cache.put(self.cache_scope.key(generated.spec, generated.tenant),
+                                                        completed))
         if generated.reference_image is not None:
             return await self._compare_first(generated, completed)
         return await terminal_outcome(completed, topic=self.topics.name("generation.completed"), guard=self.guard,
                                       jobs=self.jobs, recent=self.recent)
+
+    async def _upload(self, key: str, generated: GenerationGenerated) -> None:
+        """Put the bytes under their content key, unless this process did already.
+
+        A ``BlobStoreError`` is Retryable: the consumer loop tries the record again.
+        """
+        if self.uploaded.get(key):
+            return
+        await self.store.put(key, generated.image, content_type=generated.content_type)
+        self.uploaded.set(key, True)
 
     async def _compare_first(self, generated: GenerationGenerated, completed: GenerationCompleted) -> Outcome:
         """Hand the result to the comparer, which publishes it with the comparison attached.

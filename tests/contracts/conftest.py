@@ -17,7 +17,7 @@ import pytest
 
 from services.common.blobstore import S3BlobStore
 from services.common.breaker import RedisCircuitBreaker
-from services.common.budget import RedisBudgetLedger
+from services.common.budget import RedisBudgetLedger, TenantBudgets
 from services.common.cache import LruTtlCache, RedisResultCache
 from services.common.contracts import GenerationCompleted
 from services.common.jobs import RedisJobStore, RedisTerminalGuard
@@ -69,7 +69,8 @@ class Backend(Protocol):
     def terminal_guard(self) -> TerminalGuard: ...
 
     def budget_ledger(self, *, cap_micros: int, clock: Callable[[], datetime],
-                      reservation_ttl_s: float = 15 * 60, journal: SpendJournal | None = None) -> BudgetLedger: ...
+                      reservation_ttl_s: float = 15 * 60, journal: SpendJournal | None = None,
+                      tenants: TenantBudgets | None = None) -> BudgetLedger: ...
 
     async def lose_budget(self, ledger: BudgetLedger) -> None:
         """Forget the ledger's state, as a Redis restarting without its data would."""
@@ -104,9 +105,9 @@ class MemoryBackend:
     def terminal_guard(self):
         return MemoryTerminalGuard()
 
-    def budget_ledger(self, *, cap_micros, clock, reservation_ttl_s=15 * 60, journal=None):
+    def budget_ledger(self, *, cap_micros, clock, reservation_ttl_s=15 * 60, journal=None, tenants=None):
         return MemoryBudgetLedger(cap_micros=cap_micros, clock=clock, reservation_ttl_s=reservation_ttl_s,
-                                  journal=journal)
+                                  journal=journal, tenants=tenants)
 
     async def lose_budget(self, ledger):
         ledger.forget()
@@ -156,9 +157,9 @@ class RealBackend:
     def terminal_guard(self):
         return RedisTerminalGuard(self._redis, self._keys)
 
-    def budget_ledger(self, *, cap_micros, clock, reservation_ttl_s=15 * 60, journal=None):
+    def budget_ledger(self, *, cap_micros, clock, reservation_ttl_s=15 * 60, journal=None, tenants=None):
         return RedisBudgetLedger(self._redis, self._keys, cap_micros=cap_micros, clock=clock,
-                                 reservation_ttl_s=reservation_ttl_s, journal=journal)
+                                 reservation_ttl_s=reservation_ttl_s, journal=journal, tenants=tenants)
 
     async def lose_budget(self, ledger):
         doomed = [key async for key in self._redis.scan_iter(match=self._keys.key("{budget}") + "*")]

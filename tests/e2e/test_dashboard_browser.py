@@ -75,6 +75,9 @@ def _expected_figures(status: dict) -> dict[str, str]:
         "cache": f"hit rate {'—' if rate is None else f'{rate * 100:.0f} %'} "
                  f"({hits} of {lookups})",
         "budget": f"{budget['spent']} spent + {budget['reserved']} held of {budget['cap']} (0 %)",
+        # Its one tenant has no budget of its own and its jobs stay free: nobody paid this month.
+        "budget.tenants": "no tenant spend yet" if not budget["tenants"] else
+                          "tenants: " + ", ".join(f"{t['tenant']} {t['spent']}" for t in budget["tenants"]),
     }
 
 

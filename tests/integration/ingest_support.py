@@ -12,7 +12,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 
 from services.common.bootstrap import bootstrap
 from services.common.kafka import make_consumer
-from services.common.settings import Connections
+from services.common.settings import CacheSettings, Connections
 from services.ingest.app import build_deps, create_app, serve
 from services.ingest.deps import IngestDeps
 from services.ingest.settings import IngestSettings
@@ -25,9 +25,10 @@ class Api:
 
 
 @asynccontextmanager
-async def api(connections: Connections, settings: IngestSettings | None = None) -> AsyncIterator[Api]:
-    """The app in process, over httpx's ASGI transport (no sockets)."""
-    async with bootstrap(connections) as infra:
+async def api(connections: Connections, settings: IngestSettings | None = None, *,
+              cache: CacheSettings | None = None) -> AsyncIterator[Api]:
+    """The app in process, over httpx's ASGI transport (no sockets); ``cache``: the result cache's scope."""
+    async with bootstrap(connections, cache=cache) as infra:
         deps = await build_deps(settings or IngestSettings(), infra)
         transport = httpx.ASGITransport(app=create_app(deps))
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as http:

@@ -256,7 +256,7 @@ async def test_a_retry_after_an_unacknowledged_publish_resends_the_same_job(conn
 
 async def test_cache_hit_is_200_at_once_with_the_url_and_no_message(client: Api):
     spec = ImageSpec(prompt="golden   chalice", width=256, height=256, seed=1)
-    await client.deps.cache.put(spec.cache_key(), GenerationCompleted(
+    await client.deps.cache.put(spec.cache_key("public"), GenerationCompleted(  # the unkeyed callers' tenant
         job_id="earlierjob0001", tenant="public", url="https://cdn.example.com/images/chalice.png",
         object_key="images/chalice.png", sha256="b" * 64, content_type="image/png", size_bytes=1234, spec=spec,
         path="primary", provider="procedural", deterministic=True))

@@ -16,6 +16,7 @@ from services.common.budget import RedisBudgetLedger, usd
 from services.common.keypool import ApiKey, RedisKeyPool
 from services.common.redis import KeySpace
 from services.common.settings import BudgetSettings, Connections
+from services.common.tenants import TenantLimits, TenantStore
 from services.ingest.app import build_deps, create_app
 from services.ingest.settings import IngestSettings
 
@@ -124,3 +125,31 @@ async def test_keys_not_in_the_environment_are_not_listed(connections: Connectio
     openai = next(p for p in response.json()["providers"] if p["name"] == "openai")
     assert openai["keys"] == []
     assert openai["breaker"]["state"] == "closed"
+
+
+async def test_status_and_metrics_show_each_tenants_spend_against_its_own_cap(connections: Connections, topics, redis):
+    keys = KeySpace(connections.redis.key_prefix)
+    tenants = TenantStore(redis, keys)
+    await tenants.set_limits("studio-a", TenantLimits(monthly_budget_usd=0.05))
+    await tenants.set_limits("studio-b", TenantLimits())
+    ledger = RedisBudgetLedger(redis, keys, cap_micros=usd("10"), tenants=tenants)
+    assert await ledger.settle(await ledger.reserve("a1:replicate:1", usd("0.02"), tenant="studio-a"))
+    assert await ledger.reserve("a2:replicate:1", usd("0.02"), tenant="studio-a")
+    assert await ledger.reserve("b1:replicate:1", usd("0.01"), tenant="studio-b")
+    assert await ledger.reserve("k1:replicate:1", usd("0.03"), tenant="kafka-only")  # never registered
+
+    async with status_api(connections, IngestSettings(), budget=BudgetSettings(cap_usd=Decimal("10"))) as http:
+        status = (await http.get("/v1/status")).json()
+        metrics = (await http.get("/metrics")).text
+
+    by_tenant = {t["tenant"]: t for t in status["budget"]["tenants"]}
+    assert by_tenant["studio-a"] == {"tenant": "studio-a", "spent": "$0.02", "reserved": "$0.02", "cap": "$0.05",
+                                     "remaining": "$0.01"}
+    assert by_tenant["studio-b"] == {"tenant": "studio-b", "spent": "$0.00", "reserved": "$0.01", "cap": None,
+                                     "remaining": None}
+    assert status["budget"]["reserved"] == "$0.06"
+    # Registered tenants get a label each; a name only a Kafka producer used is summed as "other".
+    assert 'forgeline_budget_tenant_spent_micros{tenant="studio-a"} 20000.0' in metrics
+    assert 'forgeline_budget_tenant_cap_micros{tenant="studio-a"} 50000.0' in metrics
+    assert 'forgeline_budget_tenant_reserved_micros{tenant="other"} 30000.0' in metrics
+    assert 'tenant="kafka-only"' not in metrics

@@ -13,6 +13,7 @@ from services.common import contracts as c
 from services.common.budget import (
     BudgetSnapshot,
     RedisBudgetLedger,
+    TenantSpend,
     format_usd,
     month_of,
     usd,
@@ -107,6 +108,9 @@ class _FakeLedger:
         if isinstance(self.snap, Exception):
             raise self.snap
         return self.snap
+
+    async def tenant_snapshot(self, tenant: str) -> TenantSpend:
+        return TenantSpend(tenant, 0, 0, None)  # a tenant without a budget of its own
 
 
 def _request() -> c.GenerationRequested:

@@ -73,7 +73,11 @@ def test_figures_come_from_the_status_and_the_latest_jobs():
         "queues": {"primary": {"depth": 7}, "fallback": {"depth": 0}},
         "routes": {"primary": 3, "fallback": 1, "fallback_share": 0.25},
         "cache": {"hit_local": 1, "hit_redis": 1, "miss": 2, "hit_rate": 0.5},
-        "budget": {"cap": "$10.00", "spent": "$7.00", "reserved": "$1.00", "remaining": "$2.00"},
+        "budget": {"cap": "$10.00", "spent": "$7.00", "reserved": "$1.00", "remaining": "$2.00", "tenants": [
+            {"tenant": "studio-a", "spent": "$1.00", "reserved": "$0.00", "cap": "$2.00", "remaining": "$1.00"},
+            {"tenant": "studio-b", "spent": "$5.00", "reserved": "$1.00", "cap": None, "remaining": None},
+            {"tenant": "studio-c", "spent": "$0.50", "reserved": "$0.00", "cap": None, "remaining": None},
+            {"tenant": "studio-d", "spent": "$0.50", "reserved": "$0.00", "cap": "$1.00", "remaining": "$0.50"}]},
         "providers": [{"name": "space-a", "paths": ["primary"], "breaker": {"state": "open"},
                        "keys": [{"state": "healthy"}, {"state": "cooling_down"}]}],
     }
@@ -85,6 +89,8 @@ def test_figures_come_from_the_status_and_the_latest_jobs():
     assert shown["route.reasons"] == "latest: primary depth 3 < 50"
     assert shown["cache"] == "hit rate 50 % (2 of 4)"
     assert shown["budget"] == "$7.00 spent + $1.00 held of $10.00 (80 %)"
+    # The three that spend most, each against its own cap when it has one; the rest counted.
+    assert shown["budget.tenants"] == "tenants: studio-b $5.00, studio-a $1.00 of $2.00, studio-c $0.50 +1 more"
     assert shown["rate.primary"] == "0.02 img/s · generate p50 1.50 s · p95 1.50 s"
     assert shown["keys.primary"] == "keys 1 cooling_down, 1 healthy · breaker open: space-a"
     assert shown["latency.total"] == "end to end p50 3.00 s · p95 3.00 s"

@@ -9,7 +9,15 @@ from services.common.topics import Topics
 from services.generator.handlers import PLACEHOLDER_PROVIDER, GenerateHandler
 from services.providers.failover import Candidate, Failover
 from services.providers.port import PermanentProviderError, RetryableProviderError
-from tests.fakes import FAKE_PNG, FakeImageProvider, MemoryBreaker, MemoryJobStore, MemoryTerminalGuard
+from tests.fakes import (
+    FAKE_PNG,
+    FakeImageProvider,
+    MemoryBreaker,
+    MemoryBudgetLedger,
+    MemoryJobStore,
+    MemoryTenantBudgets,
+    MemoryTerminalGuard,
+)
 
 TOPICS = Topics("t")
 
@@ -102,3 +110,27 @@ async def test_no_provider_left_is_a_retryable_failure(attempts):
     error = output.event.error
     assert (error.retryable, error.provider, error.stage) == (True, "space-a", "generator")
     assert error.code == "unavailable"
+
+
+async def test_a_paid_call_counts_against_the_jobs_tenant_and_stops_at_its_budget():
+    cost = 2_300
+    ledger = MemoryBudgetLedger(cap_micros=10_000_000, tenants=MemoryTenantBudgets({"studio": cost, "other": None}))
+    paid = FakeImageProvider("replicate")
+    handler = GenerateHandler(
+        failover=Failover([Candidate(name="replicate", adapter=paid, breaker=MemoryBreaker("replicate"),
+                                     cost_micros=cost)], budget=ledger, sleep=_no_sleep),
+        topics=TOPICS, jobs=MemoryJobStore(), guard=MemoryTerminalGuard())
+
+    [first] = (await handler.handle(_routed(path="fallback"))).outputs
+    assert first.topic == "t.generation.generated"
+    assert (await ledger.tenant_snapshot("studio")).spent_micros == cost
+
+    [refused] = (await handler.handle(_routed(path="fallback"))).outputs  # its tenant's budget is spent
+    assert refused.topic == "t.generation.failed"
+    assert refused.event.error.code == "no_provider_available" and "'studio'" in refused.event.error.message
+    other = c.GenerationRouted.from_request(
+        c.GenerationRequested(job_id=c.new_job_id(), tenant="other", spec=c.ImageSpec(prompt="ruby ring")),
+        c.RouteDecision(path="fallback", reason="test", primary_depth=0, threshold=10))
+    [theirs] = (await handler.handle(other)).outputs  # another tenant still pays
+    assert theirs.topic == "t.generation.generated"
+    assert len(paid.calls) == 2

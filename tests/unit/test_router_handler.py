@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 from prometheus_client import REGISTRY
 
 from services.common import contracts as c
 from services.common.budget import usd
+from services.common.cache import CacheScope
 from services.common.topics import Topics
 from services.router.budget_gate import BudgetGate
 from services.router.handlers import RouterHandler
@@ -47,11 +49,29 @@ def _decisions(path: str, reason: str) -> float:
 
 async def _cached(handler: RouterHandler, prompt: str = "ice sword") -> c.GenerationCompleted:
     earlier = c.GenerationCompleted(
-        job_id=c.new_job_id(), tenant="other", url="https://cdn.test/ab/abc.png", object_key="ab/abc.png",
+        job_id=c.new_job_id(), tenant="studio", url="https://cdn.test/ab/abc.png", object_key="ab/abc.png",
         sha256="a" * 64, content_type="image/png", size_bytes=123, spec=c.ImageSpec(prompt=prompt), path="primary",
         provider="hf-space-a", deterministic=False)
-    await handler.cache.put(earlier.spec.cache_key(), earlier)
+    # Made earlier by the same tenant (by default a tenant is answered only from its own results).
+    await handler.cache.put(handler.cache_scope.key(earlier.spec, "studio"), earlier)
     return earlier
+
+
+@pytest.mark.parametrize("shared", [False, True])
+async def test_a_kafka_native_request_is_answered_from_another_tenants_result_only_when_shared(shared):
+    handler = _handler()
+    handler.cache_scope = CacheScope(shared=shared)
+    earlier = await _cached(handler)  # under studio's own key
+    made_by_other = earlier.model_copy(update={"tenant": "other", "url": "https://cdn.test/cd/other.png"})
+    await handler.cache.put(handler.cache_scope.key(earlier.spec, "other"), made_by_other)
+    request = c.GenerationRequested(job_id=c.new_job_id(), tenant="third", spec=c.ImageSpec(prompt="ice sword"))
+
+    [output] = (await handler.handle(request)).outputs
+
+    if shared:
+        assert output.topic == "t.generation.completed" and output.event.url == made_by_other.url
+    else:
+        assert output.topic == "t.generation.primary"  # generated for its own tenant
 
 
 async def test_a_cache_hit_is_answered_at_once_with_one_terminal_event():

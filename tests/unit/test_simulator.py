@@ -17,7 +17,9 @@ from services.simulator import (
     TraceError,
     compared,
     fixed_rule,
+    floor_under,
     game_day,
+    least_paid,
     read_trace,
     run_policy,
     simulate,
@@ -65,6 +67,41 @@ def test_on_the_built_in_day_the_deadline_policy_beats_the_old_default_and_meets
     assert new.miss_rate < old.miss_rate / 10 and old.miss_rate < fixed.miss_rate
     # The fixed rule is the cheapest only because it lets deadlines pass.
     assert fixed.cost_usd < new.cost_usd and fixed.miss_rate > 0.05
+    # And the target (half the fixed rule's cost at its p95 wait) is below what any policy can pay.
+    floor = floor_under(fixed, Scenario())
+    assert floor.wait_p95 == fixed.wait_p95 and 0.5 < floor.share_of_baseline < 1
+    assert floor.paid * Scenario().paid.price_usd == pytest.approx(floor.cost_usd)
+    # Priority lanes (urgent first) let the deadline policy pay less and miss nothing, but park jobs for hours.
+    laned = run_policy(compared(RouterSettings())[2], arrivals, Scenario(primary_order="lanes"), seed=7)
+    assert laned.cost_usd < new.cost_usd and laned.miss_rate <= new.miss_rate
+    assert laned.wait_max_s > 3600 > new.wait_max_s
+
+
+def test_the_bound_counts_what_one_space_cannot_start_in_time():
+    # One image every 10 s, 0 s of wait allowed: of 5 jobs at once, 1 starts at once, 4 must be paid...
+    burst = [0.0] * 5
+    assert least_paid(burst, capacity_per_s=0.1, wait_s=0.0, tail_share=0.0) == 4
+    # ...a 20 s wait lets two more start, and a 20 % tail lets one more wait past it.
+    assert least_paid(burst, capacity_per_s=0.1, wait_s=20.0, tail_share=0.0) == 2
+    assert least_paid(burst, capacity_per_s=0.1, wait_s=20.0, tail_share=0.2) == 1
+    # Spread out at the Space's own pace, nothing need be paid; two bursts add up.
+    assert least_paid([10.0 * i for i in range(50)], capacity_per_s=0.1, wait_s=0.0, tail_share=0.0) == 0
+    assert least_paid([0.0] * 5 + [1000.0] * 5, capacity_per_s=0.1, wait_s=0.0, tail_share=0.0) == 8
+
+
+def test_with_lanes_an_urgent_job_overtakes_the_queue_and_the_policy_sees_only_what_is_ahead():
+    # b and c (no deadline) wait behind a; d (a 120 s deadline) arrives last and is served next.
+    arrivals = [Arrival(0.0, "a"), Arrival(1.0, "b"), Arrival(2.0, "c"), Arrival(3.0, "d", deadline_s=120.0)]
+    laned = Scenario(spaces=STEADY.spaces, paid=STEADY.paid, primary_order="lanes")
+
+    fifo = simulate(arrivals, STEADY, compared(RouterSettings(primary_slots=1))[2].factory)
+    log = simulate(arrivals, laned, compared(RouterSettings(primary_slots=1))[2].factory)
+
+    # In one queue d finds 3 ahead (150 s at the floor rate of 0.02/s > 120 - 40 s) and is paid;
+    # in lanes it has only a's image ahead, goes free, and starts when a is done.
+    assert [job.path for job in fifo.jobs] == ["primary", "primary", "primary", "fallback"]
+    assert [job.path for job in log.jobs] == ["primary"] * 4
+    assert [job.started for job in log.jobs] == [0.0, 60.0, 90.0, 30.0]
 
 
 def test_a_trace_file_is_read_with_defaults_for_missing_fields(tmp_path: Path):
@@ -96,7 +133,8 @@ def test_the_command_prints_every_policy_and_draws_the_plot(tmp_path: Path):
     result = CliRunner().invoke(app, ["simulate", "--hours", "1", "--plot", str(plot)])
 
     assert result.exit_code == 0, result.output
-    for name in ("fixed depth 50", "hysteresis", "deadline", "fixed depth 200", "max_wait_s=60", "target"):
+    for name in ("fixed depth 50", "hysteresis", "deadline", "fixed depth 200", "max_wait_s=60", "target",
+                 "fluid bound", "deadline, lanes"):
         assert name in result.output
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

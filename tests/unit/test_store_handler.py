@@ -26,7 +26,7 @@ KEY = f"images/{DIGEST[:2]}/{DIGEST}.png"
 
 
 class _DownStore(MemoryBlobStore):
-    async def exists(self, key: str) -> bool:
+    async def put(self, key: str, data: bytes, **headers: str) -> str:
         raise BlobStoreError("the object store answered 503")
 
 
@@ -63,7 +63,8 @@ async def test_an_image_is_uploaded_under_its_digest_cached_and_published_as_com
     assert (done.path, done.provider, done.cached, done.placeholder, done.metadata) == (
         "fallback", "replicate", False, False, {"slot": "3"})
     assert done.timings.stored_at is not None and done.timings.completed_at is not None
-    assert await handler.cache.get(generated.spec.cache_key()) == done
+    assert await handler.cache.get(generated.spec.cache_key("studio")) == done  # its tenant's, by default
+    assert await handler.cache.get(generated.spec.cache_key()) is None  # nobody else's
     view = await handler.jobs.get(generated.job_id)
     assert (view.status, view.url) == ("stored", done.url)  # completed only once the broker has the event
 
@@ -101,6 +102,20 @@ async def test_a_replay_uploads_nothing_again_and_publishes_the_same_event_or_no
     assert handler.store.puts == 1
 
 
+async def test_a_replay_in_another_process_writes_the_same_object_again_and_publishes_the_same_event():
+    first_process = _handler()
+    generated = _generated()
+    [first] = (await first_process.handle(generated)).outputs
+    second_process = StoreHandler(store=first_process.store, cache=first_process.cache, topics=TOPICS,
+                                  jobs=first_process.jobs, guard=first_process.guard, key_prefix="images/")
+
+    [again] = (await second_process.handle(generated)).outputs
+
+    assert first_process.store.puts == 2 and list(first_process.store.objects) == [KEY]  # no HEAD: one more PUT
+    assert first_process.store.objects[KEY].data == FAKE_PNG
+    assert again.event.to_json_bytes() == first.event.to_json_bytes()
+
+
 async def test_the_same_bytes_for_another_job_share_one_object():
     handler = _handler()
     a, b = _generated(), _generated()
@@ -119,7 +134,7 @@ async def test_a_placeholder_is_published_but_never_cached():
     [output] = (await handler.handle(generated)).outputs
 
     assert output.event.placeholder is True
-    assert await handler.cache.get(generated.spec.cache_key()) is None
+    assert await handler.cache.get(generated.spec.cache_key("studio")) is None
 
 
 async def test_bytes_that_are_not_the_announced_type_fail_the_job_without_an_upload():

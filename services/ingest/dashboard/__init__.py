@@ -84,7 +84,8 @@ async def page(request: Request) -> Response:
     facts = Facts(topics=deps.topics, depth_high=settings.routing_depth_high, depth_low=settings.routing_depth_low,
                   cap_usd=Decimal(budget.cap_micros) / 1_000_000, primary=PathProvider.of(catalog.primary),
                   fallback=PathProvider.of(catalog.fallback), cache_ttl_s=settings.result_cache_ttl_s,
-                  bucket=s3.bucket, cdn=str(s3.public_base_url) if s3.public_base_url else "the bucket's public URL")
+                  bucket=s3.bucket, cdn=str(s3.public_base_url) if s3.public_base_url else "the bucket's public URL",
+                  cache_shared=deps.cache_scope.shared)
     html = (STATIC / "page.html").read_text().replace("{{diagram}}", render_svg(facts, live=True))
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 

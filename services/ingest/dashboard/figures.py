@@ -64,6 +64,21 @@ def _keys(providers: Sequence[Mapping[str, Any]], path: str) -> str:
     return f"keys {keys} · " + (f"breaker open: {', '.join(open_)}" if open_ else "breakers closed")
 
 
+#: Tenants named in the budget box; the rest are counted ("+3 more"): /v1/status lists them all.
+TENANTS_SHOWN = 3
+
+
+def tenant_spend(tenants: Sequence[Mapping[str, Any]]) -> str:
+    """The tenants that spend most this month, each against its own cap when it has one."""
+    if not tenants:
+        return "no tenant spend yet"
+    ranked = sorted(tenants, key=lambda t: (-(_usd(t["spent"]) + _usd(t["reserved"])), t["tenant"]))
+    shown = [f"{t['tenant']} {t['spent']}" + (f" of {t['cap']}" if t.get("cap") else "")
+             for t in ranked[:TENANTS_SHOWN]]
+    more = len(ranked) - TENANTS_SHOWN
+    return "tenants: " + ", ".join(shown) + (f" +{more} more" if more > 0 else "")
+
+
 def figures(status: Mapping[str, Any], views: Sequence[JobView], dead_letters: Mapping[str, int],
             now: datetime) -> dict[str, str]:
     """Each box's text, by its ``data-figure`` key."""
@@ -78,6 +93,7 @@ def figures(status: Mapping[str, Any], views: Sequence[JobView], dead_letters: M
     cap = _usd(budget["cap"])
     used = (_usd(budget["spent"]) + _usd(budget["reserved"])) / cap if cap else None
     out["budget"] = f"{budget['spent']} spent + {budget['reserved']} held of {budget['cap']} ({percent(used)})"
+    out["budget.tenants"] = tenant_spend(budget.get("tenants", ()))
     for path in ("primary", "fallback"):
         on_path = [view for view in views if view.route == path]
         recent = [view for view in on_path if (done := _at(view.timings, "completed_at")) and now - done <= RATE_WINDOW]
