@@ -215,8 +215,9 @@ def _prepare_both(target: bytes, generated: bytes) -> tuple[_Image, _Image]:
 class PreparedImages:
     """Images prepared lately, by the SHA-256 of their bytes, so that a target compared with several
     candidates (one reference image across a game's generations, one concept art against each try) is
-    decoded and measured once: at 1024² that is most of a comparison. Comparisons run in worker
-    threads, hence the lock."""
+    decoded and measured once: at 1024² that is most of a comparison. Images are kept per ``scope``
+    (the tenant, in the service), as the result cache is: a tenant's latency does not tell whether
+    another tenant compared the same image. Comparisons run in worker threads, hence the lock."""
 
     def __init__(self, maxsize: int = PREPARED_MAXSIZE, ttl_s: float = PREPARED_TTL_S) -> None:
         self._images: LruTtlCache[_Image] = LruTtlCache(maxsize, ttl_s)
@@ -225,8 +226,8 @@ class PreparedImages:
     def __len__(self) -> int:
         return len(self._images)
 
-    def pair(self, target: bytes, generated: bytes) -> tuple[_Image, _Image]:
-        keys = hashlib.sha256(target).hexdigest(), hashlib.sha256(generated).hexdigest()
+    def pair(self, target: bytes, generated: bytes, scope: str = "") -> tuple[_Image, _Image]:
+        keys = tuple(f"{scope}:{hashlib.sha256(raw).hexdigest()}" for raw in (target, generated))
         with self._lock:
             t, g = (self._images.get(key) for key in keys)
         if t is None and g is None:
@@ -401,14 +402,18 @@ def _differences(t: _Image, g: _Image, region: str | None, prompt: str) -> tuple
 
 
 def compare(target: bytes, generated: bytes, original_prompt: str, *,
-            prepared: PreparedImages | None = None) -> ComparisonResult:
+            prepared: PreparedImages | None = None, scope: str = "") -> ComparisonResult:
     """Score ``generated`` against ``target`` (0–100) and say what differs; synchronous, and pure but for
-    ``prepared``, where images already seen are looked up and new ones kept (the score is the same).
+    ``prepared``, where images already seen in ``scope`` are looked up and new ones kept (the score is
+    the same).
 
     Raises ``ValueError`` when either image cannot be decoded.
     """
     started = time.perf_counter()
-    t, g = prepared.pair(target, generated) if prepared is not None else _prepare_both(target, generated)
+    if prepared is not None:
+        t, g = prepared.pair(target, generated, scope)
+    else:
+        t, g = _prepare_both(target, generated)
 
     where, coarse = _align(t, g)
     fine, ssim_map = _ssim(t.lightness[where.target], g.lightness[where.generated], full=True)
@@ -440,5 +445,8 @@ class PerceptualComparer:
     def __init__(self, prepared: PreparedImages | None = None) -> None:
         self.prepared = prepared if prepared is not None else PreparedImages()
 
-    async def compare(self, target: bytes, generated: bytes, original_prompt: str) -> ComparisonResult:
-        return await asyncio.to_thread(compare, target, generated, original_prompt, prepared=self.prepared)
+    async def compare(self, target: bytes, generated: bytes, original_prompt: str, *,
+                      tenant: str | None = None) -> ComparisonResult:
+        """``tenant``: whose prepared images may be reused (none of another tenant's)."""
+        return await asyncio.to_thread(compare, target, generated, original_prompt, prepared=self.prepared,
+                                       scope=tenant or "")

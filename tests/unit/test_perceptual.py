@@ -182,3 +182,22 @@ def test_busy_workers_do_not_hold_a_comparison_up(monkeypatch: pytest.MonkeyPatc
         busy.shutdown()
     assert score == expected
     assert time.monotonic() - started < 5
+
+
+def test_prepared_images_are_kept_per_scope(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One tenant's comparisons reuse its own prepared images only, as the result cache does."""
+    target = icon()
+    prepared = PreparedImages()
+    compare(target, icon(seed=1), PROMPT, prepared=prepared, scope="studio-a")
+    decodes = counting_decodes(monkeypatch)
+    compare(target, icon(seed=2), PROMPT, prepared=prepared, scope="studio-b")
+    assert sorted(decodes) == ["generated", "target"]
+    compare(target, icon(seed=3), PROMPT, prepared=prepared, scope="studio-a")
+    assert sorted(decodes) == ["generated", "generated", "target"]
+
+
+def test_async_comparer_keeps_prepared_images_per_tenant() -> None:
+    comparer = PerceptualComparer()
+    asyncio.run(comparer.compare(icon(), icon(seed=1), PROMPT, tenant="studio-a"))
+    asyncio.run(comparer.compare(icon(), icon(seed=1), PROMPT, tenant="studio-b"))
+    assert len(comparer.prepared) == 4
