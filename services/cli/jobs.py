@@ -54,6 +54,8 @@ def _run(work: Any) -> Any:
 def _stage(view: dict[str, Any]) -> str:
     """One status change in words: ``routed → primary (depth 3 < 50)``, ``generating on procedural``."""
     status = view["status"]
+    if status == "routed" and view.get("coalesced_with"):
+        return f"waiting on job {view['coalesced_with']} (the same request, already in flight)"
     if status == "routed" and view.get("route"):
         return f"routed → {view['route']} ({view.get('route_reason') or 'no reason recorded'})"
     if status == "generating" and view.get("provider"):
@@ -61,6 +63,15 @@ def _stage(view: dict[str, Any]) -> str:
     if status == "failed":
         return f"failed: {(view.get('error') or {}).get('message', 'no reason given')}"
     return status
+
+
+def _queue_line(view: dict[str, Any]) -> str:
+    """``3 ahead on primary; starts in about 40 s (12:04:31 UTC)``: where a waiting job stands."""
+    line = f"{view['queue_position']} ahead on {view.get('route') or 'its path'}"
+    if view.get("estimated_start_s") is None:
+        return line + "; no start estimate yet (the path's rate is not measured)"
+    at = str(view.get("estimated_start_at") or "")[11:19]
+    return line + f"; starts in about {view['estimated_start_s']:.0f} s" + (f" ({at} UTC)" if at else "")
 
 
 def _progress(lines: list[str], started: float) -> Table:
@@ -128,9 +139,11 @@ def status(
 
     job = _run(read())
     table = Table(show_header=False, box=None, padding=(0, 2))
-    for name in ("job_id", "status", "route", "route_reason", "provider", "cached", "placeholder"):
+    for name in ("job_id", "status", "route", "route_reason", "coalesced_with", "provider", "cached", "placeholder"):
         if job.get(name) not in (None, ""):
             table.add_row(name, str(job[name]))
+    if job.get("queue_position") is not None:
+        table.add_row("queue", _queue_line(job))
     if job.get("error"):
         table.add_row("error", f"{job['error'].get('code')}: {job['error'].get('message')}")
     for stage, at in (job.get("timings") or {}).items():

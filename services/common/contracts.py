@@ -498,6 +498,9 @@ class GenerationCompleted(Event):
     deterministic: bool
     placeholder: bool = False
     cached: bool = Field(False, description="True when served from the result cache.")
+    coalesced_with: JobId | None = Field(
+        None, description="The job whose provider call made this image: an identical request was in flight "
+                          "when this one arrived, so both share one call (None: this job made it).")
     metadata: Metadata = Field(default_factory=dict)
     timings: StageTimes = Field(default_factory=StageTimes)
     comparison: ComparisonResult | None = Field(
@@ -519,6 +522,18 @@ class GenerationCompleted(Event):
             job_id=request.job_id, tenant=request.tenant, trace=request.trace.child(), spec=request.spec,
             path=None, cached=True, metadata=request.metadata, timings=request.timings.with_stage("completed"),
             **webhook_fields(request),
+        )
+
+
+    @classmethod
+    def from_leader(cls, leader: GenerationCompleted, request: GenerationRequested) -> GenerationCompleted:
+        """``request``'s result when it waited on ``leader``, an identical job in flight: the same image."""
+        return cls(
+            **leader.model_dump(include={"url", "object_key", "sha256", "content_type", "size_bytes", "path",
+                                         "provider", "deterministic", "placeholder"}),
+            job_id=request.job_id, tenant=request.tenant, trace=request.trace.child(), spec=request.spec,
+            coalesced_with=leader.job_id, metadata=request.metadata,
+            timings=request.timings.with_stage("completed"), **webhook_fields(request),
         )
 
 
@@ -556,6 +571,14 @@ class GenerationFailed(Event):
     @property
     def canceled(self) -> bool:
         return self.error.code == CANCELED
+
+    @classmethod
+    def from_leader(cls, leader: GenerationFailed, request: GenerationRequested) -> GenerationFailed:
+        """``request``'s end when the identical job it waited on failed for good: the same reason."""
+        message = f"coalesced with job {leader.job_id}: {leader.error.message}"
+        return cls(job_id=request.job_id, tenant=request.tenant, trace=request.trace.child(),
+                   metadata=request.metadata, timings=request.timings, **webhook_fields(request),
+                   error=leader.error.model_copy(update={"message": message[:2000]}))
 
     @classmethod
     def cancel(cls, job_id: str, tenant: str, reason: str, *, stage: Literal["ingest", "router"]) -> Self:

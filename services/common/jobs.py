@@ -15,7 +15,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
 from services.common.consumer import Outcome, Output
@@ -86,6 +86,16 @@ class JobView(BaseModel):
     error: dict[str, Any] | None = None
     timings: dict[str, Any] = {}
     result: dict[str, Any] | None = None
+    coalesced_with: str | None = Field(
+        None, description="The identical job in flight whose provider call this job waits on (or waited on).")
+    queue_position: int | None = Field(
+        None, ge=0, description="While routed and waiting: jobs ahead of it on its path that no generator has "
+                                "taken yet (an estimate; null once a generator took it, or while it waits on "
+                                "coalesced_with).")
+    estimated_start_s: float | None = Field(
+        None, ge=0, description="While waiting on its path: seconds until a generator should take it, from the "
+                                "path's measured service rate (null until a rate is measured).")
+    estimated_start_at: datetime | None = Field(None, description="When a generator should take it (UTC).")
     comparison_id: str | None = None  # a generation with a reference image: its comparison
     generation_job_id: str | None = None  # a comparison a generation asked for: that generation
     # Webhook deliveries (ingest's DeliveryView: time, status and latency of every attempt); kept apart

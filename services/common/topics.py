@@ -64,9 +64,13 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
               ("router",), "generator.fallback"),
     TopicSpec("generation.generated", contracts.GenerationGenerated, "Generated image bytes, on their way to storage.",
               ("generator",), "storage"),
-    TopicSpec("generation.completed", contracts.GenerationCompleted, "Published images: subscribe here for results.",
+    TopicSpec("generation.completed", contracts.GenerationCompleted,
+              "Published images: subscribe here for results. The router's coalescing fan-out (consumer group "
+              "<prefix>.router.coalesce) reads it too, to give jobs that waited on an identical one the same image.",
               ("storage", "router", "comparer")),
-    TopicSpec("generation.failed", contracts.GenerationFailed, "Jobs that ended without an image.",
+    TopicSpec("generation.failed", contracts.GenerationFailed,
+              "Jobs that ended without an image. The router's coalescing fan-out (consumer group "
+              "<prefix>.router.coalesce) reads it too, to end or re-route jobs that waited on the failed one.",
               ("generator", "storage", "router", "ingest")),
     TopicSpec("comparison.requested", contracts.ComparisonRequested, "Requests to score an image against a target.",
               ("ingest", "storage"), "comparer"),

@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 
 from services.common.bootstrap import Infra
+from services.common.coalescing import RedisCoalescer
 from services.common.consumer import LoopSettings
 from services.common.contracts import GenerationRouted
 from services.common.provider_calls import RedisProviderCalls
+from services.common.queue_position import RedisQueueBook
 from services.common.worker import consume
 from services.generator.handlers import GenerateHandler
 from services.generator.settings import GeneratorSettings
@@ -26,7 +28,10 @@ async def build(settings: GeneratorSettings, infra: Infra) -> GenerateHandler:
     guard = infra.terminal_guard()
     failover = Failover(candidates, budget=infra.budget, attempts=settings.attempts,
                         calls=RedisProviderCalls(infra.redis, infra.keys), guard=guard)
-    return GenerateHandler(failover=failover, topics=infra.topics, jobs=infra.jobs(), guard=guard)
+    return GenerateHandler(failover=failover, topics=infra.topics, jobs=infra.jobs(), guard=guard,
+                           coalescer=RedisCoalescer(infra.redis, infra.keys, lease_s=settings.coalesce_lease_s,
+                                                    scope=infra.cache_scope),
+                           queue=RedisQueueBook(infra.redis, infra.keys))
 
 
 async def serve(settings: GeneratorSettings, infra: Infra, stop: asyncio.Event) -> None:

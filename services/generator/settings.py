@@ -21,6 +21,8 @@ class GeneratorSettings(BaseSettings):
     shutdown_timeout_s: float = Field(
         75.0, gt=0, le=3600,
         description="On SIGTERM, how long in-flight jobs may finish; keep below the pod's termination grace period.")
+    coalesce_lease_s: float = Field(30.0, gt=0, le=3600, description="Coalescing lease of a leader being generated, "
+                                    "renewed every third of it (as the router's FORGELINE_ROUTER_COALESCE_LEASE_S).")
     commit_interval_s: float = Field(0.5, gt=0, le=3600, description="How often finished offsets are committed.")
     simulated_latency_s: float = Field(0.0, ge=0, le=120, description="Procedural provider only: pretend to be slow.")
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus metrics on this port.")

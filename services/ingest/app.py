@@ -27,6 +27,7 @@ from starlette.routing import compile_path
 from services.common import tracing
 from services.common.bootstrap import Infra
 from services.common.cache import LruTtlCache, RedisResultCache
+from services.common.queue_position import RedisQueueBook
 from services.common.ratelimit import RateLimiter
 from services.common.route_stats import RedisRouteStats
 from services.common.tenants import TenantStore
@@ -94,6 +95,7 @@ async def build_deps(settings: IngestSettings, infra: Infra) -> IngestDeps:
         limiter=RateLimiter(infra.redis, infra.keys),
         guard=infra.terminal_guard(),
         cache_scope=infra.cache_scope,
+        queue=RedisQueueBook(infra.redis, infra.keys),
     )
 
 

@@ -23,6 +23,7 @@ from services.common.ports import (
     RouteStats,
     TerminalGuard,
 )
+from services.common.queue_position import RedisQueueBook
 from services.common.ratelimit import RateLimiter
 from services.common.redis import KeySpace
 from services.common.settings import Connections
@@ -91,6 +92,7 @@ class IngestDeps:
     limiter: RateLimiter | None = None
     guard: TerminalGuard | None = None  # for cancellations: a cancelled job's one terminal event
     cache_scope: CacheScope = CacheScope()  # whose results answer a request: its tenant's unless shared
+    queue: RedisQueueBook | None = None  # queue positions of routed jobs; None: not shown
 
     @property
     def auth_enabled(self) -> bool:

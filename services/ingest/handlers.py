@@ -297,7 +297,19 @@ async def get_job(job_id: str, tenant: str, deps: IngestDeps) -> JobView:
     view = await deps.jobs.get(job_id)
     if view is None or (deps.auth_enabled and view.tenant != tenant):
         raise JobNotFound(job_id)
-    return view
+    return await with_queue_estimate(view, deps)
+
+
+async def with_queue_estimate(view: JobView, deps: IngestDeps) -> JobView:
+    """A job waiting on its path, with its queue position and estimated start (read when asked, as
+    they change with every job ahead of it)."""
+    if deps.queue is None or view.status != "routed" or view.coalesced_with is not None:
+        return view
+    estimate = await deps.queue.estimate(view.job_id)
+    if estimate is None:
+        return view
+    return view.model_copy(update={"queue_position": estimate.position, "estimated_start_s": estimate.start_in_s,
+                                   "estimated_start_at": estimate.start_at})
 
 
 KEEPALIVE = None

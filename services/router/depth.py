@@ -6,13 +6,15 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import Gauge
 
+from services.common.contracts import Path
 from services.common.lag import group_positions
+from services.common.queue_position import RedisQueueBook
 from services.router.policy import estimated_wait
 
 log = logging.getLogger(__name__)
@@ -130,3 +132,14 @@ class DepthMonitor:
 
 
 
+
+
+async def report_queues(queue: RedisQueueBook, monitors: Mapping[Path, DepthMonitor], *, every_s: float) -> None:
+    """Write each path's measured depth and rate where ingest reads them for queue estimates."""
+    while True:
+        try:
+            for path, monitor in monitors.items():
+                await queue.publish(path, depth=monitor.depth, rate=monitor.rate)
+        except Exception as exc:  # noqa: BLE001 — Redis away: the next report tries again
+            log.warning("could not publish queue measurements: %r", exc)
+        await asyncio.sleep(every_s)

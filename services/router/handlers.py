@@ -1,4 +1,5 @@
-"""The router's handler: answer from the cache, or decide a path and forward the request.
+"""The router's handler: answer from the cache, wait on an identical job in flight, or decide a path
+and forward the request.
 
 The decision itself is :func:`services.router.policy.route`; this module records it (job
 status, metrics, route counts) and emits the routed request.
@@ -13,6 +14,7 @@ from typing import Literal, Protocol
 from prometheus_client import Counter
 
 from services.common.cache import CacheScope
+from services.common.coalescing import RedisCoalescer, coalesces
 from services.common.consumer import Outcome, Output
 from services.common.contracts import (
     GenerationCompleted,
@@ -22,13 +24,14 @@ from services.common.contracts import (
 )
 from services.common.jobs import terminal_outcome
 from services.common.ports import JobStore, ResultCache, RouteStats, TerminalGuard
+from services.common.queue_position import RedisQueueBook
 from services.common.topics import Topics
 from services.router.limits import KafkaNativeLimits
 from services.router.policy import PaidCapacity, RoutingPolicy, route
 
 ROUTED = Counter("forgeline_routes_total", "Route decisions by path (cache: answered at once; duplicate: a copy of an "
-                 "ended job; rate_limited: produced straight to Kafka beyond its tenant's limits).",
-                 ["path"])
+                 "ended job; coalesced: waits on an identical job in flight; rate_limited: produced straight to "
+                 "Kafka beyond its tenant's limits).", ["path"])
 DECISIONS = Counter(
     "forgeline_route_decisions_total",
     "Route decisions by path and what decided them: cache (answered at once), placeholder (paid path "
@@ -91,11 +94,21 @@ class RouterHandler:
     guard: TerminalGuard
     cache_scope: CacheScope = CacheScope()  # whose results answer a request: its tenant's unless shared
     limits: KafkaNativeLimits | None = None  # tenant limits for requests that did not come through ingest
+    coalescer: RedisCoalescer | None = None  # None: every request is routed on its own
+    queue: RedisQueueBook | None = None  # None: routed jobs get no queue number
 
-    async def handle(self, request: GenerationRequested) -> Outcome:
+    async def handle(self, request: GenerationRequested, *, parked: bool = False) -> Outcome:
+        """Answer, park or route ``request``.
+
+        ``parked``: a follower re-driven after its leader failed (``services.router.coalesce``); it
+        was never forwarded, though it may have been forwarded once as a leader that lost its lease.
+        """
         # A copy of a request already routed, or whose job has ended (ingest re-sent it for a
-        # client's retry, a producer's retry, a replay): nothing more to do. Both asked at once.
-        if any(await asyncio.gather(self.jobs.forwarded(request.job_id), self.guard.finished(request.job_id))):
+        # client's retry, a producer's retry, a replay): nothing more to do. Both asked at once; a parked
+        # follower re-routed after its leader failed may have been forwarded once (a leader that lost its lease).
+        forwarded, finished = await asyncio.gather(self.jobs.forwarded(request.job_id),
+                                                   self.guard.finished(request.job_id))
+        if (forwarded and not parked) or finished:
             ROUTED.labels("duplicate").inc()
             return Outcome()
         # Produced straight to Kafka: held to the tenant's limits here, as ingest holds HTTP callers.
@@ -112,6 +125,21 @@ class RouterHandler:
             return await terminal_outcome(GenerationCompleted.from_cache(cached, request),
                                           topic=self.topics.name("generation.completed"), guard=self.guard,
                                           jobs=self.jobs)
+        # The same request already in flight: wait for its image instead of paying for another.
+        if self.coalescer is not None and coalesces(request):
+            role = await self.coalescer.join(request)
+            if not role.leads:
+                return await self._park(request, role.leader)
+        return await self._route(request)
+
+    async def _park(self, request: GenerationRequested, leader: str) -> Outcome:
+        """The follower waits in Redis, not in a consumer slot: its offset is committed at once."""
+        ROUTED.labels("coalesced").inc()
+        await self.jobs.update(request.job_id, "routed", tenant=request.tenant, coalesced_with=leader,
+                               route_reason=f"coalesced with job {leader}: the same request is in flight")
+        return Outcome()
+
+    async def _route(self, request: GenerationRequested) -> Outcome:
         paid = _RefusalSeen(self.paid)
         decision = await route(request, self.depth.depth, self.policy, paid, rate=self.depth.rate)
         category = decision_category(decision, paid_refused=paid.refused)
@@ -129,6 +157,9 @@ class RouterHandler:
 
         async def acked() -> None:
             await self.jobs.mark_forwarded(request.job_id)
+            if self.queue is not None:
+                number = await self.queue.routed(decision.path, request.job_id)
+                await self.jobs.update(request.job_id, "routed", queue_path=decision.path, queue_number=number)
             ROUTED.labels(decision.path).inc()
             DECISIONS.labels(decision.path, category).inc()
             await self.routes.count(decision.path)

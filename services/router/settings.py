@@ -33,6 +33,10 @@ class RouterSettings(BaseSettings):
     paid_cost_usd: Decimal = Field(Decimal("0.0023"), gt=0,
                                    description="Cost of one image on the cheapest paid provider (budget gate).")
 
+    coalesce: bool = Field(True, description="Identical requests in flight at once share one provider call.")
+    coalesce_lease_s: float = Field(30.0, gt=0, le=3600, description="A coalescing leader's lease: a leader being "
+                                    "generated that stops renewing it for this long loses it to a follower.")
+    coalesce_sweep_s: float = Field(1.0, gt=0, le=60, description="How often leases past their deadline are checked.")
     cache_ttl_s: int = Field(24 * 3600, ge=1, description="Result cache lifetime (as storage's).")
     concurrency: int = Field(32, ge=1, le=1024, description="Requests routed at once.")
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus metrics on this port.")
