@@ -65,11 +65,15 @@ redis.call('HSET', KEYS[1], 'deadline', now + tonumber(ARGV[2]))
 return 1
 """
 
-# KEYS: group, followers.  ARGV: job id.  1 when the job waits as a follower of another leader.
-_PARKED = """
-local leader = redis.call('HGET', KEYS[1], 'leader')
-if leader == ARGV[1] then return 0 end
-return redis.call('HEXISTS', KEYS[2], ARGV[1])
+# KEYS: group, followers.  ARGV: job id, lease ms.  Before its provider call, in one step: 'leads' with
+# the lease renewed, 'parked' when the job waits as a follower of another leader, 'alone' otherwise.
+_HOLD = _NOW + """
+if redis.call('HGET', KEYS[1], 'leader') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'deadline', now + tonumber(ARGV[2]))
+  return 'leads'
+end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 'parked' end
+return 'alone'
 """
 
 # KEYS: group, followers, closing.  ARGV: job id, shareable (1: its image serves the followers), ttl s.
@@ -166,7 +170,7 @@ class RedisCoalescer:
         self._ttl_s = ttl_s
         self._join = redis.register_script(_JOIN)
         self._renew = redis.register_script(_RENEW)
-        self._parked = redis.register_script(_PARKED)
+        self._hold = redis.register_script(_HOLD)
         self._close = redis.register_script(_CLOSE)
         self._take_over = redis.register_script(_TAKE_OVER)
 
@@ -231,10 +235,16 @@ class RedisCoalescer:
         """Keep the lease of a leader being generated; False when it no longer leads."""
         return bool(await self._renew(keys=[self._group(self.key_of(job))], args=[job.job_id, self._lease_ms]))
 
-    async def parked(self, job: Job) -> bool:
-        """True when ``job`` waits on another job's provider call (a leader that lost its lease)."""
+    async def hold(self, job: Job) -> Literal["leads", "parked", "alone"]:
+        """Before ``job``'s provider call: renew its lease if it leads, or say that it waits on another.
+
+        The generator asks this *before* it marks the job ``generating``: the sweeper takes a lease
+        over only when it has expired and its leader no longer looks queued, so a lease renewed first
+        cannot be taken from a leader that has just started its call.
+        """
         key = self.key_of(job)
-        return bool(await self._parked(keys=[self._group(key), self._followers(key)], args=[job.job_id]))
+        answer = await self._hold(keys=[self._group(key), self._followers(key)], args=[job.job_id, self._lease_ms])
+        return answer.decode() if isinstance(answer, bytes) else answer
 
     # -- the sweeper
 

@@ -31,15 +31,26 @@ noise, JPEG, hue rotation, crop, shift; unrelated pairs) and
 Differences are read from measurements (mean luminance, luminance spread, saturation, edge
 energy, dominant hue, SSIM of the image halves), each with a prompt improvement; both lists
 hold at most :data:`MAX_ITEMS` entries.
+
+Speed: everything that needs one image alone (decoding, the box reduce, L*, the coarse copy, CIELAB
+at :data:`COLOUR_SIZE`², pHash, hue and edge measures) is taken in :func:`_prepare`, and the two
+images of a pair are prepared in two threads at once: decoding is most of the time at large sides,
+and Pillow releases the GIL while it decodes. Only what needs both images (alignment, SSIM, ΔE)
+runs after. :class:`PreparedImages` keeps prepared images by content, so a target compared with
+several candidates is decoded once (:class:`PerceptualComparer` keeps one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import math
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 
 import imagehash
 import numpy as np
@@ -48,9 +59,10 @@ from skimage.color import rgb2lab
 from skimage.metrics import structural_similarity
 from skimage.registration import phase_cross_correlation
 
+from services.common.cache import LruTtlCache
 from services.common.contracts import ComparisonResult, quality_band
 
-__all__ = ["METHOD", "SIZE", "WEIGHTS", "PerceptualComparer", "compare"]
+__all__ = ["METHOD", "SIZE", "WEIGHTS", "PerceptualComparer", "PreparedImages", "compare"]
 
 METHOD = "perceptual"
 SIZE = 128  # every measurement is taken at SIZE × SIZE
@@ -66,6 +78,8 @@ PHASH_SLACK = 4  # bits that flip under any re-encoding
 WEIGHTS = {"structure": 0.50, "colour": 0.35, "phash": 0.05, "placement": 0.10}
 MAX_ITEMS = 5
 MAX_PIXELS = 64_000_000  # refuse larger images before decoding them
+PREPARED_MAXSIZE = 64  # images kept prepared by a PerceptualComparer, about 150 KB each
+PREPARED_TTL_S = 600.0
 ORIENTATION = 0x0112  # the EXIF tag
 
 # Thresholds for the written differences.
@@ -92,8 +106,13 @@ _LINEAR_Y = (np.where(_SRGB > 0.04045, ((_SRGB + 0.055) / 1.055) ** 2.4, _SRGB /
 
 @dataclass(frozen=True)
 class _Image:
+    """Everything one image contributes to a comparison, measured once, before the pair is looked at."""
+
     rgb: Image.Image  # SIZE × SIZE
-    lightness: np.ndarray  # SIZE × SIZE CIELAB L*: the structure, which a change of hue leaves alone
+    lightness: np.ndarray  # SIZE × SIZE CIELAB L* (float32): the structure, which a change of hue leaves alone
+    coarse: np.ndarray  # the lightness at COARSE_SIZE², for the unaligned coarse SSIM
+    lab: np.ndarray  # CIELAB at COLOUR_SIZE², for the unaligned colour term
+    phash: imagehash.ImageHash  # of the lightness
     side: int  # the decoded image's shorter side
     mean: float
     std: float
@@ -153,19 +172,73 @@ def _dominant_hue(hsv: np.ndarray) -> str | None:
 
 
 def _prepare(raw: bytes, role: str) -> _Image:
+    """Decode one image and take every measurement that needs only it. Pillow, scipy and most of numpy
+    release the GIL here, so the two images of a pair are prepared at once (:func:`_prepare_both`)."""
     decoded = _decode(raw, role)
     factor = min(decoded.size) // SIZE
     rgb = decoded.reduce(factor) if factor >= 2 else decoded  # a box filter first: cheap, and no aliasing
     if rgb.size != (SIZE, SIZE):
         rgb = rgb.resize((SIZE, SIZE), Image.Resampling.BILINEAR)
     grey = rgb.convert("L")
-    luma = np.asarray(grey, dtype=np.float64)
+    luma = np.asarray(grey)
     hsv = np.asarray(rgb.convert("HSV"))
     std = float(luma.std())
     # mean edge strength per unit of luminance spread, so a darker copy does not read as blurrier
-    edges = float(np.asarray(grey.filter(ImageFilter.FIND_EDGES), dtype=np.float64)[1:-1, 1:-1].mean())
-    return _Image(rgb, _lightness(rgb), min(decoded.size), float(luma.mean()), std,
-                  float(hsv[..., 1].mean()), edges / max(std, 1.0), _dominant_hue(hsv))
+    edges = float(np.asarray(grey.filter(ImageFilter.FIND_EDGES))[1:-1, 1:-1].mean())
+    lightness = _lightness(rgb)
+    coarse = _shrink(lightness, COARSE_SIZE)
+    return _Image(rgb, lightness, coarse, _lab(rgb), _phash(coarse),
+                  min(decoded.size), float(luma.mean()), std, float(hsv[..., 1].mean()), edges / max(std, 1.0),
+                  _dominant_hue(hsv))
+
+
+@cache
+def _workers() -> ThreadPoolExecutor:
+    """The threads that prepare a pair's generated image while the caller prepares its target: decoding
+    is most of a comparison's time at large sides, and two images decode in the time of one."""
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="perceptual-prepare")
+
+
+def _prepare_both(target: bytes, generated: bytes) -> tuple[_Image, _Image]:
+    """Both images prepared at once; a target that cannot be decoded is named first, as before."""
+    pending = _workers().submit(_prepare, generated, "generated")
+    try:
+        t = _prepare(target, "target")
+    except BaseException:
+        pending.cancel()
+        raise
+    if pending.cancel():  # not started: the workers are busy with other comparisons, so do it here, not wait
+        return t, _prepare(generated, "generated")
+    return t, pending.result()
+
+
+class PreparedImages:
+    """Images prepared lately, by the SHA-256 of their bytes, so that a target compared with several
+    candidates (one reference image across a game's generations, one concept art against each try) is
+    decoded and measured once: at 1024² that is most of a comparison. Images are kept per ``scope``
+    (the tenant, in the service), as the result cache is: a tenant's latency does not tell whether
+    another tenant compared the same image. Comparisons run in worker threads, hence the lock."""
+
+    def __init__(self, maxsize: int = PREPARED_MAXSIZE, ttl_s: float = PREPARED_TTL_S) -> None:
+        self._images: LruTtlCache[_Image] = LruTtlCache(maxsize, ttl_s)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def pair(self, target: bytes, generated: bytes, scope: str = "") -> tuple[_Image, _Image]:
+        keys = tuple(f"{scope}:{hashlib.sha256(raw).hexdigest()}" for raw in (target, generated))
+        with self._lock:
+            t, g = (self._images.get(key) for key in keys)
+        if t is None and g is None:
+            t, g = _prepare_both(target, generated)
+        else:  # one of them is known: the other alone is left, no thread needed
+            t = t or _prepare(target, "target")
+            g = g or _prepare(generated, "generated")
+        with self._lock:
+            for key, image in zip(keys, (t, g), strict=True):
+                self._images.set(key, image)
+        return t, g
 
 
 def _ssim(a: np.ndarray, b: np.ndarray, *, full: bool = False):
@@ -174,12 +247,14 @@ def _ssim(a: np.ndarray, b: np.ndarray, *, full: bool = False):
 
 
 def _shrink(pixels: np.ndarray, side: int) -> np.ndarray:
-    image = Image.fromarray(pixels.astype(np.float32))  # mode F: any range, one channel
+    image = Image.fromarray(pixels.astype(np.float32, copy=False))  # mode F: any range, one channel
     return np.asarray(image.resize((side, side), Image.Resampling.BOX), dtype=np.float32)
 
 
-def _shrink_rgb(pixels: np.ndarray, side: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(pixels).resize((side, side), Image.Resampling.BOX), dtype=np.float64)
+def _lab(rgb: Image.Image, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """CIELAB of ``box`` of the image (all of it by default) at COLOUR_SIZE², in float32 (skimage keeps it)."""
+    small = rgb.resize((COLOUR_SIZE, COLOUR_SIZE), Image.Resampling.BOX, box=box)
+    return rgb2lab(np.asarray(small, dtype=np.float32) / 255)
 
 
 @dataclass(frozen=True)
@@ -192,8 +267,12 @@ class _Alignment:
 
     @classmethod
     def none(cls) -> _Alignment:
-        everything = (slice(None), slice(None))
+        everything = (slice(0, SIZE), slice(0, SIZE))
         return cls(everything, everything, 0.0)
+
+    @property
+    def moved(self) -> bool:
+        return self.shift > 0
 
     @classmethod
     def by(cls, dy: int, dx: int) -> _Alignment:
@@ -207,7 +286,7 @@ class _Alignment:
 def _align(t: _Image, g: _Image) -> tuple[_Alignment, float]:
     """The alignment that gives the better coarse SSIM (moved or not), and that SSIM."""
     plain = _Alignment.none()
-    plain_ssim = _ssim(_shrink(t.lightness, COARSE_SIZE), _shrink(g.lightness, COARSE_SIZE))
+    plain_ssim = _ssim(t.coarse, g.coarse)
     (dy, dx), _error, _phase = phase_cross_correlation(t.lightness, g.lightness, normalization=None)
     dy, dx = int(dy), int(dx)
     if (dy, dx) == (0, 0) or max(abs(dy), abs(dx)) > MAX_SHIFT * SIZE:
@@ -220,10 +299,10 @@ def _align(t: _Image, g: _Image) -> tuple[_Alignment, float]:
 
 def _colour_difference(t: _Image, g: _Image, where: _Alignment) -> float:
     """Mean CIELAB ΔE of each target pixel to the closest of its 3×3 neighbours in the generated image."""
-    def lab(image: Image.Image, span: tuple[slice, slice]) -> np.ndarray:
-        return rgb2lab(_shrink_rgb(np.asarray(image)[span], COLOUR_SIZE) / 255)
-
-    a, b = lab(t.rgb, where.target), lab(g.rgb, where.generated)
+    if where.moved:
+        a, b = _lab(t.rgb, _box(where.target)), _lab(g.rgb, _box(where.generated))
+    else:
+        a, b = t.lab, g.lab
     edge = np.clip(np.arange(-1, COLOUR_SIZE + 1), 0, COLOUR_SIZE - 1)
     padded = b[edge][:, edge]  # one pixel of edge around it; np.pad costs more than the rest
     squared = np.min([np.square(a - padded[y:y + COLOUR_SIZE, x:x + COLOUR_SIZE]).sum(axis=-1)
@@ -231,8 +310,15 @@ def _colour_difference(t: _Image, g: _Image, where: _Alignment) -> float:
     return float(np.maximum(np.sqrt(squared) - JUST_NOTICEABLE, 0).mean())
 
 
-def _phash(image: _Image) -> imagehash.ImageHash:
-    return imagehash.phash(Image.fromarray((image.lightness * 2.55).astype(np.uint8)))
+def _box(span: tuple[slice, slice]) -> tuple[int, int, int, int]:
+    """Pillow's (left, upper, right, lower) of a (rows, columns) span: it resizes a region without a copy."""
+    rows, columns = span
+    return columns.start, rows.start, columns.stop, rows.stop
+
+
+def _phash(coarse: np.ndarray) -> imagehash.ImageHash:
+    """imagehash's pHash of the coarse lightness: it is already the 32² that pHash shrinks every image to."""
+    return imagehash.phash(Image.fromarray((coarse * 2.55).astype(np.uint8)))
 
 
 def _detail(t: _Image, g: _Image) -> float:
@@ -315,20 +401,26 @@ def _differences(t: _Image, g: _Image, region: str | None, prompt: str) -> tuple
     return diffs[:MAX_ITEMS], tips[:MAX_ITEMS]
 
 
-def compare(target: bytes, generated: bytes, original_prompt: str) -> ComparisonResult:
-    """Score ``generated`` against ``target`` (0–100) and say what differs; pure and synchronous.
+def compare(target: bytes, generated: bytes, original_prompt: str, *,
+            prepared: PreparedImages | None = None, scope: str = "") -> ComparisonResult:
+    """Score ``generated`` against ``target`` (0–100) and say what differs; synchronous, and pure but for
+    ``prepared``, where images already seen in ``scope`` are looked up and new ones kept (the score is
+    the same).
 
     Raises ``ValueError`` when either image cannot be decoded.
     """
     started = time.perf_counter()
-    t, g = _prepare(target, "target"), _prepare(generated, "generated")
+    if prepared is not None:
+        t, g = prepared.pair(target, generated, scope)
+    else:
+        t, g = _prepare_both(target, generated)
 
     where, coarse = _align(t, g)
     fine, ssim_map = _ssim(t.lightness[where.target], g.lightness[where.generated], full=True)
     terms = {
         "structure": max(0.0, (fine + coarse) / 2),
         "colour": math.exp(-_colour_difference(t, g, where) / COLOUR_SCALE),
-        "phash": max(0.0, 1 - max(0, (_phash(t) - _phash(g)) - PHASH_SLACK) / (32 - PHASH_SLACK)),
+        "phash": max(0.0, 1 - max(0, (t.phash - g.phash) - PHASH_SLACK) / (32 - PHASH_SLACK)),
         "placement": 1 - where.shift / MAX_SHIFT,
     }
     detail = _detail(t, g)
@@ -345,9 +437,16 @@ def compare(target: bytes, generated: bytes, original_prompt: str) -> Comparison
 
 
 class PerceptualComparer:
-    """Async face of :func:`compare`, run in a worker thread so the event loop stays free."""
+    """Async face of :func:`compare`, run in a worker thread so the event loop stays free, keeping the
+    images it has prepared (:class:`PreparedImages`) for the next comparisons."""
 
     method = METHOD
 
-    async def compare(self, target: bytes, generated: bytes, original_prompt: str) -> ComparisonResult:
-        return await asyncio.to_thread(compare, target, generated, original_prompt)
+    def __init__(self, prepared: PreparedImages | None = None) -> None:
+        self.prepared = prepared if prepared is not None else PreparedImages()
+
+    async def compare(self, target: bytes, generated: bytes, original_prompt: str, *,
+                      tenant: str | None = None) -> ComparisonResult:
+        """``tenant``: whose prepared images may be reused (none of another tenant's)."""
+        return await asyncio.to_thread(compare, target, generated, original_prompt, prepared=self.prepared,
+                                       scope=tenant or "")

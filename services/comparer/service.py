@@ -101,7 +101,7 @@ class ComparisonService:
                 COMPARISONS.labels("vlm", "false").inc()
                 return Scored(result, cached=False)
 
-        result = await self.perceptual.compare(target.data, generated.data, prompt)
+        result = await self.perceptual.compare(target.data, generated.data, prompt, tenant=tenant)
         if fallback_reason is not None:
             result = result.model_copy(update={"fallback_reason": fallback_reason})
         else:  # a fallback result is not cached: the next request tries the VLM again

@@ -45,14 +45,19 @@ class GenerateHandler:
     coalescer: RedisCoalescer | None = None  # None: no coalescing leases to keep
     queue: RedisQueueBook | None = None  # None: jobs taken up are not counted for queue positions
 
-    async def _waits_on_another(self, routed: GenerationRouted, current: JobView | None) -> bool:
+    async def _hold(self, routed: GenerationRouted) -> str | None:
+        """The job's place in its coalescing group, its lease renewed if it leads (None: not coalesced)."""
+        if self.coalescer is None or not coalesces(routed):
+            return None
+        return await self.coalescer.hold(routed)
+
+    @staticmethod
+    def _waits_on_another(held: str | None, current: JobView | None) -> bool:
         """A leader that lost its lease (its generator died mid-call) now waits on the job that took it
         over: the redelivered message costs no second call, and the fan-out gives it its image."""
-        if self.coalescer is None or not coalesces(routed):
-            return False
         if current is not None and current.coalesced_with and current.status == "completed":
             return True
-        return await self.coalescer.parked(routed)
+        return held == "parked"
 
     @contextlib.asynccontextmanager
     async def _lease_kept(self, routed: GenerationRouted) -> AsyncIterator[None]:
@@ -89,13 +94,15 @@ class GenerateHandler:
         # Cancelled while it waited in the queue: no provider call for it. (Any other ended job goes on:
         # its replay republishes the stored terminal event, or resumes and cancels its paid call.)
         # Read and update at once: an ended job takes no status change, so the update cannot undo a cancel;
-        # the job also counts as taken up on its path (queue positions) in the same wait.
+        # the job also counts as taken up on its path (queue positions) in the same wait. A leader's lease
+        # is renewed before it looks "generating", so the sweeper cannot hand it over as the call starts.
+        held = await self._hold(routed)
         current, *_ = await asyncio.gather(self.jobs.get(routed.job_id),
                                            self.jobs.update(routed.job_id, "generating", tenant=routed.tenant),
                                            self._taken_up(routed))
         if current is not None and current.status == "canceled":
             return Outcome()
-        if await self._waits_on_another(routed, current):
+        if self._waits_on_another(held, current):
             return Outcome()
         try:
             async with self._lease_kept(routed):

@@ -87,6 +87,9 @@ async def test_a_lease_not_renewed_goes_to_a_follower_and_the_old_leader_waits(c
     await coalescer.join(follower)
     routed = c.GenerationRouted.from_request(leader, c.RouteDecision(
         path="primary", reason="test", primary_depth=0, threshold=50))
+    await asyncio.sleep(0.4)
+    assert await coalescer.hold(routed) == "leads"  # the call starts: the expired lease is renewed first
+    assert await coalescer.take_over(coalescing_key(leader), leader.job_id) is None
     assert await coalescer.renew(routed)  # the generator keeps it while the call runs
     assert await coalescer.take_over(coalescing_key(leader), leader.job_id) is None  # not expired yet
 
@@ -96,7 +99,7 @@ async def test_a_lease_not_renewed_goes_to_a_follower_and_the_old_leader_waits(c
     promoted = await coalescer.take_over(group.key, leader.job_id)
 
     assert promoted is not None and promoted.job_id == follower.job_id
-    assert await coalescer.parked(routed)  # its redelivered message costs no second call
+    assert await coalescer.hold(routed) == "parked"  # its redelivered message costs no second call
     assert not await coalescer.renew(routed)
     assert await coalescer.led(follower.job_id) == group.key
     [old] = await coalescer.close(group.key, follower.job_id, shareable=True)

@@ -2,12 +2,16 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from services.common.contracts import ImageSpec, quality_band
-from services.comparer.perceptual import PerceptualComparer, compare
+from services.comparer import perceptual
+from services.comparer.perceptual import PerceptualComparer, PreparedImages, compare
 from services.providers.procedural import render_icon
 
 PROMPT = "flaming sword"
@@ -116,3 +120,84 @@ def test_exif_orientation_is_applied_before_comparing() -> None:
     untagged = buffer.getvalue()
     assert compare(png(upright), tagged, PROMPT).band == "Excellent"
     assert compare(png(upright), untagged, PROMPT).score < compare(png(upright), tagged, PROMPT).score - 20
+
+
+def counting_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The role of every image the comparer decodes from now on."""
+    roles: list[str] = []
+    real = perceptual._decode
+
+    def spy(raw: bytes, role: str) -> Image.Image:
+        roles.append(role)
+        return real(raw, role)
+
+    monkeypatch.setattr(perceptual, "_decode", spy)
+    return roles
+
+
+def test_a_target_compared_with_several_candidates_is_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    target, candidates = icon(), [icon(seed=seed) for seed in (1, 2, 3)]
+    fresh = [compare(target, candidate, PROMPT) for candidate in candidates]
+    decodes = counting_decodes(monkeypatch)
+    prepared = PreparedImages()
+    kept = [compare(target, candidate, PROMPT, prepared=prepared) for candidate in candidates]
+    assert [r.score for r in kept] == [r.score for r in fresh]
+    assert [r.differences for r in kept] == [r.differences for r in fresh]
+    assert sorted(decodes) == ["generated", "generated", "generated", "target"]  # the target once, at first
+    assert len(prepared) == 4
+
+
+def test_prepared_images_are_bounded_and_skip_what_failed() -> None:
+    prepared = PreparedImages(maxsize=2)
+    for seed in (1, 2, 3):
+        compare(icon(), icon(seed=seed), PROMPT, prepared=prepared)
+    assert len(prepared) == 2
+    with pytest.raises(ValueError, match="generated image"):
+        compare(icon(), b"not an image at all", PROMPT, prepared=prepared)
+    with pytest.raises(ValueError, match="generated image"):  # the failure was not kept as an image
+        compare(icon(), b"not an image at all", PROMPT, prepared=prepared)
+
+
+def test_comparisons_in_threads_share_prepared_images() -> None:
+    target, candidates = icon(), [icon(prompt, seed) for prompt in ("frost potion", PROMPT) for seed in (1, 2, 3)]
+    expected = [compare(target, candidate, PROMPT).score for candidate in candidates]
+    prepared = PreparedImages(maxsize=4)
+    with ThreadPoolExecutor(4) as pool:
+        scores = list(pool.map(lambda c: compare(target, c, PROMPT, prepared=prepared).score, candidates * 3))
+    assert scores == expected * 3
+
+
+def test_busy_workers_do_not_hold_a_comparison_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every worker thread taken (other comparisons), the caller prepares the second image itself."""
+    expected = compare(icon(), icon(seed=3), PROMPT).score
+    release = threading.Event()
+    busy = ThreadPoolExecutor(1)
+    busy.submit(release.wait, 10)
+    monkeypatch.setattr(perceptual, "_workers", lambda: busy)
+    started = time.monotonic()
+    try:
+        score = compare(icon(), icon(seed=3), PROMPT).score
+    finally:
+        release.set()
+        busy.shutdown()
+    assert score == expected
+    assert time.monotonic() - started < 5
+
+
+def test_prepared_images_are_kept_per_scope(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One tenant's comparisons reuse its own prepared images only, as the result cache does."""
+    target = icon()
+    prepared = PreparedImages()
+    compare(target, icon(seed=1), PROMPT, prepared=prepared, scope="studio-a")
+    decodes = counting_decodes(monkeypatch)
+    compare(target, icon(seed=2), PROMPT, prepared=prepared, scope="studio-b")
+    assert sorted(decodes) == ["generated", "target"]
+    compare(target, icon(seed=3), PROMPT, prepared=prepared, scope="studio-a")
+    assert sorted(decodes) == ["generated", "generated", "target"]
+
+
+def test_async_comparer_keeps_prepared_images_per_tenant() -> None:
+    comparer = PerceptualComparer()
+    asyncio.run(comparer.compare(icon(), icon(seed=1), PROMPT, tenant="studio-a"))
+    asyncio.run(comparer.compare(icon(), icon(seed=1), PROMPT, tenant="studio-b"))
+    assert len(comparer.prepared) == 4
