@@ -34,7 +34,7 @@ from services.common.cache import CacheScope
 from services.common.consumer import ConsumerLoop, Handler, LoopSettings
 from services.common.health import Readiness
 from services.common.jobs import RedisJobStore, RedisTerminalGuard
-from services.common.kafka import RenewingProducer, make_admin, make_consumer, make_producer
+from services.common.kafka import RenewingProducer, make_admin, make_consumer, make_producer, start_within
 from services.common.outages import is_outage
 from services.common.redis import KeySpace, make_redis
 from services.common.settings import BudgetSettings, CacheSettings, Connections
@@ -90,13 +90,14 @@ class Infra:
 
         A start that fails because the brokers are not there yet (a fresh cluster, a restart) is
         retried with backoff, on a new client each time, for as long as it takes; meanwhile the
-        process reports ``kafka`` not ready. A client whose start fails is closed at once.
+        process reports ``kafka`` not ready. A client whose start fails, or does not finish within
+        :data:`~services.common.kafka.START_TIMEOUT_S`, is closed at once.
         """
 
         async def attempt() -> T:
             client = make()
             try:
-                await start(client)
+                await start_within(start(client), what)
             except BaseException:
                 await close(client)
                 raise

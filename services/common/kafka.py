@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import OutOfOrderSequenceNumber, ProducerFenced
+from aiokafka.errors import KafkaConnectionError, OutOfOrderSequenceNumber, ProducerFenced
 from aiokafka.structs import RecordMetadata
 
 from services.common import tracing
@@ -95,6 +95,28 @@ def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer
     return AIOKafkaProducer(**(args | overrides))
 
 
+#: How long a client's ``start()`` may take before it is given up for a new client. A healthy
+#: start takes well under a second; one that began against a broker still starting up can hang for
+#: good: the broker answers the first metadata request with no brokers in it, aiokafka keeps only
+#: that bootstrap connection, and once it drops (the broker restarts again) the client knows no
+#: node to ask and waits forever (aiokafka issue #551; the idempotent producer's ``start`` loops on
+#: "node id None"). A new client bootstraps from the configured servers again.
+START_TIMEOUT_S = 20.0
+
+
+async def start_within(start: Awaitable[Any], what: str, timeout_s: float | None = None) -> None:
+    """Await a Kafka client's ``start()``; one still not started after ``timeout_s`` (default
+    :data:`START_TIMEOUT_S`) is a connection error.
+
+    The caller closes that client and retries with a new one, as for a broker that is not there.
+    """
+    timeout_s = START_TIMEOUT_S if timeout_s is None else timeout_s
+    try:
+        await asyncio.wait_for(start, timeout_s)
+    except TimeoutError:
+        raise KafkaConnectionError(f"{what} did not start within {timeout_s:.0f}s") from None
+
+
 #: Errors after which aiokafka's idempotent producer is dead for good: its sender task has ended
 #: and every later send fails the same way (seen after a cluster restart). Only a new producer,
 #: with a new producer id, sends again.
@@ -148,7 +170,13 @@ class RenewingProducer:
             log.warning("the Kafka producer failed for good (%s); starting a new one", "fatal delivery error")
             with contextlib.suppress(Exception):
                 await old.stop()
-            await self._producer.start()
+            try:
+                await start_within(self._producer.start(), "the renewed producer")
+            except BaseException:
+                # Still dead: the next send makes another (this one's error is a Kafka outage to its caller).
+                with contextlib.suppress(Exception):
+                    await self._producer.stop()
+                raise
             self._dead = False
             self.renewals += 1
 
