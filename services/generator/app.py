@@ -26,7 +26,7 @@ async def build(settings: GeneratorSettings, infra: Infra) -> GenerateHandler:
                                   keys=infra.keys, environ=infra.environ,
                                   simulated_latency_s=settings.simulated_latency_s)
     guard = infra.terminal_guard()
-    failover = Failover(candidates, budget=infra.budget, attempts=settings.attempts,
+    failover = Failover(candidates, budget=infra.budget, attempts=settings.attempts, key_wait_s=settings.key_wait_s,
                         calls=RedisProviderCalls(infra.redis, infra.keys), guard=guard)
     return GenerateHandler(failover=failover, topics=infra.topics, jobs=infra.jobs(), guard=guard,
                            coalescer=RedisCoalescer(infra.redis, infra.keys, lease_s=settings.coalesce_lease_s,

@@ -17,6 +17,8 @@ class GeneratorSettings(BaseSettings):
     path: Literal["primary", "fallback"] = "primary"
     concurrency: int = Field(8, ge=1, le=4096, description="Provider calls in flight per process.")
     attempts: int = Field(3, ge=1, le=10, description="Provider calls per job, across keys and providers (seed 000).")
+    key_wait_s: float = Field(10.0, ge=0, le=300, description="How long a job waits in all for a cooling key "
+                              "(every key of its path rate-limited) before it fails; 0: fail at once.")
     providers_file: Path | None = Field(None, description="YAML naming each path's providers; unset: procedural.")
     shutdown_timeout_s: float = Field(
         75.0, gt=0, le=3600,

@@ -12,6 +12,9 @@ atomically before the call, settled after, refunded on failure). Then, by what w
 
 When no candidate is left the job fails with why (every key cooling — and when the first
 comes back —, every provider down, or the budget spent), retryable so a caller may resubmit.
+Keys that come back soon are waited for instead: in a storm of 429s every key of a path may be
+cooling for a second or two, and a job that fails for a wait that short would be a job lost to the
+game (``key_wait_s``: the most a job waits in all; 0 fails at once).
 
 Paid calls are counted per call, not per attempt: a job's calls to one provider are numbered
 (``ProviderCalls``, in Redis), and the reservation is keyed ``<job>:<provider>:<seq>``. A replay
@@ -27,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -131,6 +135,7 @@ class Failover:
     sleep: Callable[[float], Awaitable[None]] = field(default=asyncio.sleep)
     calls: ProviderCalls | None = None  # where paid calls are numbered and recorded, shared by every replica
     guard: TerminalGuard | None = None  # asked whether a resumed call's job is finished already
+    key_wait_s: float = 0.0  # how long a job may wait, in all, for a cooling key to come back
 
     async def generate(self, job_id: str, spec: ImageSpec, *, tenant: str | None = None
                        ) -> tuple[GeneratedImage, int]:
@@ -176,8 +181,21 @@ class Failover:
         failed_on: set[str] = set()
         last: ProviderError | None = None
         history = self.calls if self.calls is not None else _LocalCalls()
+        waited = 0.0
         for attempt in range(1, self.attempts + 1):
-            chosen = await self._choose(job_id, history, failed_on, tenant)
+            while True:
+                try:
+                    chosen = await self._choose(job_id, history, failed_on, tenant)
+                    break
+                except NoProviderAvailable as exc:
+                    if exc.retry_after_s is None:
+                        raise
+                    # Jobs waiting on one key do not all come back at once.
+                    wait = exc.retry_after_s + random.uniform(0, 0.1 + exc.retry_after_s / 4)
+                    if waited + wait > self.key_wait_s:
+                        raise
+                    waited += wait
+                    await self.sleep(wait)
             try:
                 value = await self._call(chosen, call)
             except JobAlreadyFinished:

@@ -241,3 +241,56 @@ async def test_run_reports_who_served_by_key_fingerprint(clock, sleeps):
     served = await failover.run(new_job_id(), call)
 
     assert (served.value, served.attempts, served.provider, served.key_id) == ("vlm answered", 1, "vlm", key.key_id)
+
+
+class _ClockSleeps(_Sleeps):
+    """Waits that move the test's clock, so cooled keys come back while the job waits."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    async def __call__(self, seconds: float) -> None:
+        await super().__call__(seconds)
+        self.clock.now += seconds
+
+
+async def _one_key_cooling(clock: ManualClock, cooling_s: float) -> tuple[ApiKey, FakeImageProvider, Candidate]:
+    [key] = _keys("replicate", "only")
+    adapter = FakeImageProvider("replicate")
+    candidate = _candidate(adapter, clock, keys=[key])
+    await candidate.keys.cooldown(key, cooling_s, "429")
+    return key, adapter, candidate
+
+
+async def test_a_job_waits_for_a_key_that_comes_back_soon_instead_of_failing(clock):
+    key, adapter, candidate = await _one_key_cooling(clock, 1.5)
+    sleeps = _ClockSleeps(clock)
+    failover = Failover([candidate], sleep=sleeps, key_wait_s=10)
+
+    image, attempts = await failover.generate(new_job_id(), SPEC)
+
+    assert (image.provider, attempts, adapter.calls) == ("replicate", 1, [key.get_secret_value()])
+    assert len(sleeps.waits) == 1 and 1.5 <= sleeps.waits[0] <= 1.5 + 0.1 + 1.5 / 4
+
+
+async def test_a_job_fails_at_once_when_the_keys_come_back_later_than_it_may_wait(clock):
+    _, adapter, candidate = await _one_key_cooling(clock, 30)
+    sleeps = _ClockSleeps(clock)
+
+    with pytest.raises(NoProviderAvailable, match="back in 30 s"):
+        await Failover([candidate], sleep=sleeps, key_wait_s=10).generate(new_job_id(), SPEC)
+    assert (sleeps.waits, adapter.calls) == ([], [])
+
+
+async def test_the_wait_for_keys_is_bounded_over_the_whole_job(clock):
+    """A key that cools again on every call (a storm) does not keep the job waiting for ever."""
+    [key] = _keys("replicate", "only")
+    adapter = FakeImageProvider("replicate", rejects={
+        key.get_secret_value(): RateLimitedError("slow down", provider="replicate", retry_after_s=4)})
+    candidate = _candidate(adapter, clock, keys=[key])
+    sleeps = _ClockSleeps(clock)
+
+    with pytest.raises(NoProviderAvailable):
+        await Failover([candidate], sleep=sleeps, attempts=10, key_wait_s=10).generate(new_job_id(), SPEC)
+    assert sum(sleeps.waits) <= 10 and len(sleeps.waits) >= 1

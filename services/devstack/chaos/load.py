@@ -22,6 +22,8 @@ from PIL import Image
 #: Every ``REFERENCE_EVERY``-th job carries a reference image, so the comparer has work too.
 REFERENCE_EVERY = 10
 SIZE = 128
+#: HTTP connections of the game backend to ingest (and requests in flight).
+CONNECTIONS = 64
 
 
 @dataclass
@@ -69,13 +71,17 @@ class Load:
         self.give_up_s = give_up_s
         self.submissions = [Submission(i, f"chaos-{run_id}-{i}") for i in range(n)]
         self._random = random.Random(seed)
+        # Requests wait for a connection here, not in httpcore's pool: with a few thousand queued there
+        # (ingest down for a while, every client retrying) each pool event walks the whole queue, and
+        # the load generator spent its time in the pool instead of sending (encode/httpcore#822, httpx#3215).
+        self._slots = asyncio.Semaphore(CONNECTIONS)
 
     def accepted(self) -> dict[str, Submission]:
         """Every job id the API answered with → its request."""
         return {job: s for s in self.submissions for job in s.job_ids}
 
     async def run(self) -> None:
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+        limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS // 2)
         async with httpx.AsyncClient(base_url=self.url, timeout=httpx.Timeout(10.0), limits=limits) as http:
             began = time.monotonic()
             tasks = []
@@ -92,7 +98,9 @@ class Load:
         pause = 0.25
         while True:
             try:
-                response = await http.post("/v1/generations", json=body, headers={"Idempotency-Key": submission.key})
+                async with self._slots:
+                    response = await http.post("/v1/generations", json=body,
+                                               headers={"Idempotency-Key": submission.key})
                 submission.statuses.append(response.status_code)
                 if response.status_code in (200, 202):
                     submission.job_ids.add(response.json()["job_id"])
