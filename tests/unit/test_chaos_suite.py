@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
 
 from services.devstack.chaos.audit import KafkaRecord, Terminal, orphans, paid
 from services.devstack.chaos.faults import FAULT_NAMES, default_faults, schedule, short_error
-from services.devstack.chaos.load import Submission, index_of, prompt_for, request_body
-from services.devstack.chaos.run import private_stack
+from services.devstack.chaos.load import Load, Submission, index_of, prompt_for, request_body
+from services.devstack.chaos.report import build_report, render
+from services.devstack.chaos.run import ChaosConfig, private_stack
 from services.devstack.chaos.watch import Sample, first_after, moved_again, records_done
 
 
@@ -80,3 +82,22 @@ def test_a_cluster_run_also_restarts_every_broker_and_its_ports_come_in_pairs(tm
     assert (cluster.kafka_brokers, cluster.kafka_controller_port) == (3, cluster.kafka_port + 1)
     with pytest.raises(ValueError, match="unknown fault"):
         schedule(["brokers:explode"], 60, seed=3)
+
+
+def test_the_report_says_why_the_failed_jobs_failed() -> None:
+    load = Load("http://127.0.0.1:1", "r1", 3, 10, seed=1)
+    for index, job in enumerate(["j0", "j1", "j2"]):
+        load.submissions[index].job_ids.add(job)
+        load.submissions[index].final = "accepted"
+    topic = "chaos.generation."
+    record = KafkaRecord(terminal={
+        "j0": Terminal([topic + "completed"], [b'{"job_id": "j0"}']),
+        "j1": Terminal([topic + "failed"], [json.dumps({"error": {"code": "no_provider_available"}}).encode()]),
+        "j2": Terminal([topic + "failed"], [json.dumps({"error": {"code": "no_provider_available"}}).encode()]),
+    }, requested={0: {"j0"}, 1: {"j1"}, 2: {"j2"}}, dlq={})
+    report = build_report(config=ChaosConfig(n=3, faults=[]), run_id="r1", elapsed_s=1.0, load=load, record=record,
+                          disagreements=[], stuck=Counter(), paid=paid({}, Counter(), record), faults=[],
+                          log_bytes={}, crashes={})
+
+    assert (report.completed, report.failed, report.failed_codes) == (1, 2, {"no_provider_available": 2})
+    assert "(1 completed, 2 failed: {'no_provider_available': 2})" in render(report)

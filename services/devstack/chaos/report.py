@@ -28,6 +28,7 @@ class ChaosReport:
     terminal: int  # of those, jobs with a terminal event on Kafka
     completed: int
     failed: int
+    failed_codes: dict[str, int]  # error code of the failed jobs' event → count
     lost: list[str]  # accepted jobs with no terminal event
     lost_http_status: dict[str, int]  # where the lost jobs are stuck, as GET /v1/generations says
     duplicates: int  # jobs with two or more terminal events
@@ -71,6 +72,8 @@ def build_report(*, config: ChaosConfig, run_id: str, elapsed_s: float, load: Lo
         terminal=len(ended),
         completed=sum(1 for t in ended.values() if t.kind == "completed"),
         failed=sum(1 for t in ended.values() if t.kind == "failed"),
+        failed_codes=dict(Counter((t.first.get("error") or {}).get("code", "?")
+                                  for t in ended.values() if t.kind == "failed").most_common()),
         lost=sorted(set(accepted) - set(ended)),
         lost_http_status=dict(stuck),
         duplicates=len(duplicated),
@@ -94,7 +97,8 @@ def render(report: ChaosReport) -> str:
         ("requests sent", report.requests),
         ("accepted", f"{report.accepted}  (not accepted: {report.not_accepted or 'none'})"),
         ("jobs (distinct ids)", report.jobs),
-        ("terminal on Kafka", f"{report.terminal}  ({report.completed} completed, {report.failed} failed)"),
+        ("terminal on Kafka", f"{report.terminal}  ({report.completed} completed, {report.failed} failed"
+                              + (f": {report.failed_codes}" if report.failed_codes else "") + ")"),
         ("LOST", f"{len(report.lost)}  {_examples(report.lost)}  HTTP says: {report.lost_http_status or '-'}"),
         ("jobs with 2+ terminal events", f"{report.duplicates}  ({report.duplicates_identical} byte-identical, "
                                          f"{len(report.duplicates_different)} different "
