@@ -183,19 +183,7 @@ class Failover:
         history = self.calls if self.calls is not None else _LocalCalls()
         waited = 0.0
         for attempt in range(1, self.attempts + 1):
-            while True:
-                try:
-                    chosen = await self._choose(job_id, history, failed_on, tenant)
-                    break
-                except NoProviderAvailable as exc:
-                    if exc.retry_after_s is None:
-                        raise
-                    # Jobs waiting on one key do not all come back at once.
-                    wait = exc.retry_after_s + random.uniform(0, 0.1 + exc.retry_after_s / 4)
-                    if waited + wait > self.key_wait_s:
-                        raise
-                    waited += wait
-                    await self.sleep(wait)
+            chosen, waited = await self._choose_waiting(job_id, history, failed_on, tenant, waited)
             try:
                 value = await self._call(chosen, call)
             except JobAlreadyFinished:
@@ -216,6 +204,23 @@ class Failover:
             return Attempted(value, attempt, chosen.candidate.name, chosen.key.key_id if chosen.key else None)
         assert last is not None
         raise last
+
+    async def _choose_waiting(self, job_id: str, history: ProviderCalls | _LocalCalls, failed_on: set[str],
+                              tenant: str | None, waited: float) -> tuple[_Attempt, float]:
+        """``_choose``, waiting for a cooling key while the job has ``key_wait_s`` left; returns the
+        candidate and the job's wait so far."""
+        while True:
+            try:
+                return await self._choose(job_id, history, failed_on, tenant), waited
+            except NoProviderAvailable as exc:
+                if exc.retry_after_s is None:
+                    raise
+                # Jobs waiting on one key do not all come back at once.
+                wait = exc.retry_after_s + random.uniform(0, 0.1 + exc.retry_after_s / 4)
+                if waited + wait > self.key_wait_s:
+                    raise
+                waited += wait
+                await self.sleep(wait)
 
     async def _choose(self, job_id: str, history: ProviderCalls | _LocalCalls, failed_on: set[str],
                       tenant: str | None = None) -> _Attempt:
