@@ -58,8 +58,32 @@ def chromium(browser_binaries: dict[str, str]):
         driver.quit()
 
 
-def _figure(driver, key: str) -> str:
-    return driver.find_element(By.CSS_SELECTOR, f'[data-figure="{key}"]').text
+# The page redraws its figures and rebuilds the gallery every 2 s, so an element found in one
+# WebDriver call may be gone by the next (StaleElementReferenceException). Each read below is one
+# script, which runs between two redraws and returns plain values.
+_FIGURES_JS = """
+return Object.fromEntries(Array.from(document.querySelectorAll('[data-figure]'),
+                                     el => [el.dataset.figure, el.textContent]));  // SVG text: no innerText
+"""
+_GALLERY_JS = """
+const text = (card, cls) => { const el = card.querySelector('.' + cls); return el ? el.innerText : null; };
+return Array.from(document.querySelectorAll('#gallery .card'), card => {
+  const img = card.querySelector('img'), score = card.querySelector('.score');
+  return {job_id: card.dataset.jobId, src: img ? img.src : null, width: img && img.complete ? img.naturalWidth : 0,
+          prompt: text(card, 'prompt'), route: text(card, 'route'), provider: text(card, 'provider'),
+          cost: text(card, 'cost'), latency: text(card, 'latency'), score: text(card, 'score'),
+          score_background: score ? getComputedStyle(score).backgroundColor : null};
+});
+"""
+
+
+def _figures(driver) -> dict[str, str]:
+    return driver.execute_script(_FIGURES_JS)
+
+
+def _gallery(driver) -> dict[str, dict]:
+    """The gallery's cards by job id, as the page shows them at one moment."""
+    return {card["job_id"]: card for card in driver.execute_script(_GALLERY_JS)}
 
 
 def _expected_figures(status: dict) -> dict[str, str]:
@@ -103,33 +127,32 @@ async def test_the_dashboard_shows_the_pipeline_and_the_images_just_generated(ru
 
             wanted = {job["job_id"] for job in jobs}
             wait = WebDriverWait(chromium, WAIT_S)
-            wait.until(lambda d: wanted <= {card.get_attribute("data-job-id")
-                                            for card in d.find_elements(By.CSS_SELECTOR, "#gallery .card")})
+            try:  # every image just generated on the page, loaded by the browser from its URL
+                cards = wait.until(lambda d: (shown := _gallery(d)).keys() >= wanted
+                                   and all(shown[job]["width"] for job in wanted) and shown)
+            except Exception:  # noqa: BLE001 — say what the page shows instead
+                pytest.fail(f"the gallery shows {_gallery(chromium)}, not the loaded images of {sorted(wanted)}")
             status = (await http.get("/v1/status")).json()
             expected = _expected_figures(status)
             try:
-                wait.until(lambda d: all(_figure(d, key) == text for key, text in expected.items()))
+                wait.until(lambda d: {k: v for k, v in _figures(d).items() if k in expected} == expected)
             except Exception:  # noqa: BLE001 — say which figure differs
-                pytest.fail(f"figures on the page { {k: _figure(chromium, k) for k in expected} } != {expected}")
+                pytest.fail(f"figures on the page { {k: _figures(chromium).get(k) for k in expected} } != {expected}")
 
-            cards = {card.get_attribute("data-job-id"): card
-                     for card in chromium.find_elements(By.CSS_SELECTOR, "#gallery .card")}
             for job, prompt in zip(jobs, PROMPTS, strict=True):
                 found = cards[job["job_id"]]
-                assert found.find_element(By.CSS_SELECTOR, "img").get_attribute("src") == job["url"]
-                assert found.find_element(By.CLASS_NAME, "prompt").text == prompt
-                assert found.find_element(By.CLASS_NAME, "route").text == job["route"] == "primary"
-                assert found.find_element(By.CLASS_NAME, "provider").text == "provider procedural"
-                assert found.find_element(By.CLASS_NAME, "cost").text == "cost $0"
-                assert found.find_element(By.CLASS_NAME, "latency").text.startswith("latency ")
-                loaded = chromium.execute_script("return arguments[0].naturalWidth", found.find_element(By.TAG_NAME, "img"))
-                assert loaded == 256, "the browser could not load the image from its URL"
+                assert found["src"] == job["url"]
+                assert found["prompt"] == prompt
+                assert found["route"] == job["route"] == "primary"
+                assert found["provider"] == "provider procedural"
+                assert found["cost"] == "cost $0"
+                assert found["latency"].startswith("latency ")
+                assert found["width"] == 256, "the browser could not load the image from its URL"
             comparison = jobs[1]["result"]["comparison"]
-            score = cards[jobs[1]["job_id"]].find_element(By.CLASS_NAME, "score")
-            assert score.text == f"{comparison['score']:.1f} {comparison['band']}"
+            score = cards[jobs[1]["job_id"]]
+            assert score["score"] == f"{comparison['score']:.1f} {comparison['band']}"
             colour = comparison["band_color"]
-            assert score.value_of_css_property("background-color") == "rgba({}, {}, {}, 1)".format(
-                *(int(colour[i:i + 2], 16) for i in (1, 3, 5)))
+            assert score["score_background"] == "rgb({}, {}, {})".format(*(int(colour[i:i + 2], 16) for i in (1, 3, 5)))
 
             screenshot = Path(os.environ.get("FORGELINE_DASHBOARD_SCREENSHOT", tmp_path / "dashboard.png"))
             screenshot.parent.mkdir(parents=True, exist_ok=True)
