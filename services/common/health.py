@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
@@ -71,7 +72,8 @@ def health_app(readiness: Readiness) -> Callable[[dict, StartResponse], Iterable
             report = readiness.report()
             status = "200 OK" if readiness.ready else "503 Service Unavailable"
             start_response(status, [("Content-Type", "application/json")])
-            return [json.dumps({"ready": readiness.ready, "checks": report}).encode()]
+            # The pid lets a launcher tell its own process from another one on the same port.
+            return [json.dumps({"ready": readiness.ready, "checks": report, "pid": os.getpid()}).encode()]
         return metrics(environ, start_response)
 
     return app

@@ -42,6 +42,19 @@ SERVICES: tuple[ServiceProcess, ...] = (
 )
 SERVICE_NAMES = tuple(s.name for s in SERVICES)
 
+#: A worker that finds its metrics port taken at start-up is started again on another, this often.
+PORT_ATTEMPTS = 3
+PORT_TAKEN = "Address already in use"
+
+
+def _answered_by(response: httpx.Response, pid: int | None) -> bool:
+    """Whether a /readyz answer came from process ``pid`` (answers that name no pid, ingest's, do)."""
+    try:
+        said = response.json().get("pid")
+    except (ValueError, AttributeError):
+        return True
+    return said is None or said == pid
+
 
 @dataclass(frozen=True)
 class ServiceStatus:
@@ -83,7 +96,7 @@ class Pipeline:
         Returns the names started. Raises ``DevStackError`` with the service's log tail when one
         exits or is not ready within ``timeout_s``: a stack with a dead service is no stack.
         """
-        started: list[ServiceProcess] = []
+        started: list[tuple[ServiceProcess, dict[str, str]]] = []
         for service in self._selected(names):
             process = self.process(service.name)
             if process.is_running():
@@ -93,23 +106,39 @@ class Pipeline:
             # Static membership: a service restarted after a kill -9 takes its partitions back at
             # once instead of waiting out the dead process's session (one replica per name here).
             env.setdefault("FORGELINE_KAFKA_GROUP_INSTANCE_ID", service.name)
-            if service.metrics_port_env:
-                (port,) = free_ports(1)
-                env[service.metrics_port_env] = str(port)
-                service = replace(service, ready_url=f"http://127.0.0.1:{port}/readyz")
-                self._ready_urls[service.name] = service.ready_url
-            argv = [sys.executable, "-m", "services.cli", *service.args]
-            pid = process.start(argv, marker="services.cli", env=env)
-            progress(f"{service.name}: started (pid {pid}), log {process.log_path}")
-            started.append(service)
+            service = self._launch(service, process, env, progress)
+            started.append((service, env))
             if service.metrics_port_env is None and service.ready_url:
                 self._wait_ready(service, progress, timeout_s)  # what the services need (fake providers)
-        for service in started:
+        for service, env in started:
             if service.name == "ingest" and self.ingest_url:
                 self.wait_ingest_ready(timeout_s, progress=progress)
             elif service.metrics_port_env:
-                self._wait_ready(service, progress, timeout_s)
-        return [service.name for service in started]
+                for attempt in range(1, PORT_ATTEMPTS + 1):
+                    try:
+                        self._wait_ready(service, progress, timeout_s)
+                        break
+                    except DevStackError:
+                        # The free port we picked was taken before the service bound it (by another
+                        # process's outgoing connection, say): start it again on another one.
+                        if attempt == PORT_ATTEMPTS or PORT_TAKEN not in log_tail(self.process(service.name).log_path):
+                            raise
+                        progress(f"{service.name}: its metrics port was taken; starting it on another")
+                        service = self._launch(service, self.process(service.name), env, progress)
+        return [service.name for service, _ in started]
+
+    def _launch(self, service: ServiceProcess, process: BackgroundProcess, env: dict[str, str],
+                progress: Progress) -> ServiceProcess:
+        """Start one service (a worker on a fresh metrics port); returns it with its /readyz URL."""
+        if service.metrics_port_env:
+            (port,) = free_ports(1)
+            env[service.metrics_port_env] = str(port)
+            service = replace(service, ready_url=f"http://127.0.0.1:{port}/readyz")
+            self._ready_urls[service.name] = service.ready_url
+        argv = [sys.executable, "-m", "services.cli", *service.args]
+        pid = process.start(argv, marker="services.cli", env=env)
+        progress(f"{service.name}: started (pid {pid}), log {process.log_path}")
+        return service
 
     def ready_urls(self) -> dict[str, str]:
         """Each worker's ``/readyz`` (with its metrics), for the workers this object started."""
@@ -125,7 +154,8 @@ class Pipeline:
                                     f"{log_tail(self.process(service.name).log_path)}")
             try:
                 response = httpx.get(service.ready_url, timeout=2.0)
-                if response.status_code == 200:
+                # A worker says its pid: a 200 from another process on the port is not this one ready.
+                if response.status_code == 200 and _answered_by(response, self.process(service.name).pid()):
                     progress(f"{service.name}: ready")
                     return
                 last = f"HTTP {response.status_code}: {response.text[:200]}"

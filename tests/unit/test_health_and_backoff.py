@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 
 import httpx
 import pytest
@@ -38,7 +39,8 @@ def test_health_app_answers_probes_and_metrics() -> None:
     app = health_app(readiness)
     assert _call(app, "/healthz") == ("200 OK", b"ok\n")
     status, body = _call(app, "/readyz")
-    assert status.startswith("503") and json.loads(body) == {"ready": False, "checks": {"kafka": "starting"}}
+    assert status.startswith("503") and json.loads(body) == {"ready": False, "checks": {"kafka": "starting"},
+                                                            "pid": os.getpid()}
     readiness.set("kafka", True)
     status, body = _call(app, "/readyz")
     assert status == "200 OK" and json.loads(body)["checks"] == {"kafka": "ok"}
