@@ -114,18 +114,21 @@ class Pipeline:
             if service.name == "ingest" and self.ingest_url:
                 self.wait_ingest_ready(timeout_s, progress=progress)
             elif service.metrics_port_env:
-                for attempt in range(1, PORT_ATTEMPTS + 1):
-                    try:
-                        self._wait_ready(service, progress, timeout_s)
-                        break
-                    except DevStackError:
-                        # The free port we picked was taken before the service bound it (by another
-                        # process's outgoing connection, say): start it again on another one.
-                        if attempt == PORT_ATTEMPTS or PORT_TAKEN not in log_tail(self.process(service.name).log_path):
-                            raise
-                        progress(f"{service.name}: its metrics port was taken; starting it on another")
-                        service = self._launch(service, self.process(service.name), env, progress)
+                self._wait_worker_ready(service, env, progress, timeout_s)
         return [service.name for service, _ in started]
+
+    def _wait_worker_ready(self, service: ServiceProcess, env: dict[str, str], progress: Progress,
+                           timeout_s: float) -> None:
+        """Wait for a worker; one whose metrics port was taken before it bound it (the free port we
+        picked went to another process, an outgoing connection say) is started again on another."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                return self._wait_ready(service, progress, timeout_s)
+            except DevStackError:
+                if attempt == PORT_ATTEMPTS or PORT_TAKEN not in log_tail(self.process(service.name).log_path):
+                    raise
+            progress(f"{service.name}: its metrics port was taken; starting it on another")
+            service = self._launch(service, self.process(service.name), env, progress)
 
     def _launch(self, service: ServiceProcess, process: BackgroundProcess, env: dict[str, str],
                 progress: Progress) -> ServiceProcess:
