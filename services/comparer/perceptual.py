@@ -77,6 +77,7 @@ DETAIL_SLACK = 0.03  # a loss of detail nobody sees (noise clipped at white, res
 PHASH_SLACK = 4  # bits that flip under any re-encoding
 WEIGHTS = {"structure": 0.50, "colour": 0.35, "phash": 0.05, "placement": 0.10}
 MAX_ITEMS = 5
+HSV_STEP = 2  # saturation and hue are read from every HSV_STEP-th pixel of each row and column
 MAX_PIXELS = 64_000_000  # refuse larger images before decoding them
 PREPARED_MAXSIZE = 64  # images kept prepared by a PerceptualComparer, about 150 KB each
 PREPARED_TTL_S = 600.0
@@ -181,7 +182,8 @@ def _prepare(raw: bytes, role: str) -> _Image:
         rgb = rgb.resize((SIZE, SIZE), Image.Resampling.BILINEAR)
     grey = rgb.convert("L")
     luma = np.asarray(grey)
-    hsv = np.asarray(rgb.convert("HSV"))
+    # Colour statistics from every other pixel: means and a hue histogram need no more, and HSV costs.
+    hsv = np.asarray(Image.fromarray(np.asarray(rgb)[::HSV_STEP, ::HSV_STEP]).convert("HSV"))
     std = float(luma.std())
     # mean edge strength per unit of luminance spread, so a darker copy does not read as blurrier
     edges = float(np.asarray(grey.filter(ImageFilter.FIND_EDGES))[1:-1, 1:-1].mean())
