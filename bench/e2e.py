@@ -2,7 +2,8 @@
 
 Starts its own pipeline processes (router, two generators, storage, ingest) on a fresh topic
 prefix against the running local stack (``forgeline dev up``), pushes N jobs with distinct
-prompts (so no cache hits) through ``POST /v1/generations``, and reads every completed event
+prompts (so no cache hits) through ``POST /v1/generations`` (or, with ``--source kafka``, produced straight
+to ``generation.requested`` as a game backend may and as the ceiling's source does), and reads every completed event
 from Kafka. Stage latencies come from the timestamps each stage stamps on the job; end to end
 is from acceptance to the moment this subscriber received the completed event.
 
@@ -10,6 +11,7 @@ is from acceptance to the moment this subscriber received the completed event.
     python bench/e2e.py -n 200 --latency 0.5      # a slow provider: 0.5 s an image
     python bench/e2e.py -n 1000 --provider instant --runs 3             # against the ceiling
     python bench/e2e.py -n 1000 --provider instant --rate 100 --runs 3  # latency at an offered rate
+    python bench/e2e.py -n 1000 --provider instant --source kafka --runs 3  # the ceiling's source: no HTTP
 
 ``--provider instant`` answers with pre-rendered distinct images (no render time, no S3
 de-duplication), so what is measured is Forgeline's own work. After the pipeline's runs it
@@ -40,7 +42,7 @@ import kafka_ceiling  # bench/kafka_ceiling.py, beside this script
 
 from services import devstack
 from services.common import contracts as c
-from services.common.kafka import make_admin, make_consumer
+from services.common.kafka import event_headers, make_admin, make_consumer, make_producer
 from services.common.settings import KafkaSettings, TopicSettings
 from services.common.topics import Topics, create_topics, delete_topics
 from services.devstack.pipeline import Pipeline
@@ -48,7 +50,9 @@ from services.devstack.process import free_ports
 
 STAGES = (("accepted → routed", "accepted_at", "routed_at"), ("routed → generated", "routed_at", "generated_at"),
           ("generated → completed", "generated_at", "completed_at"))
+SHARED = ("kafka", "redis", "s3")  # the local stack's processes (devstack.status names them so)
 SERVICES = ("ingest", "router", "generator-primary", "generator-fallback", "storage")
+TENANT = "public"  # the tenant of a request without a key, as ingest names it
 INSTANT_PROVIDERS = "primary: [{name: instant, type: instant}]\nfallback: [{name: instant, type: instant}]\n"
 
 percentile = kafka_ceiling.percentile
@@ -77,6 +81,30 @@ async def submit_all(url: str, jobs: list[int], tag: str, width: int, concurrenc
                 submitted[response.json()["job_id"]] = time.monotonic()
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def produce_all(kafka: KafkaSettings, topics: Topics, jobs: list[int], tag: str, width: int,
+                      rate: float | None, submitted: dict[str, float]) -> None:
+    """Produce a distinct request per job straight to ``generation.requested``, as a game backend may and as the
+    ceiling's source does (sends not awaited one by one); with ``rate``, the n-th no sooner than n / rate s in.
+    ``submitted``: job id → when it was sent."""
+    producer = make_producer(kafka)
+    await producer.start()
+    topic = topics.name("generation.requested")
+    try:
+        began = time.monotonic()
+        pending = []
+        for n, i in enumerate(jobs):
+            if rate:
+                await asyncio.sleep(max(0.0, began + n / rate - time.monotonic()))
+            request = c.GenerationRequested(job_id=c.new_job_id(), tenant=TENANT, timings={"accepted_at": c.utcnow()},
+                                            spec=c.ImageSpec(prompt=f"{tag} sword {i}", width=width, height=width))
+            submitted[request.job_id] = time.monotonic()
+            pending.append(await producer.send(topic, value=request.to_json_bytes(), key=request.job_id.encode(),
+                                               headers=event_headers(request)))
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
 
 
 async def collect(kafka: KafkaSettings, topics: Topics, n: int, tag: str,
@@ -141,7 +169,10 @@ async def one_run(args: argparse.Namespace, url: str, kafka: KafkaSettings, topi
     await ready.wait()
     reporter = asyncio.create_task(progress(len(jobs), submitted, received, done))
     began = time.monotonic()
-    await submit_all(url, jobs, tag, args.size, args.clients, args.rate, submitted)
+    if args.source == "kafka":
+        await produce_all(kafka, topics, jobs, tag, args.size, args.rate, submitted)
+    else:
+        await submit_all(url, jobs, tag, args.size, args.clients, args.rate, submitted)
     submit_s = time.monotonic() - began
     try:
         await asyncio.wait_for(collector, timeout=max(300, len(jobs) * (args.latency + 1)))
@@ -207,6 +238,9 @@ async def main() -> None:
                         help="record each service with py-spy during the first run, into this folder")
     parser.add_argument("--generator-concurrency", type=int, default=8, help="images in flight per generator")
     parser.add_argument("--clients", type=int, default=32, help="concurrent HTTP submitters")
+    parser.add_argument("--source", choices=("http", "kafka"), default="http",
+                        help="http: POST /v1/generations (through ingest); kafka: produce straight to "
+                             "generation.requested, like the ceiling's source (ingest is left idle)")
     parser.add_argument("--partitions", type=int, default=6)
     args = parser.parse_args()
 
@@ -264,10 +298,15 @@ async def main() -> None:
             await admin.close()
 
     ceilings = []
+    ceiling_broker_ms = []  # per run: the broker's CPU ms per message of the ceiling
     if args.ceiling:
         print(f"ceiling: a bare aiokafka chain of the same four hops, {args.n} msgs, {offered}", flush=True)
+        broker = next((pid for name, pid in pids.items() if name == "kafka"), None)
         for run in range(args.runs):
+            before = cpu_seconds(broker) if broker else 0.0
             figures = await kafka_ceiling.measure(kafka.bootstrap, args.n, args.rate, partitions=args.partitions)
+            if broker:
+                ceiling_broker_ms.append((cpu_seconds(broker) - before) * 1000 / args.n)
             print(f"  run {run + 1}: {kafka_ceiling.describe(figures)}", flush=True)
             ceilings.append(figures)
 
@@ -280,6 +319,13 @@ async def main() -> None:
           + f"; the services {services:.1f} ms")
     if args.profile:
         print(f"py-spy profiles of the first run (collapsed stacks): {args.profile}/<service>.txt")
+    # What the shared components alone (the broker, Redis, the S3 server) leave room for on this machine's
+    # cores, with the services, their clients and everything else taking no CPU at all.
+    shared = sum(per_process.get(name, 0.0) for name in SHARED)
+    cores = os.cpu_count() or 1
+    bound = cores * 1000 / shared if shared else float("inf")
+    print(f"the shared components alone ({' + '.join(SHARED)}: {shared:.1f} ms of CPU a job) leave room for at most "
+          f"{bound:.0f} jobs/s on {cores} cores")
     if ceilings:
         ceiling = kafka_ceiling.median(ceilings)
         e2e_ms = [middle([percentile([v * 1000 for v in r[-1][1]], q) for r in all_rows]) for q in (50, 99)]
@@ -288,6 +334,10 @@ async def main() -> None:
               f"{middle(throughputs) / ceiling.msgs_per_s:8.2f}")
         print(f"{'e2e p50 ms':22} {e2e_ms[0]:12.1f} {ceiling.p50_ms:12.1f} {e2e_ms[0] / ceiling.p50_ms:8.2f}")
         print(f"{'e2e p99 ms':22} {e2e_ms[1]:12.1f} {ceiling.p99_ms:12.1f} {e2e_ms[1] / ceiling.p99_ms:8.2f}")
+        print(f"{'that bound / ceiling':22} {bound:12.0f} {ceiling.msgs_per_s:12.1f} {bound / ceiling.msgs_per_s:8.2f}")
+        if ceiling_broker_ms:
+            print(f"{'broker CPU ms a job':22} {per_process.get('kafka', 0.0):12.1f} {middle(ceiling_broker_ms):12.1f} "
+                  f"{per_process.get('kafka', 0.0) / middle(ceiling_broker_ms):8.2f}")
 
 
 if __name__ == "__main__":

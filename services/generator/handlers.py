@@ -122,7 +122,7 @@ class GenerateHandler:
             )
             return await terminal_outcome(failed, topic=self.topics.name("generation.failed"), guard=self.guard,
                                           jobs=self.jobs)
-        await self.jobs.update(routed.job_id, "generating", provider=image.provider)
+        # Who made the image reaches the job's status with storage's "stored" (one status write a job less here).
         generated = GenerationGenerated.from_routed(
             routed, image=image.data, content_type=image.content_type, provider=image.provider, model=image.model,
             deterministic=image.deterministic, placeholder=image.placeholder, attempts=attempts,

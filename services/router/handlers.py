@@ -155,14 +155,16 @@ class RouterHandler:
             estimated_wait_s=_text(decision.estimated_wait_s), service_rate=_text(decision.service_rate),
         )
 
-        async def acked() -> None:
-            await self.jobs.mark_forwarded(request.job_id)
+        async def numbered() -> None:
             if self.queue is not None:
                 number = await self.queue.routed(decision.path, request.job_id)
                 await self.jobs.update(request.job_id, "routed", queue_path=decision.path, queue_number=number)
+
+        async def acked() -> None:
+            # Independent writes: one round trip's wait for the three (the number's status write follows it).
+            await asyncio.gather(self.jobs.mark_forwarded(request.job_id), numbered(), self.routes.count(decision.path))
             ROUTED.labels(decision.path).inc()
             DECISIONS.labels(decision.path, category).inc()
-            await self.routes.count(decision.path)
 
         return Outcome([Output(self.topics.name(f"generation.{decision.path}"), routed)], on_acked=acked)
 

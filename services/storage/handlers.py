@@ -71,7 +71,7 @@ class StoreHandler:
             timings=timings.with_stage("completed"), **webhook_fields(generated),
         )
         stored = self.jobs.update(generated.job_id, "stored", tenant=generated.tenant, url=url,
-                                  timings=timings.model_dump(mode="json"))
+                                  provider=generated.provider, timings=timings.model_dump(mode="json"))
         if generated.placeholder:  # a stand-in must not answer later requests for the real thing
             await stored
         else:  # independent writes: one round trip's wait for both

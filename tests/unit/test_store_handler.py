@@ -66,7 +66,8 @@ async def test_an_image_is_uploaded_under_its_digest_cached_and_published_as_com
     assert await handler.cache.get(generated.spec.cache_key("studio")) == done  # its tenant's, by default
     assert await handler.cache.get(generated.spec.cache_key()) is None  # nobody else's
     view = await handler.jobs.get(generated.job_id)
-    assert (view.status, view.url) == ("stored", done.url)  # completed only once the broker has the event
+    # completed only once the broker has the event; who made the image is known from here on
+    assert (view.status, view.url, view.provider) == ("stored", done.url, "replicate")
 
     await outcome.on_acked()
     view = await handler.jobs.get(generated.job_id)
