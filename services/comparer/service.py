@@ -25,6 +25,7 @@ from PIL import Image
 from prometheus_client import Counter
 from redis.asyncio import Redis
 
+from services.common.cache import CacheScope
 from services.common.contracts import ComparisonResult, quality_band
 from services.common.images import ValidImage
 from services.common.redis import KeySpace
@@ -45,15 +46,24 @@ VLM_MAX_SIDE = 1024
 
 
 class ComparisonCache:
-    """Results by (target SHA-256, generated SHA-256, normalised prompt, method), in Redis."""
+    """Results by (scope, target SHA-256, generated SHA-256, normalised prompt, method), in Redis.
 
-    def __init__(self, redis: Redis, keys: KeySpace, *, ttl_s: int) -> None:
+    The scope is the result cache's (``CacheScope``): a tenant's own by default, so one tenant is never
+    answered with a result another tenant paid a VLM for, and cannot learn from a cached answer that
+    someone else compared the same images; ``FORGELINE_CACHE_SCOPE=shared`` shares it, as it shares images.
+    """
+
+    def __init__(self, redis: Redis, keys: KeySpace, *, ttl_s: int, scope: CacheScope = CacheScope()) -> None:
         self._redis = redis
         self._keys = keys
         self._ttl_s = ttl_s
+        self._scope = scope
 
-    def key(self, target: ValidImage, generated: ValidImage, prompt: str, method: str) -> str:
-        canonical = json.dumps([target.sha256, generated.sha256, " ".join(prompt.split()), method])
+    def key(self, target: ValidImage, generated: ValidImage, prompt: str, method: str, *,
+            tenant: str | None = None) -> str:
+        """``tenant``: whose comparison it is (None: a caller with no tenant, in one scope of its own)."""
+        scope = self._scope.of(tenant or "")
+        canonical = json.dumps([scope, target.sha256, generated.sha256, " ".join(prompt.split()), method])
         return self._keys.key("comparison", hashlib.sha256(canonical.encode()).hexdigest())
 
     async def get(self, key: str) -> ComparisonResult | None:
@@ -83,7 +93,7 @@ class ComparisonService:
     async def score(self, comparison_id: str, target: ValidImage, generated: ValidImage,
                     prompt: str, *, tenant: str | None = None) -> Scored:
         """``tenant``: whose monthly budget a paid VLM call counts against too (besides the deployment's)."""
-        key = self.cache.key(target, generated, prompt, self.preferred_method)
+        key = self.cache.key(target, generated, prompt, self.preferred_method, tenant=tenant)
         if (cached := await self.cache.get(key)) is not None:
             COMPARISONS.labels(cached.method, "true").inc()
             return Scored(cached, cached=True)

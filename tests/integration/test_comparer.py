@@ -21,6 +21,7 @@ from services.common import contracts as c
 from services.common.blobstore import S3BlobStore
 from services.common.breaker import RedisCircuitBreaker
 from services.common.budget import RedisBudgetLedger, usd
+from services.common.cache import CacheScope
 from services.common.fetch import SafeFetcher
 from services.common.images import ImageInputError, validate_image_bytes
 from services.common.jobs import RedisJobStore, RedisTerminalGuard
@@ -166,6 +167,26 @@ async def test_garbage_is_not_paid_for_twice_and_a_fallback_is_not_cached(rig):
     assert second.cached is False and second.result.method == "vlm", "the fallback was not cached"
     assert third.cached is True and third.result == second.result  # same hashes, normalised prompt
     assert len(r.fake.requests) == 2
+
+
+async def test_a_cached_comparison_answers_only_its_own_tenant_unless_the_cache_is_shared(rig, redis):
+    r = await rig()
+    r.app.state.answer = "strict"
+    target, generated = _images()
+
+    alpha = await r.service.score(c.new_job_id(), target, generated, PROMPT, tenant="alpha")
+    alpha_again = await r.service.score(c.new_job_id(), target, generated, PROMPT, tenant="alpha")
+    beta = await r.service.score(c.new_job_id(), target, generated, PROMPT, tenant="beta")
+
+    assert (alpha.cached, alpha_again.cached, beta.cached) == (False, True, False)
+    assert len(r.fake.requests) == 2, "beta pays for its own judgement, and does not learn alpha compared these"
+
+    shared = ComparisonService(cache=ComparisonCache(redis, r.space, ttl_s=60, scope=CacheScope(shared=True)),
+                               perceptual=PerceptualComparer(), vlm=r.service.vlm)
+    first = await shared.score(c.new_job_id(), target, generated, PROMPT, tenant="alpha")
+    second = await shared.score(c.new_job_id(), target, generated, PROMPT, tenant="beta")
+    assert (first.cached, second.cached) == (False, True) and second.result == first.result
+    assert len(r.fake.requests) == 3
 
 
 async def test_stored_and_job_images_resolve_only_for_their_owner(redis, connections, s3_key):
