@@ -453,10 +453,12 @@ class RedisBudgetLedger:
             TENANT_RESERVED.labels(UNREGISTERED_TENANT).set(other[1])
         return found
 
-    async def tenant_snapshot(self, tenant: str, month: str | None = None) -> TenantSpend:
-        """``tenant``'s month: what it spent and holds, and its own cap (None: none)."""
+    async def tenant_snapshot(self, tenant: str, month: str | None = None, *, swept: bool = False) -> TenantSpend:
+        """``tenant``'s month: what it spent and holds, and its own cap (None: none). ``swept``: the caller
+        has just taken this month's ``snapshot``, which gave back abandoned holds: one script call less."""
         month = month or self.current_month()
-        await self.snapshot(month)
+        if not swept:
+            await self.snapshot(month)
         spent, reserved = await self._redis.hmget(self.month_key(month), f"tenant:{tenant}:spent",
                                                   f"tenant:{tenant}:reserved")
         budget = await self._tenants.budget(tenant)

@@ -30,7 +30,7 @@ class BudgetGate:
         """Room for one image under the deployment's cap, and under the request's tenant's own, if it has one."""
         try:
             snap = await self._ledger.snapshot()
-            tenant = await self._ledger.tenant_snapshot(request.tenant)
+            tenant = await self._ledger.tenant_snapshot(request.tenant, snap.month, swept=True)
         except RedisError as exc:
             # Refusing keeps the job on the free path; allowing would only move the failure to
             # the generator's reservation.

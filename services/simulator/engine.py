@@ -126,7 +126,7 @@ class SimulatedLedger:
         return BudgetSnapshot(month="simulated", cap_micros=self.cap_micros, spent_micros=self.spent_micros,
                               reserved_micros=0)
 
-    async def tenant_snapshot(self, tenant: str, month: str | None = None) -> TenantSpend:
+    async def tenant_snapshot(self, tenant: str, month: str | None = None, *, swept: bool = False) -> TenantSpend:
         """The simulated day has one tenant, with no budget of its own."""
         return TenantSpend(tenant, 0, 0, None)
 

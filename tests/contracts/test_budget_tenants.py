@@ -97,6 +97,18 @@ async def test_an_abandoned_tenant_hold_is_given_back_to_that_tenant(impl, clock
     assert await _spend(ledger, "studio-a") == (COST, COST)
 
 
+async def test_a_tenant_read_right_after_the_months_snapshot_sees_the_holds_it_gave_back(impl, clock):
+    """What the router's gate does: one snapshot, then the tenant's totals without a second sweep."""
+    ledger = impl.budget_ledger(cap_micros=usd("$10"), clock=clock, reservation_ttl_s=60,
+                                tenants=MemoryTenantBudgets({"studio-a": 2 * COST}))
+    assert await ledger.reserve("dead:p:1", COST, tenant="studio-a")
+    assert await ledger.settle(await ledger.reserve("paid:p:1", COST, tenant="studio-a"))
+    clock.now += timedelta(seconds=61)
+    month = (await ledger.snapshot()).month  # gives the abandoned hold back
+    spend = await ledger.tenant_snapshot("studio-a", month, swept=True)
+    assert (spend.spent_micros, spend.reserved_micros, spend.remaining_micros) == (COST, 0, COST)
+
+
 async def test_the_gate_refuses_a_tenant_whose_budget_is_spent(impl, clock):
     ledger = impl.budget_ledger(cap_micros=usd("$10"), clock=clock,
                                 tenants=MemoryTenantBudgets({"studio-a": COST, "studio-b": COST}))

@@ -109,7 +109,7 @@ class _FakeLedger:
             raise self.snap
         return self.snap
 
-    async def tenant_snapshot(self, tenant: str) -> TenantSpend:
+    async def tenant_snapshot(self, tenant: str, month: str | None = None, *, swept: bool = False) -> TenantSpend:
         return TenantSpend(tenant, 0, 0, None)  # a tenant without a budget of its own
 
 
