@@ -29,7 +29,8 @@ PARTS = (
 #: thread pool's idle worker, an S3 thread blocked reading its answer…), by their qualified name or its
 #: last part: py-spy samples them as running.
 WAITING = frozenset(("select", "Condition.wait", "Queue.get", "wait_for_read", "poll_wait_for_socket", "_worker",
-                     "sleep", "SocketIO.readinto"))
+                     "sleep", "SocketIO.readinto",
+                     "poll_wait_for_socket.<locals>.do_poll"))  # urllib3 polling for the S3 server's answer
 
 
 def is_waiting(frame: str) -> bool:
