@@ -30,7 +30,8 @@ PARTS = (
 #: last part: py-spy samples them as running.
 WAITING = frozenset(("select", "Condition.wait", "Queue.get", "wait_for_read", "poll_wait_for_socket", "_worker",
                      "sleep", "SocketIO.readinto",
-                     "poll_wait_for_socket.<locals>.do_poll"))  # urllib3 polling for the S3 server's answer
+                     "poll_wait_for_socket.<locals>.do_poll",  # urllib3 polling for the S3 server's answer
+                     "QueueListener.dequeue"))  # the log writer's thread, blocked in SimpleQueue.get (C)
 
 
 def is_waiting(frame: str) -> bool:

@@ -1,0 +1,92 @@
+"""The log writer thread: every line, in order, in fewer writes than lines, and none held back."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from logging.handlers import QueueHandler
+
+from services.common.worker import BatchingListener, LineBatch
+
+
+class _Stream:
+    """A stderr that records each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    @property
+    def lines(self) -> list[str]:
+        return "".join(self.writes).splitlines()
+
+
+def _logger(records: queue.SimpleQueue, name: str) -> logging.Logger:
+    logger = logging.getLogger(name)
+    logger.handlers[:] = [QueueHandler(records)]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return logger
+
+
+def _writer(stream: _Stream) -> LineBatch:
+    writer = LineBatch(stream)
+    writer.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    return writer
+
+
+def test_a_burst_is_written_whole_and_in_order_in_fewer_writes_than_lines():
+    stream, records = _Stream(), queue.SimpleQueue()
+    logger = _logger(records, "test.burst")
+    for i in range(500):
+        logger.info("request %d", i)
+    listener = BatchingListener(records, _writer(stream))
+    listener.start()
+    listener.stop()
+
+    assert stream.lines == [f"INFO request {i}" for i in range(500)]
+    assert len(stream.writes) < 50, f"{len(stream.writes)} writes for 500 lines queued at once"
+
+
+def test_a_line_logged_alone_is_written_without_waiting_for_more():
+    stream, records = _Stream(), queue.SimpleQueue()
+    logger = _logger(records, "test.alone")
+    listener = BatchingListener(records, _writer(stream))
+    listener.start()
+    try:
+        logger.warning("broker not ready, retrying")
+        deadline = time.monotonic() + 5
+        while not stream.writes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stream.lines == ["WARNING broker not ready, retrying"]
+    finally:
+        listener.stop()
+
+
+def test_a_traceback_is_kept_and_a_record_that_cannot_be_formatted_loses_only_itself(capsys):
+    stream, records = _Stream(), queue.SimpleQueue()
+    logger = _logger(records, "test.errors")
+    try:
+        raise RuntimeError("S3 slow")
+    except RuntimeError:
+        logger.exception("upload failed")
+    writer = _writer(stream)
+    listener = BatchingListener(records, writer)
+    listener.start()
+    listener.stop()
+    bad = logging.LogRecord("test.errors", logging.INFO, __file__, 1, "%d items", ("many",), None)
+    writer.handle(bad)  # formatting fails: logging's handleError reports it on stderr
+    writer.handle(logging.LogRecord("test.errors", logging.INFO, __file__, 1, "after", None, None))
+    writer.flush()
+
+    text = "".join(stream.writes)
+    assert text.startswith("ERROR upload failed\nTraceback") and "RuntimeError: S3 slow" in text
+    assert stream.lines[-1] == "INFO after"
+    assert "many" not in text and "Logging error" in capsys.readouterr().err
