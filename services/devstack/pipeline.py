@@ -94,9 +94,21 @@ class Pipeline:
         """Start the selected services that are not running, then wait until every one is ready.
 
         Returns the names started. Raises ``DevStackError`` with the service's log tail when one
-        exits or is not ready within ``timeout_s``: a stack with a dead service is no stack.
+        exits or is not ready within ``timeout_s``: a stack with a dead service is no stack. What this
+        call started is stopped again before it raises (or is interrupted), so a failed start leaves no
+        process behind, not even one whose state folder its caller is about to delete.
         """
         started: list[tuple[ServiceProcess, dict[str, str]]] = []
+        try:
+            self._start(names, progress, timeout_s, started)
+        except BaseException:
+            self.stop([service.name for service, _ in started], progress)
+            raise
+        return [service.name for service, _ in started]
+
+    def _start(self, names: Sequence[str] | None, progress: Progress, timeout_s: float,
+               started: list[tuple[ServiceProcess, dict[str, str]]]) -> None:
+        """``start``'s work; ``started`` collects each service as it is launched."""
         for service in self._selected(names):
             process = self.process(service.name)
             if process.is_running():
@@ -115,7 +127,6 @@ class Pipeline:
                 self.wait_ingest_ready(timeout_s, progress=progress)
             elif service.metrics_port_env:
                 self._wait_worker_ready(service, env, progress, timeout_s)
-        return [service.name for service, _ in started]
 
     def _wait_worker_ready(self, service: ServiceProcess, env: dict[str, str], progress: Progress,
                            timeout_s: float) -> None:

@@ -25,6 +25,26 @@ async def test_a_service_that_dies_at_start_fails_the_start_with_its_log(running
     assert "FORGELINE_ROUTER_DEPTH_HIGH" in message or "depth_high" in message  # the settings error, from its log
 
 
+async def test_a_failed_start_leaves_none_of_the_services_it_started_running(running_pipeline, monkeypatch) -> None:
+    pipeline_module = importlib.import_module("services.devstack.pipeline")
+    start = pipeline_module.Pipeline.start
+    seen: dict[str, bool] = {}
+
+    def start_and_look(self, *args, **kwargs):  # what runs the moment start gives up, before any caller cleans up
+        try:
+            return start(self, *args, **kwargs)
+        except DevStackError:
+            seen.update({name: self.process(name).is_running() for name in ("storage", "router")})
+            raise
+
+    monkeypatch.setattr(pipeline_module.Pipeline, "start", start_and_look)
+    with pytest.raises(DevStackError, match="router exited"):
+        async with running_pipeline(services=["storage", "router"],
+                                    per_service_env={"router": {"FORGELINE_ROUTER_DEPTH_HIGH": "lots"}}):
+            pass
+    assert seen == {"storage": False, "router": False}, "storage started, then was left running"
+
+
 async def test_every_worker_reports_ready_before_start_returns(running_pipeline) -> None:
     async with running_pipeline(services=["router", "storage"]) as p:
         for name in ("router", "storage"):
