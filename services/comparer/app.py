@@ -45,7 +45,8 @@ async def build(settings: ComparerSettings, infra: Infra) -> CompareHandler:
                                             timeout_s=settings.fetch_timeout_s))
     jobs = infra.jobs()
     service = ComparisonService(
-        cache=ComparisonCache(infra.redis, infra.keys, ttl_s=settings.cache_ttl_s, scope=infra.cache_scope), perceptual=PerceptualComparer(),
+        cache=ComparisonCache(infra.redis, infra.keys, ttl_s=settings.cache_ttl_s, scope=infra.cache_scope),
+        perceptual=PerceptualComparer(),
         vlm=await vlm_failover(settings, infra),
     )
     return CompareHandler(resolver=ImageResolver(fetcher=fetcher, blobs=infra.blobs, jobs=jobs),
