@@ -86,9 +86,10 @@ class ManualClock(Generic[T]):
 async def job_finished(http: httpx.AsyncClient, job_id: str, timeout_s: float = 120) -> dict:
     """The job's status view once it is completed or failed, polled through ingest."""
     deadline = time.monotonic() + timeout_s
+    view: dict = {}
     while time.monotonic() < deadline:
         view = (await http.get(f"/v1/generations/{job_id}")).json()
         if view.get("status") in {"completed", "failed"}:
             return view
         await asyncio.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish")
+    raise AssertionError(f"job {job_id} did not finish in {timeout_s:g} s; its last status: {view}")

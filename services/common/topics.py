@@ -271,8 +271,12 @@ async def describe_topics(admin: AIOKafkaAdminClient, names: list[str]) -> dict[
     configs: dict[str, dict[str, str]] = {}
     for response in responses:
         for error_code, error_message, _type, resource_name, entries in response.resources:
+            if error_code in _NOT_READY:
+                # In a cluster the broker asked for configs may not have the new topic in its metadata yet.
+                raise TopicNotReady(f"topic {resource_name!r} is not known to every broker yet")
             if error_code != 0:
-                raise TopicAdminError(f"cannot read config of {resource_name!r}: {error_message}")
+                raise TopicAdminError(f"cannot read config of {resource_name!r}: Kafka error {error_code}"
+                                      + (f": {error_message}" if error_message else ""))
             configs[resource_name] = {entry[0]: entry[1] for entry in entries}
     return {name: TopicDescription(name, partitions[name], configs.get(name, {})) for name in names}
 

@@ -88,6 +88,9 @@ def configure_logging(level: str, service: str, stream: TextIO | None = None) ->
     writer.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {service} %(name)s: %(message)s"))
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     handler = QueueHandler(records)
+    # The queue carries the message alone (with its traceback): without a formatter of its own, basicConfig
+    # would give it "LEVEL:name:message", and every line would say its level and logger twice.
+    handler.setFormatter(logging.Formatter("%(message)s"))
     # aiokafka logs every coordinator hiccup at ERROR during normal rebalances, and every reconnect
     # attempt while a broker is down: keep them visible, but one line per message per 30 s.
     handler.addFilter(RepeatFilter(("aiokafka",), every_s=30.0))

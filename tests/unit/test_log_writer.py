@@ -7,7 +7,7 @@ import queue
 import time
 from logging.handlers import QueueHandler
 
-from services.common.worker import BatchingListener, LineBatch
+from services.common.worker import BatchingListener, LineBatch, configure_logging
 
 
 class _Stream:
@@ -90,3 +90,25 @@ def test_a_traceback_is_kept_and_a_record_that_cannot_be_formatted_loses_only_it
     assert text.startswith("ERROR upload failed\nTraceback") and "RuntimeError: S3 slow" in text
     assert stream.lines[-1] == "INFO after"
     assert "many" not in text and "Logging error" in capsys.readouterr().err
+
+
+def test_a_service_line_names_its_level_and_logger_once_and_keeps_its_traceback():
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    stream = _Stream()
+    try:
+        listener = configure_logging("INFO", "router", stream)
+        logging.getLogger("services.router.app").info("routing %d requests", 3)
+        try:
+            raise ValueError("bad depth")
+        except ValueError:
+            logging.getLogger("services.router.app").exception("cannot start")
+        listener.stop()
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+
+    first, second = stream.lines[0], stream.lines[1]
+    assert first.endswith(" INFO router services.router.app: routing 3 requests"), first
+    assert second.endswith(" ERROR router services.router.app: cannot start"), second
+    assert "ValueError: bad depth" in "".join(stream.writes)
