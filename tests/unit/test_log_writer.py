@@ -94,7 +94,7 @@ def test_a_traceback_is_kept_and_a_record_that_cannot_be_formatted_loses_only_it
 
 def test_a_service_line_names_its_level_and_logger_once_and_keeps_its_traceback():
     root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
+    handlers, level = root.handlers[:], root.level  # configure_logging replaces the root's; put them back
     stream = _Stream()
     try:
         listener = configure_logging("INFO", "router", stream)
@@ -105,8 +105,8 @@ def test_a_service_line_names_its_level_and_logger_once_and_keeps_its_traceback(
             logging.getLogger("services.router.app").exception("cannot start")
         listener.stop()
     finally:
-        root.handlers[:], _ = saved
-        root.setLevel(saved[1])
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
     first, second = stream.lines[0], stream.lines[1]
     assert first.endswith(" INFO router services.router.app: routing 3 requests"), first
