@@ -47,12 +47,12 @@ from services.common.settings import KafkaSettings, TopicSettings
 from services.common.topics import Topics, create_topics, delete_topics
 from services.devstack.pipeline import Pipeline
 from services.devstack.process import free_ports
+from services.ingest.auth import DEFAULT_TENANT  # the tenant of a request without a key, as ingest names it
 
 STAGES = (("accepted → routed", "accepted_at", "routed_at"), ("routed → generated", "routed_at", "generated_at"),
           ("generated → completed", "generated_at", "completed_at"))
 SHARED = ("kafka", "redis", "s3")  # the local stack's processes (devstack.status names them so)
 SERVICES = ("ingest", "router", "generator-primary", "generator-fallback", "storage")
-TENANT = "public"  # the tenant of a request without a key, as ingest names it
 INSTANT_PROVIDERS = "primary: [{name: instant, type: instant}]\nfallback: [{name: instant, type: instant}]\n"
 
 percentile = kafka_ceiling.percentile
@@ -97,7 +97,7 @@ async def produce_all(kafka: KafkaSettings, topics: Topics, jobs: list[int], tag
         for n, i in enumerate(jobs):
             if rate:
                 await asyncio.sleep(max(0.0, began + n / rate - time.monotonic()))
-            request = c.GenerationRequested(job_id=c.new_job_id(), tenant=TENANT, timings={"accepted_at": c.utcnow()},
+            request = c.GenerationRequested(job_id=c.new_job_id(), tenant=DEFAULT_TENANT, timings={"accepted_at": c.utcnow()},
                                             spec=c.ImageSpec(prompt=f"{tag} sword {i}", width=width, height=width))
             submitted[request.job_id] = time.monotonic()
             pending.append(await producer.send(topic, value=request.to_json_bytes(), key=request.job_id.encode(),
@@ -301,7 +301,7 @@ async def main() -> None:
     ceiling_broker_ms = []  # per run: the broker's CPU ms per message of the ceiling
     if args.ceiling:
         print(f"ceiling: a bare aiokafka chain of the same four hops, {args.n} msgs, {offered}", flush=True)
-        broker = next((pid for name, pid in pids.items() if name == "kafka"), None)
+        broker = pids.get("kafka")
         for run in range(args.runs):
             before = cpu_seconds(broker) if broker else 0.0
             figures = await kafka_ceiling.measure(kafka.bootstrap, args.n, args.rate, partitions=args.partitions)
