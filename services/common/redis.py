@@ -6,12 +6,17 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from services.common.autopipeline import AutoPipelineRedis
 from services.common.settings import RedisSettings
 
 
 def make_redis(settings: RedisSettings) -> Redis:
-    """An asyncio Redis client (bytes in, bytes out) with explicit timeouts."""
-    return Redis.from_url(
+    """An asyncio Redis client (bytes in, bytes out) with explicit timeouts.
+
+    With ``auto_pipeline`` (the default) the commands of one event-loop turn share a write.
+    """
+    client_class = AutoPipelineRedis if settings.auto_pipeline else Redis
+    return client_class.from_url(
         settings.url.get_secret_value(),
         socket_timeout=settings.socket_timeout_s,
         socket_connect_timeout=settings.socket_timeout_s,

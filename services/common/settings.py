@@ -95,6 +95,10 @@ class RedisSettings(BaseSettings):
     )
     key_prefix: str = Field("forgeline:", pattern=r"^[A-Za-z0-9:._-]{1,64}$")
     socket_timeout_s: float = Field(5.0, gt=0)
+    auto_pipeline: bool = Field(
+        True,
+        description="Send the commands a service issues in one event-loop turn as one pipeline write.",
+    )
 
     @field_validator("url")
     @classmethod
