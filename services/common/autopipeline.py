@@ -11,8 +11,8 @@ this auto-pipelining; redis-py does not have it (redis/redis-py#3767).
 What stays the same for a caller:
 - it awaits its own reply, or its own error: a command that fails (``WRONGTYPE``, ``NOSCRIPT``)
   fails only its caller, so a script not yet loaded is loaded and retried as before;
-- a connection error fails every command of that write, after redis-py's own retries, as it
-  would have failed each of them;
+- a connection error fails every command of that write, as it would have failed each of them
+  (``make_redis`` sets no redis-py retry policy: the consumer loop retries the record);
 - a coroutine's commands run in the order it issued them (each awaits the last); commands of
   different coroutines keep the order they were issued in, on one connection, where a pool of
   connections gave no order at all.
