@@ -4,6 +4,7 @@ Objects are content-addressed (:func:`content_key`): the same bytes always land 
 boto3 is synchronous; the async ``S3BlobStore`` runs its calls in its own worker threads, as many
 as ``S3Settings.max_connections`` (the default executor has only ``cpu + 4``, which capped uploads
 in flight below the storage service's concurrency), so the event loop never blocks on an upload.
+Uploads go out as one signed request each (``services.common.s3put``), the other calls through boto3.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import boto3
+import urllib3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from services.common.errors import Retryable
 from services.common.images import EXTENSIONS
+from services.common.s3put import PutFailed, SignedPut, usable
 from services.common.settings import S3Settings
 
 T = TypeVar("T")
@@ -110,12 +113,14 @@ class S3BlobStore:
     """``BlobStore`` over an S3 API endpoint."""
 
     def __init__(self, settings: S3Settings, client=None) -> None:
+        """``client``: a boto3 S3 client to use instead of a new one; uploads then go through it too."""
         self._settings = settings
         self._client = client if client is not None else make_s3_client(settings)
+        self._uploads = SignedPut(settings) if client is None and usable(settings) else None
         self._threads = ThreadPoolExecutor(settings.max_connections, thread_name_prefix="s3")
 
-    async def _call(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(fn, **kwargs))
+    async def _call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(fn, *args, **kwargs))
 
     def __repr__(self) -> str:  # the client holds credentials; never print it
         return f"S3BlobStore(bucket={self._settings.bucket!r}, endpoint={str(self._settings.endpoint_url)!r})"
@@ -132,15 +137,13 @@ class S3BlobStore:
         self, key: str, data: bytes, *, content_type: str, cache_control: str = IMMUTABLE_CACHE_CONTROL
     ) -> str:
         try:
-            await self._call(
-                self._client.put_object,
-                Bucket=self._settings.bucket,
-                Key=key,
-                Body=data,
-                ContentType=content_type,
-                CacheControl=cache_control,
-            )
-        except (BotoCoreError, ClientError) as exc:
+            if self._uploads is not None:
+                await self._call(self._uploads.put, key, data=data, content_type=content_type,
+                                 cache_control=cache_control)
+            else:
+                await self._call(self._client.put_object, Bucket=self._settings.bucket, Key=key, Body=data,
+                                 ContentType=content_type, CacheControl=cache_control)
+        except (BotoCoreError, ClientError, PutFailed, urllib3.exceptions.HTTPError) as exc:
             raise BlobStoreError(f"upload of {key!r} to bucket {self._settings.bucket!r} failed: {exc}") from exc
         return self.public_url(key)
 

@@ -127,6 +127,10 @@ class S3Settings(BaseSettings):
         32, ge=1, le=1024,
         description="S3 requests in flight per process (threads and pooled connections); keep it at or above "
                     "the storage service's concurrency.")
+    signed_put: bool = Field(
+        True,
+        description="Upload with one SigV4-signed request through urllib3 instead of boto3's put_object "
+                    "(a third of the CPU); false: every call through boto3.")
     public_base_url: AnyHttpUrl | None = Field(
         None,
         description=(

@@ -122,11 +122,17 @@ def s3proxy_version() -> str:
     return pom_property(s3proxy_pom(), "s3proxy.version")
 
 
-def render_s3proxy_properties(settings: DevStackSettings, data_dir: Path) -> str:
-    """S3Proxy's configuration: the filesystem backend under ``data_dir``, on this stack's address."""
+def render_s3proxy_properties(settings: DevStackSettings, data_dir: Path, *, check_signatures: bool = False) -> str:
+    """S3Proxy's configuration: the filesystem backend under ``data_dir``, on this stack's address.
+
+    ``check_signatures``: refuse requests not signed (SigV2 or SigV4) with the stack's key, as AWS and
+    R2 do. The stack itself never runs so: anonymous reads, what a CDN does, are refused then too.
+    """
+    auth = ({"s3proxy.authorization": "aws-v2-or-v4", "s3proxy.identity": ACCESS_KEY_ID,
+             "s3proxy.credential": SECRET_ACCESS_KEY} if check_signatures else {"s3proxy.authorization": "none"})
     props = {
         "s3proxy.endpoint": endpoint_url(settings),
-        "s3proxy.authorization": "none",
+        **auth,
         "jclouds.provider": "filesystem",
         "jclouds.filesystem.basedir": str(data_dir),
     }
@@ -137,6 +143,7 @@ def render_s3proxy_properties(settings: DevStackSettings, data_dir: Path) -> str
 class S3ProxyComponent(S3Endpoint):
     marker = "org.gaul.s3proxy.Main"
     start_timeout = 60.0  # ~2 s normally; a cold JVM on a busy machine is slower
+    check_signatures = False  # see render_s3proxy_properties
 
     @property
     def properties_path(self) -> Path:
@@ -150,7 +157,8 @@ class S3ProxyComponent(S3Endpoint):
             pom=s3proxy_pom(), what=f"S3Proxy {version}", size="~55 MB, one jar", expect="s3proxy-", progress=progress,
         )
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.properties_path.write_text(render_s3proxy_properties(self.settings, self.data_dir))
+        self.properties_path.write_text(render_s3proxy_properties(self.settings, self.data_dir,
+                                                                   check_signatures=self.check_signatures))
         return [java, f"-Xmx{self.settings.s3_heap}", "-Djava.awt.headless=true", "-cp", f"{libs}/*",
                 self.marker, "--properties", str(self.properties_path)]
 
