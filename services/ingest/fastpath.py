@@ -95,7 +95,8 @@ class CacheHitFastPath:
         scope["route"] = self._generation_route()  # RequestLog's metric label, the route's template
         try:
             await admit(hit.caller, deps, scope)
-            response = routes.generation_response(await handlers.serve_or_queue(hit.request, deps))
+            response = routes.generation_response(await handlers.serve_or_queue(hit.request, deps,
+                                                                                cache_key=hit.cache_key))
         except Exception as exc:
             handler = self._handler_for(exc)
             if handler is None:
@@ -121,6 +122,7 @@ class CacheHitFastPath:
 class _Hit:
     request: GenerationRequested
     caller: Caller
+    cache_key: str
 
 
 async def _from_memory(body: bytes, headers: _Headers, deps: IngestDeps) -> _Hit | None:
@@ -144,9 +146,10 @@ async def _from_memory(body: bytes, headers: _Headers, deps: IngestDeps) -> _Hit
         request = handlers.build_request(parsed, caller.tenant, None)
     except InvalidRequest:
         return None
-    if deps.cache.peek_local(deps.cache_scope.key(request.spec, request.tenant)) is None:
+    cache_key = deps.cache_scope.key(request.spec, request.tenant)
+    if deps.cache.peek_local(cache_key) is None:
         return None
-    return _Hit(request, caller)
+    return _Hit(request, caller, cache_key)
 
 
 def _parsed_body(body: bytes) -> GenerationRequestBody | None:

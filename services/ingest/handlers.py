@@ -148,12 +148,13 @@ def _claim_value(job_id: str, body: GenerationRequestBody, *, state: ClaimState 
 
 
 async def serve_or_queue(request: GenerationRequested, deps: IngestDeps, *, keep_queued: bool = False,
-                         ) -> SubmitResult:
+                         cache_key: str | None = None) -> SubmitResult:
     """A cache hit, or the job queued: ``submit`` once the request's images, webhook and Idempotency-Key
-    are dealt with (``fastpath`` calls it straight for a request with none of them)."""
+    are dealt with (``fastpath`` calls it straight for a request with none of them, with the request's
+    ``cache_key`` it has already computed)."""
     # A request that wants a comparison must run: a cached image carries no comparison for this target.
     if request.reference_image is None:
-        cached = await deps.cache.get(deps.cache_scope.key(request.spec, request.tenant))
+        cached = await deps.cache.get(cache_key or deps.cache_scope.key(request.spec, request.tenant))
         if cached is not None:
             await _complete_from_cache(request, cached, deps)
             JOBS.labels("cached").inc()

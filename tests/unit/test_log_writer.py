@@ -1,4 +1,4 @@
-"""The log writer thread: every line, in order, in fewer writes than lines, and none held back."""
+"""The log writer thread: every line, in order, in fewer writes than lines, none held back, none lost at stop."""
 
 from __future__ import annotations
 
@@ -112,3 +112,29 @@ def test_a_service_line_names_its_level_and_logger_once_and_keeps_its_traceback(
     assert first.endswith(" INFO router services.router.app: routing 3 requests"), first
     assert second.endswith(" ERROR router services.router.app: cannot start"), second
     assert "ValueError: bad depth" in "".join(stream.writes)
+
+
+def test_stop_writes_the_lines_queued_just_before_it_while_the_writer_sleeps():
+    stream, records = _Stream(), queue.SimpleQueue()
+    logger = _logger(records, "test.stop")
+    listener = BatchingListener(records, _writer(stream), interval_s=60)  # no round would come in time
+    listener.start()
+    for i in range(3):
+        logger.info("last words %d", i)
+    listener.stop()
+
+    assert stream.lines == [f"INFO last words {i}" for i in range(3)]
+
+
+def test_a_handler_gets_only_records_at_or_above_its_level():
+    stream, records = _Stream(), queue.SimpleQueue()
+    logger = _logger(records, "test.level")
+    writer = _writer(stream)
+    writer.setLevel(logging.WARNING)
+    logger.info("chatter")
+    logger.warning("worth reading")
+    listener = BatchingListener(records, writer)
+    listener.start()
+    listener.stop()
+
+    assert stream.lines == ["WARNING worth reading"]
