@@ -60,9 +60,9 @@ def usable(settings: S3Settings) -> bool:
     """Whether uploads may take this path: turned on, and no proxy in the environment for the endpoint."""
     if not settings.signed_put:
         return False
-    url = object_url(settings, "probe")
-    host = urlsplit(url).hostname or ""
-    return urlsplit(url).scheme not in urllib.request.getproxies() or urllib.request.proxy_bypass(host)
+    endpoint = urlsplit(object_url(settings, "probe"))
+    proxied = endpoint.scheme in urllib.request.getproxies()
+    return not proxied or bool(urllib.request.proxy_bypass(endpoint.hostname or ""))
 
 
 class SignedPut:
@@ -85,9 +85,9 @@ class SignedPut:
         Raises ``PutFailed`` (the status, S3's code and message) or the last urllib3 error."""
         url = object_url(self._settings, key)
         for attempt in range(1, ATTEMPTS + 1):
+            headers = self._signed(url, data, content_type, cache_control)
             try:
-                response = self._pool.request("PUT", url, body=data, headers=self._signed(url, data, content_type,
-                                                                                          cache_control))
+                response = self._pool.request("PUT", url, body=data, headers=headers)
             except urllib3.exceptions.HTTPError:
                 if attempt == ATTEMPTS:
                     raise

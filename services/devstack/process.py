@@ -81,10 +81,15 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 
 def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
-    """Whether something accepts TCP connections on ``host:port``."""
+    """Whether something accepts TCP connections on ``host:port``.
+
+    A connection to a loopback port in the ephemeral range that nobody listens on can be made to
+    itself (TCP simultaneous open, when the kernel picks that same port as the source): that is
+    nobody answering, not a process holding the port.
+    """
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            return sock.getsockname() != sock.getpeername()
     except OSError:
         return False
 

@@ -116,7 +116,7 @@ def create_app(deps: IngestDeps | None) -> FastAPI:
         openapi_tags=TAGS,
         # Server spans come from OpenTelemetry's FastAPI instrumentation (``tracing.instrument_app``) and
         # request metrics from ``RequestLog``; FastAPI's own telemetry would only look for providers
-        # on every request (a tenth of a cached request's CPU under wrk).
+        # on every request (3–4 % of a cached request's CPU, profiled in process).
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.deps = deps

@@ -613,3 +613,15 @@ def test_env_points_services_at_the_stack(tmp_path: Path) -> None:
         "FORGELINE_INGEST_HOST": "127.0.0.1",
         "FORGELINE_INGEST_PORT": "4",
     }
+
+
+def test_a_connection_made_to_itself_is_not_a_process_holding_the_port(monkeypatch) -> None:
+    """The kernel can pick a free ephemeral port as the source of a connection to that same port."""
+    (port,) = free_ports(1)
+    looped = socket.socket()
+    looped.bind(("127.0.0.1", port))
+    looped.connect(("127.0.0.1", port))  # TCP simultaneous open with itself: connected, nobody listening
+    monkeypatch.setattr(socket, "create_connection", lambda *_args, **_kwargs: looped)
+
+    assert looped.getsockname() == looped.getpeername()
+    assert port_answers("127.0.0.1", port) is False
