@@ -1,6 +1,6 @@
 """An S3 ``PutObject`` as one signed HTTP request: botocore's own SigV4 signer, sent through urllib3.
 
-boto3's ``put_object`` spent about 1.3 ms of CPU per 40 KB upload here, most of it in botocore's
+boto3's ``put_object`` spent about 1.2 ms of CPU per 40 KB upload here, most of it in botocore's
 machinery around the request (its event hooks, parameter validation, serialisation, endpoint
 rules, response parsing), not in signing or sending it: storage's largest cost per job. An image
 upload needs none of that: its URL, headers and body are known. :class:`SignedPut` builds the same
