@@ -130,7 +130,7 @@ class S3Settings(BaseSettings):
     signed_put: bool = Field(
         True,
         description="Upload with one SigV4-signed request through urllib3 instead of boto3's put_object "
-                    "(a third of the CPU); false: every call through boto3.")
+                    "(about half the CPU, bench/s3_put.py); false: every call through boto3.")
     public_base_url: AnyHttpUrl | None = Field(
         None,
         description=(
