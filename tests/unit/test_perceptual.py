@@ -6,8 +6,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import imagecodecs
+import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+from skimage.color import rgb2lab
 
 from services.common.contracts import ImageSpec, quality_band
 from services.comparer import perceptual
@@ -201,3 +204,78 @@ def test_async_comparer_keeps_prepared_images_per_tenant() -> None:
     asyncio.run(comparer.compare(icon(), icon(seed=1), PROMPT, tenant="studio-a"))
     asyncio.run(comparer.compare(icon(), icon(seed=1), PROMPT, tenant="studio-b"))
     assert len(comparer.prepared) == 4
+
+
+def pillow_reference(raw: bytes) -> np.ndarray:
+    """What Pillow alone makes of an image: oriented, flattened onto white when it has transparency."""
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(raw)))
+    if image.mode == "RGBA":
+        flat = Image.new("RGB", image.size, (255, 255, 255))
+        flat.paste(image, mask=image.getchannel("A"))
+        image = flat
+    return np.asarray(image.convert("RGB"))
+
+
+def spy_on_libpng(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every PNG handed to libpng from now on."""
+    calls: list[int] = []
+    real = imagecodecs.png_decode
+    monkeypatch.setattr(imagecodecs, "png_decode", lambda raw: calls.append(len(raw)) or real(raw))
+    return calls
+
+
+def pixels_in(mode: str, size: tuple[int, int] = (96, 80)) -> Image.Image:
+    rng = np.random.default_rng(5)
+    channels = {"RGB": 3, "RGBA": 4}[mode]
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8), mode)
+
+
+def encoded(image: Image.Image, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("raw", [
+    pytest.param(encoded(pixels_in("RGB")), id="rgb"),
+    pytest.param(encoded(pixels_in("RGBA")), id="rgba-on-white"),
+    pytest.param(encoded(pixels_in("RGB"), interlace=1), id="interlaced"),
+    pytest.param(imagecodecs.png_encode(np.asarray(pixels_in("RGB")).astype(np.uint16) * 257 + 99), id="16-bit"),
+])
+def test_plain_pngs_decode_through_libpng_to_pillows_pixels(raw: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = spy_on_libpng(monkeypatch)
+    assert np.array_equal(np.asarray(perceptual._decode(raw, "target")), pillow_reference(raw))
+    assert calls == [len(raw)]
+
+
+def test_pngs_libpng_would_read_differently_go_through_pillow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An orientation (Pillow finds an eXIf chunk only by decoding) and a single transparent colour (which
+    libpng turns into alpha, Pillow leaves alone) keep Pillow's reading."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    turned, keyed = encoded(pixels_in("RGB"), exif=exif), encoded(pixels_in("RGB"), transparency=(1, 2, 3))
+    calls = spy_on_libpng(monkeypatch)
+    for raw in (turned, keyed):
+        assert np.array_equal(np.asarray(perceptual._decode(raw, "target")), pillow_reference(raw))
+    assert perceptual._decode(turned, "target").size == (80, 96)  # turned upright
+    assert calls == []
+
+
+def test_a_truncated_png_is_a_clear_value_error() -> None:
+    raw = encoded(pixels_in("RGB"))
+    with pytest.raises(ValueError, match="^generated image is not a readable image") as caught:
+        compare(icon(), raw[: len(raw) // 2], PROMPT)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_colour_tables_give_skimages_cielab() -> None:
+    pixels = np.asarray(pixels_in("RGB", (32, 32)))
+    ours = perceptual._rgb2lab(pixels).transpose(1, 2, 0)
+    np.testing.assert_allclose(ours, rgb2lab(pixels.astype(np.float64) / 255), atol=1e-3)
+    np.testing.assert_allclose(perceptual._lightness(pixels), ours[..., 0], atol=1e-4)
+
+
+def test_edges_are_pillows_find_edges() -> None:
+    grey = pixels_in("RGB", (64, 48)).convert("L")
+    expected = np.asarray(grey.filter(ImageFilter.FIND_EDGES))[1:-1, 1:-1].mean()
+    assert perceptual._edges(np.asarray(grey)) == pytest.approx(expected, abs=1e-9)
