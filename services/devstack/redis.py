@@ -29,6 +29,10 @@ class RedisComponent(Component):
         """Where redis-server keeps its append-only file (``--dir``)."""
         return self.process.dir / "appendonlydir"
 
+    def data_paths(self) -> list[Path]:
+        """The append-only file, and a snapshot should one have been written (``--save ""`` writes none)."""
+        return [self.data_dir, self.process.dir / "dump.rdb"]
+
     def ports(self) -> dict[int, str]:
         return {self.port: self.settings.env_name("redis_port")}
 

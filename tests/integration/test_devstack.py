@@ -171,6 +171,32 @@ def test_down_stops_everything_and_a_warm_start_skips_maven(
     assert not [m for m in messages if "downloading" in m or "formatting" in m], "cache and data dir reused"
 
 
+def test_redis_keys_survive_a_restart_and_reset_deletes_them(tmp_path: Path) -> None:
+    (redis_port,) = free_ports(1)
+    settings = DevStackSettings(state_dir=tmp_path, redis_port=redis_port)
+    try:
+        assert up(settings, components=["redis"], progress=_say) == ["redis"]
+        client = redis.Redis(host="127.0.0.1", port=redis_port)
+        client.set("job:kept", "completed")
+        client.close()
+
+        assert down(settings, components=["redis"], progress=_say) == ["redis"]  # SIGTERM: Redis syncs the file
+        assert up(settings, components=["redis"], progress=_say) == ["redis"]
+        client = redis.Redis(host="127.0.0.1", port=redis_port)
+        assert client.get("job:kept") == b"completed", "the append-only file is read back"
+        client.close()
+
+        reset(settings, progress=_say)
+        assert not (tmp_path / "redis" / "appendonlydir").exists()
+        assert up(settings, components=["redis"], progress=_say) == ["redis"]
+        client = redis.Redis(host="127.0.0.1", port=redis_port)
+        assert client.dbsize() == 0, "dev reset deletes every key"
+        client.close()
+    finally:
+        down(settings, progress=_say)
+    assert _processes_mentioning(str(tmp_path)) == []
+
+
 def test_s3_objects_survive_a_restart_and_reset_deletes_them(tmp_path: Path) -> None:
     (s3_port,) = free_ports(1)
     settings = DevStackSettings(state_dir=tmp_path, s3_port=s3_port, s3_bucket="forgeline-persist-test")
