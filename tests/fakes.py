@@ -464,10 +464,13 @@ class MemoryBudgetLedger:
         return BudgetSnapshot(month=month, cap_micros=self.cap_micros, spent_micros=totals.spent,
                               reserved_micros=totals.reserved)
 
-    async def tenant_snapshot(self, tenant: str, month: str | None = None, *, swept: bool = False) -> TenantSpend:
+    async def snapshot_with_tenant(self, tenant: str) -> tuple[BudgetSnapshot, TenantSpend]:
+        snap = await self.snapshot()
+        return snap, await self.tenant_snapshot(tenant, snap.month)
+
+    async def tenant_snapshot(self, tenant: str, month: str | None = None) -> TenantSpend:
         month = month or self.current_month()
-        if not swept:
-            await self.snapshot(month)
+        await self.snapshot(month)
         spent, reserved = self._months.setdefault(month, _Month()).tenants.get(tenant, [0, 0])
         return TenantSpend(tenant, spent, reserved, (await self._tenants.budget(tenant)).cap_micros)
 

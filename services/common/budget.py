@@ -417,18 +417,30 @@ class RedisBudgetLedger:
 
     async def snapshot(self, month: str | None = None) -> BudgetSnapshot:
         """The month's totals (default: the current UTC month), after giving back abandoned holds."""
-        month = month or self.current_month()
-        spent, reserved, released, journaled = await self._snapshot(keys=self._month_keys(month),
-                                                                    args=[self._now_ms()])
+        snap, _ = await self._read(month or self.current_month(), "")
+        return snap
+
+    async def snapshot_with_tenant(self, tenant: str) -> tuple[BudgetSnapshot, TenantSpend]:
+        """This month's totals and ``tenant``'s, from the same script call (the router's budget gate)."""
+        snap, (spent, reserved) = await self._read(self.current_month(), tenant)
+        budget = await self._tenants.budget(tenant)
+        return snap, TenantSpend(tenant, spent, reserved, budget.cap_micros)
+
+    async def _read(self, month: str, tenant: str) -> tuple[BudgetSnapshot, tuple[int, int]]:
+        """The month's totals after the sweep, and ``tenant``'s spent and reserved ('': none, zeros)."""
+        spent, reserved, released, journaled, t_spent, t_reserved = await self._snapshot(
+            keys=self._month_keys(month), args=[self._now_ms(), tenant])
         if self._journal is not None and not int(journaled):
             if not await self._rebuild(month):
                 # Unknown spend: show the rest of the month as held, so no gate sends work to the paid path.
                 return BudgetSnapshot(month=month, cap_micros=self.cap_micros, spent_micros=int(spent),
-                                      reserved_micros=max(int(reserved), self.cap_micros - int(spent)))
-            spent, reserved, released, _ = await self._snapshot(keys=self._month_keys(month), args=[self._now_ms()])
+                                      reserved_micros=max(int(reserved), self.cap_micros - int(spent))), \
+                    (int(t_spent), int(t_reserved))
+            spent, reserved, released, _, t_spent, t_reserved = await self._snapshot(
+                keys=self._month_keys(month), args=[self._now_ms(), tenant])
         self._observe(month, int(spent), int(reserved), int(released))
         return BudgetSnapshot(month=month, cap_micros=self.cap_micros, spent_micros=int(spent),
-                              reserved_micros=int(reserved))
+                              reserved_micros=int(reserved)), (int(t_spent), int(t_reserved))
 
     async def tenant_spend(self, month: str | None = None) -> dict[str, TenantSpend]:
         """Every tenant that reserved this month (default: the current one), with its own cap.
@@ -453,13 +465,8 @@ class RedisBudgetLedger:
             TENANT_RESERVED.labels(UNREGISTERED_TENANT).set(other[1])
         return found
 
-    async def tenant_snapshot(self, tenant: str, month: str | None = None, *, swept: bool = False) -> TenantSpend:
-        """``tenant``'s month: what it spent and holds, and its own cap (None: none). ``swept``: the caller
-        has just taken this month's ``snapshot``, which gave back abandoned holds: one script call less."""
-        month = month or self.current_month()
-        if not swept:
-            await self.snapshot(month)
-        spent, reserved = await self._redis.hmget(self.month_key(month), f"tenant:{tenant}:spent",
-                                                  f"tenant:{tenant}:reserved")
+    async def tenant_snapshot(self, tenant: str, month: str | None = None) -> TenantSpend:
+        """``tenant``'s month: what it spent and holds, and its own cap (None: none), after the sweep."""
+        _, (spent, reserved) = await self._read(month or self.current_month(), tenant)
         budget = await self._tenants.budget(tenant)
-        return TenantSpend(tenant, int(spent or 0), int(reserved or 0), budget.cap_micros)
+        return TenantSpend(tenant, spent, reserved, budget.cap_micros)

@@ -114,12 +114,14 @@ local spent, reserved = totals()
 return {held and 'held' or 'expired', spent, reserved}
 """
 
-# KEYS: month, pending, held, owners.  ARGV: now ms.  Sweeps too: if the only holds left are a dead
-# replica's, nobody may reserve, and a gate reading unswept totals would refuse forever.
+# KEYS: month, pending, held, owners.  ARGV: now ms, tenant ('' or absent = none).  Sweeps too: if the only
+# holds left are a dead replica's, nobody may reserve, and a gate reading unswept totals would refuse forever.
+# Returns {spent, reserved, released, journaled (1|0), the tenant's spent, the tenant's reserved}.
 SNAPSHOT = SWEEP + """
 local released = sweep(ARGV[1])
 local spent, reserved = totals()
-return {spent, reserved, released, redis.call('HEXISTS', KEYS[1], 'journaled')}
+local t_spent, t_reserved = tenant_totals(ARGV[2] or '')
+return {spent, reserved, released, redis.call('HEXISTS', KEYS[1], 'journaled'), t_spent, t_reserved}
 """
 
 # KEYS: month, pending, held, owners, closed.  ARGV: month ttl s, then per journal entry: rid, state, cost,

@@ -137,6 +137,7 @@ class Role:
 
     kind: Literal["leader", "follower"]
     leader: str
+    key: str = ""  # the group's key
 
     @property
     def leads(self) -> bool:
@@ -198,16 +199,21 @@ class RedisCoalescer:
 
     # -- the router
 
-    async def join(self, request: GenerationRequested) -> Role:
-        """Lead the request's group, or wait in it behind the job that leads it."""
+    async def join(self, request: GenerationRequested, *, mark: bool = True) -> Role:
+        """Lead the request's group, or wait in it behind the job that leads it.
+
+        A leader's fan-out needs ``mark_leader``, written before the job is forwarded. ``mark=False``
+        leaves it to the caller, which sends it in the same wait as its own writes (the router, with
+        the job's "routed" status): one round trip less before the job moves on.
+        """
         key = self.key_of(request)
         kind, leader = await self._join(keys=[self._group(key), self._followers(key)],
                                         args=[request.job_id, request.to_json_bytes(), self._lease_ms, self._ttl_s])
-        role = Role(kind.decode(), leader.decode())
-        if role.leads:
-            await self.mark_leader(key, request.job_id)
-        else:  # only a group with someone waiting needs the sweeper's visits
+        role = Role(kind.decode(), leader.decode(), key)
+        if not role.leads:  # only a group with someone waiting needs the sweeper's visits
             await self._redis.sadd(self._index, key)
+        elif mark:
+            await self.mark_leader(key, request.job_id)
         return role
 
     async def mark_leader(self, key: str, job_id: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Awaitable, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -289,14 +290,22 @@ class RedisTerminalGuard:
 
 
 async def terminal_outcome(event: Terminal, *, topic: str, guard: TerminalGuard, jobs: JobStore,
-                           recent: RecentJobs | None = None) -> Outcome:
+                           recent: RecentJobs | None = None, alongside: Sequence[Awaitable[object]] = ()) -> Outcome:
     """The ``Outcome`` that publishes ``event`` as the job's one terminal result.
 
     After the broker acknowledges it, the job is marked published and its status set, so a
     poller never sees "completed" before a subscriber could; a completed generation then joins
-    ``recent`` (the dashboard's gallery).
+    ``recent`` (the dashboard's gallery). ``alongside``: the caller's writes that must land before
+    the event is published, sent in the same wait as the guard's claim.
     """
-    to_publish = await guard.claim(event)
+    # The claim runs in this task (its publishing lease is this task's); the writes beside it, in the same loop turn.
+    writes = [asyncio.ensure_future(write) for write in alongside]
+    try:
+        to_publish = await guard.claim(event)
+    finally:
+        for failed in await asyncio.gather(*writes, return_exceptions=True):
+            if isinstance(failed, BaseException):
+                raise failed
     if to_publish is None:
         return Outcome()
 

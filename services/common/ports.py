@@ -120,9 +120,11 @@ class BudgetLedger(Protocol):
 
     async def snapshot(self, month: str | None = None) -> BudgetSnapshot: ...
 
-    async def tenant_snapshot(self, tenant: str, month: str | None = None, *, swept: bool = False) -> TenantSpend:
-        """One tenant's spend, holds and own cap this month. ``swept``: the caller has just taken the month's
-        ``snapshot`` (abandoned holds are given back), so it is not taken again."""
+    async def snapshot_with_tenant(self, tenant: str) -> tuple[BudgetSnapshot, TenantSpend]:
+        """This month's ``snapshot`` and ``tenant_snapshot`` in one read (a Redis ledger: one script call)."""
+
+    async def tenant_snapshot(self, tenant: str, month: str | None = None) -> TenantSpend:
+        """One tenant's spend, holds and own cap this month, after abandoned holds are given back."""
 
     async def tenant_spend(self, month: str | None = None) -> dict[str, TenantSpend]:
         """Every tenant that reserved this month."""

@@ -29,8 +29,7 @@ class BudgetGate:
     async def allows(self, request: GenerationRequested) -> tuple[bool, str]:
         """Room for one image under the deployment's cap, and under the request's tenant's own, if it has one."""
         try:
-            snap = await self._ledger.snapshot()
-            tenant = await self._ledger.tenant_snapshot(request.tenant, snap.month, swept=True)
+            snap, tenant = await self._ledger.snapshot_with_tenant(request.tenant)
         except RedisError as exc:
             # Refusing keeps the job on the free path; allowing would only move the failure to
             # the generator's reservation.

@@ -8,6 +8,7 @@ status, metrics, route counts) and emits the routed request.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -125,12 +126,14 @@ class RouterHandler:
             return await terminal_outcome(GenerationCompleted.from_cache(cached, request),
                                           topic=self.topics.name("generation.completed"), guard=self.guard,
                                           jobs=self.jobs)
-        # The same request already in flight: wait for its image instead of paying for another.
+        # The same request already in flight: wait for its image instead of paying for another. The path is
+        # decided in the same wait (it reads only the depth and the budget; a follower's decision goes unused).
         if self.coalescer is not None and coalesces(request):
-            role = await self.coalescer.join(request)
+            role, decided = await asyncio.gather(self.coalescer.join(request, mark=False), self._decide(request))
             if not role.leads:
                 return await self._park(request, role.leader)
-        return await self._route(request)
+            return await self._forward(request, decided, self.coalescer.mark_leader(role.key, request.job_id))
+        return await self._forward(request, await self._decide(request))
 
     async def _cached(self, request: GenerationRequested) -> GenerationCompleted | None:
         """The request's image, if the result cache has it; a comparison job must run, so it is not looked up."""
@@ -145,21 +148,27 @@ class RouterHandler:
                                route_reason=f"coalesced with job {leader}: the same request is in flight")
         return Outcome()
 
-    async def _route(self, request: GenerationRequested) -> Outcome:
+    async def _decide(self, request: GenerationRequested) -> tuple[RouteDecision, ReasonCategory]:
+        """The request's path, and what decided it; nothing is recorded yet."""
         paid = _RefusalSeen(self.paid)
         decision = await route(request, self.depth.depth, self.policy, paid, rate=self.depth.rate)
-        category = decision_category(decision, paid_refused=paid.refused)
+        return decision, decision_category(decision, paid_refused=paid.refused)
+
+    async def _forward(self, request: GenerationRequested, decided: tuple[RouteDecision, ReasonCategory],
+                       *also: Awaitable[object]) -> Outcome:
+        """Record the decision and forward the request on its path; ``also``: writes that must land first too."""
+        decision, category = decided
         routed = GenerationRouted.from_request(request, decision)
         if decision.path == "primary":
             self.depth.routed_to_primary()
 
         # Recorded before the job is forwarded, so the next stage's status can never be overtaken by it.
-        await self.jobs.update(
+        await asyncio.gather(self.jobs.update(
             request.job_id, "routed", tenant=request.tenant, route=decision.path, route_reason=decision.reason,
             primary_depth=decision.primary_depth, timings=routed.timings.model_dump(mode="json"),
             # Not among RedisJobStore's JSON fields: recorded as strings ("inf" when nothing is served).
             estimated_wait_s=_text(decision.estimated_wait_s), service_rate=_text(decision.service_rate),
-        )
+        ), *also)
 
         async def numbered() -> None:
             if self.queue is not None:

@@ -126,9 +126,9 @@ class SimulatedLedger:
         return BudgetSnapshot(month="simulated", cap_micros=self.cap_micros, spent_micros=self.spent_micros,
                               reserved_micros=0)
 
-    async def tenant_snapshot(self, tenant: str, month: str | None = None, *, swept: bool = False) -> TenantSpend:
+    async def snapshot_with_tenant(self, tenant: str) -> tuple[BudgetSnapshot, TenantSpend]:
         """The simulated day has one tenant, with no budget of its own."""
-        return TenantSpend(tenant, 0, 0, None)
+        return await self.snapshot(), TenantSpend(tenant, 0, 0, None)
 
 
 @dataclass

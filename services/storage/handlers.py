@@ -70,17 +70,17 @@ class StoreHandler:
             deterministic=generated.deterministic, placeholder=generated.placeholder, metadata=generated.metadata,
             timings=timings.with_stage("completed"), **webhook_fields(generated),
         )
-        stored = self.jobs.update(generated.job_id, "stored", tenant=generated.tenant, url=url,
-                                  provider=generated.provider, timings=timings.model_dump(mode="json"))
-        if generated.placeholder:  # a stand-in must not answer later requests for the real thing
-            await stored
-        else:  # independent writes: one round trip's wait for both
-            await asyncio.gather(stored, self.cache.put(self.cache_scope.key(generated.spec, generated.tenant),
-                                                        completed))
+        # Independent writes, sent at once: the status, the result cache (a stand-in must not answer later
+        # requests for the real thing) and, for a plain generation, the terminal guard's claim.
+        writes = [self.jobs.update(generated.job_id, "stored", tenant=generated.tenant, url=url,
+                                   provider=generated.provider, timings=timings.model_dump(mode="json"))]
+        if not generated.placeholder:
+            writes.append(self.cache.put(self.cache_scope.key(generated.spec, generated.tenant), completed))
         if generated.reference_image is not None:
+            await asyncio.gather(*writes)
             return await self._compare_first(generated, completed)
         return await terminal_outcome(completed, topic=self.topics.name("generation.completed"), guard=self.guard,
-                                      jobs=self.jobs, recent=self.recent)
+                                      jobs=self.jobs, recent=self.recent, alongside=writes)
 
     async def _upload(self, key: str, generated: GenerationGenerated) -> None:
         """Put the bytes under their content key, unless this process did already.

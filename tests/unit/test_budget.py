@@ -104,13 +104,10 @@ class _FakeLedger:
     def __init__(self, snap: BudgetSnapshot | Exception) -> None:
         self.snap = snap
 
-    async def snapshot(self) -> BudgetSnapshot:
+    async def snapshot_with_tenant(self, tenant: str) -> tuple[BudgetSnapshot, TenantSpend]:
         if isinstance(self.snap, Exception):
             raise self.snap
-        return self.snap
-
-    async def tenant_snapshot(self, tenant: str, month: str | None = None, *, swept: bool = False) -> TenantSpend:
-        return TenantSpend(tenant, 0, 0, None)  # a tenant without a budget of its own
+        return self.snap, TenantSpend(tenant, 0, 0, None)  # a tenant without a budget of its own
 
 
 def _request() -> c.GenerationRequested:
