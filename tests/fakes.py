@@ -324,6 +324,7 @@ class MemoryBudgetLedger:
         self._ttl_ms = int(reservation_ttl_s * 1000)
         self._months: dict[str, _Month] = {}
         self._jobs: dict[str, _JobRecord] = {}
+        self._rebuilding = asyncio.Lock()  # one journal read at a time, as the Redis ledger's
 
     def current_month(self) -> str:
         return month_of(self._clock())
@@ -345,8 +346,14 @@ class MemoryBudgetLedger:
 
     async def _rebuilt(self, month: str) -> bool:
         """The close script's rebuild: settled entries spent, held ones held, closed ones skipped."""
+        if self._journal is None or self._months.setdefault(month, _Month()).journaled:
+            return True
+        async with self._rebuilding:
+            return await self._rebuild(month)
+
+    async def _rebuild(self, month: str) -> bool:
         totals = self._months.setdefault(month, _Month())
-        if self._journal is None or totals.journaled:
+        if totals.journaled:  # rebuilt while this caller waited for the lock
             return True
         try:
             entries = await self._journal.month(month)

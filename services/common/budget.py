@@ -41,6 +41,7 @@ reservations, so a lost ledger never lets the month overspend.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable
@@ -261,6 +262,7 @@ class RedisBudgetLedger:
         self._seed = redis.register_script(lua.SEED)
         self._journal = journal
         self._tenants = tenants or _NoTenantBudgets()
+        self._rebuilding: dict[str, asyncio.Future[bool]] = {}  # month -> the one rebuild in flight
         BUDGET_CAP.set(cap_micros)
 
     @property
@@ -362,7 +364,18 @@ class RedisBudgetLedger:
         return True
 
     async def _rebuild(self, month: str) -> bool:
-        """Seed the month's totals from the journal; False (refuse paid calls) when it cannot be read."""
+        """Seed the month's totals from the journal; False (refuse paid calls) when it cannot be read.
+
+        One read of the journal at a time per month: at a month's start every job in flight finds the
+        totals unseeded, and each listing the journal would be hundreds of S3 listings for one answer.
+        """
+        running = self._rebuilding.get(month)
+        if running is None:
+            running = self._rebuilding[month] = asyncio.ensure_future(self._read_journal(month))
+            running.add_done_callback(lambda _: self._rebuilding.pop(month, None))
+        return await asyncio.shield(running)  # a caller's cancellation leaves the others' rebuild running
+
+    async def _read_journal(self, month: str) -> bool:
         assert self._journal is not None
         try:
             entries = await self._journal.month(month)

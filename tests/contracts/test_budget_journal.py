@@ -6,6 +6,7 @@ and ``forget()`` to the fake's dicts; the journal is the fake's dict or real S3 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -76,3 +77,34 @@ async def test_every_granted_reservation_is_on_record_before_the_call(impl, mont
     [entry] = await journal.month("2025-03")
     assert (entry.reservation_id, entry.call, entry.state, entry.cost_micros) == (
         reservation.reservation_id, "job-1:replicate:1", "held", COST)
+
+
+class _CountedJournal:
+    """A journal whose month takes a while to read, counting the reads."""
+
+    def __init__(self, journal) -> None:
+        self._journal = journal
+        self.reads = 0
+
+    async def write(self, entry) -> None:
+        await self._journal.write(entry)
+
+    async def month(self, month: str):
+        self.reads += 1
+        await asyncio.sleep(0.05)
+        return await self._journal.month(month)
+
+
+async def test_a_lost_month_is_read_from_the_journal_once_however_many_ask_at_once(impl):
+    journal = _CountedJournal(impl.spend_journal())
+    ledger = impl.budget_ledger(cap_micros=CAP, clock=clock, journal=journal)
+    assert await ledger.settle(await ledger.reserve("job-1:replicate:1", COST))
+    await impl.lose_budget(ledger)
+    journal.reads = 0
+
+    # A month's start, or a Redis restart: every job in flight finds the totals unseeded at once.
+    totals = await asyncio.gather(*(_totals(ledger) for _ in range(20)),
+                                  *(ledger.reserve(f"job-{i}:replicate:1", COST) for i in range(2, 4)))
+    assert all(spent == COST for spent, _ in totals[:20])  # the reservations may land before some reads
+    assert all(r is not None for r in totals[20:])
+    assert journal.reads == 1

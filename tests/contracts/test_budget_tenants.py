@@ -97,16 +97,19 @@ async def test_an_abandoned_tenant_hold_is_given_back_to_that_tenant(impl, clock
     assert await _spend(ledger, "studio-a") == (COST, COST)
 
 
-async def test_a_tenant_read_right_after_the_months_snapshot_sees_the_holds_it_gave_back(impl, clock):
-    """What the router's gate does: one snapshot, then the tenant's totals without a second sweep."""
+async def test_the_month_and_the_tenant_read_together_see_the_holds_the_sweep_gave_back(impl, clock):
+    """What the router's gate does: the month's totals and the tenant's, in one read, after one sweep."""
     ledger = impl.budget_ledger(cap_micros=usd("$10"), clock=clock, reservation_ttl_s=60,
                                 tenants=MemoryTenantBudgets({"studio-a": 2 * COST}))
     assert await ledger.reserve("dead:p:1", COST, tenant="studio-a")
     assert await ledger.settle(await ledger.reserve("paid:p:1", COST, tenant="studio-a"))
-    clock.now += timedelta(seconds=61)
-    month = (await ledger.snapshot()).month  # gives the abandoned hold back
-    spend = await ledger.tenant_snapshot("studio-a", month, swept=True)
-    assert (spend.spent_micros, spend.reserved_micros, spend.remaining_micros) == (COST, 0, COST)
+    assert await ledger.reserve("other:p:1", COST, tenant="studio-b")
+    clock.now += timedelta(seconds=61)  # both holds are abandoned now
+    snap, spend = await ledger.snapshot_with_tenant("studio-a")
+    assert (snap.spent_micros, snap.reserved_micros) == (COST, 0)
+    assert (spend.tenant, spend.spent_micros, spend.reserved_micros, spend.remaining_micros) == \
+        ("studio-a", COST, 0, COST)
+    assert snap.month == ledger.current_month()
 
 
 async def test_the_gate_refuses_a_tenant_whose_budget_is_spent(impl, clock):
