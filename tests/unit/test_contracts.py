@@ -76,6 +76,22 @@ def test_image_bytes_travel_as_base64():
     assert c.decode(c.GenerationGenerated, json.dumps(payload)).image == b"\x89PNG\r\n\x1a\n\x00\xff"
 
 
+@pytest.mark.parametrize(("image", "reason"), [
+    ("-_8", "Incorrect padding"),
+    ("-_8=\n", "Excess data after padding"),
+    ("-_8!", "Only base64 data is allowed"),
+    ("QUJD=", "an '=' after a complete group of four"),
+    ("QUJD=QUJD", "Discontinuous padding not allowed"),
+])
+def test_an_image_that_is_not_padded_base64_is_refused_with_the_reason(image: str, reason: str):
+    payload = json.loads(EXAMPLES[c.GenerationGenerated].to_json_bytes()) | {"image": image}
+
+    with pytest.raises(c.ContractError) as caught:
+        c.decode(c.GenerationGenerated, json.dumps(payload))
+
+    assert caught.value.problems["image"].endswith(f"must be padded base64: {reason}")
+
+
 def test_invalid_payload_names_every_bad_field():
     payload = json.loads(EXAMPLES[c.GenerationRequested].to_json_bytes())
     payload["tenant"] = "Not A Tenant"

@@ -99,6 +99,7 @@ CASES: list[tuple[str, type[c.Event], str, Any, bool]] = [
     ("image in standard base64", c.GenerationGenerated, "image", "+/8=", VALID),
     ("image in URL-safe base64", c.GenerationGenerated, "image", "-_8=", VALID),
     ("image in unpadded base64", c.GenerationGenerated, "image", "-_8", INVALID),
+    ("image with padding after a full group", c.GenerationGenerated, "image", "QUJD=", INVALID),
     ("image that is not base64", c.GenerationGenerated, "image", "not base64!", INVALID),
     ("attempts as a string", c.GenerationGenerated, "attempts", "2", INVALID),
     ("size_bytes as a whole float", c.GenerationCompleted, "size_bytes", 70.0, VALID),
