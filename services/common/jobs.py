@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
 from services.common.consumer import Outcome, Output
 from services.common.contracts import (
@@ -166,14 +165,12 @@ class RedisJobStore:
         args = [status, RANK[status], self._ttl_s, json.dumps(encode_fields(fields)), utcnow().isoformat()]
         if status not in TERMINAL or not fields.get("tenant") or not frees_slot:
             return bool(await self._update(keys=keys, args=args))
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.evalsha(self._update.sha, len(keys), *keys, *args)
-            pipe.zrem(in_flight_key(self._keys, fields["tenant"]), job_id)
-            applied, freed = await pipe.execute(raise_on_error=False)
-        if isinstance(applied, NoScriptError):  # a restarted Redis: load the script, and run it again
-            applied = await self._update(keys=keys, args=args)
+        # Both go out in the same write as the loop turn's other commands (``AutoPipelineRedis``).
+        applied, freed = await asyncio.gather(self._update(keys=keys, args=args),
+                                              self._redis.zrem(in_flight_key(self._keys, fields["tenant"]), job_id),
+                                              return_exceptions=True)
         for outcome in (applied, freed):
-            if isinstance(outcome, Exception):
+            if isinstance(outcome, BaseException):
                 raise outcome
         return bool(applied)
 

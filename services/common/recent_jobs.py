@@ -13,6 +13,13 @@ from services.common.redis import KeySpace
 
 DEFAULT_CAPACITY = 48
 
+# KEYS: the list.  ARGV: job id, capacity.  A replayed completion moves to the front, once.
+_ADD = """
+redis.call('LREM', KEYS[1], 0, ARGV[1])
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+"""
+
 
 class RedisRecentJobs:
     """``RecentJobs`` over one Redis list (one key, so one slot on Redis Cluster)."""
@@ -21,13 +28,12 @@ class RedisRecentJobs:
         self._redis = redis
         self._key = keys.key("recent", "completed")
         self._capacity = capacity
+        self._add = redis.register_script(_ADD)
 
     async def add(self, job_id: str) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.lrem(self._key, 0, job_id)  # a replayed completion moves to the front, once
-            pipe.lpush(self._key, job_id)
-            pipe.ltrim(self._key, 0, self._capacity - 1)
-            await pipe.execute()
+        # One script, atomic as MULTI was, and one command in the loop turn's write (``AutoPipelineRedis``),
+        # where a MULTI pipeline took a connection and a write of its own.
+        await self._add(keys=[self._key], args=[job_id, self._capacity])
 
     async def latest(self, limit: int) -> list[str]:
         if limit <= 0:

@@ -58,3 +58,16 @@ async def test_ingest_and_the_router_draw_on_one_bucket_and_an_admitted_job_is_n
     assert refused is not None and "'studio-k' is over its rate limit" in refused.error.message
     assert refused.error.retry_after_s >= 1
     assert await limits.refusal(_request("someone-else")) is None  # no limits registered: never refused
+
+
+async def test_a_terminal_status_after_redis_forgot_its_scripts_still_lands_and_frees_the_slot(parts, redis):
+    keys, tenants, _limiter, jobs, limits = parts
+    await tenants.set_limits("studio-k", TenantLimits(max_in_flight=1))
+    first = _request("studio-k")
+    assert await limits.refusal(first) is None
+    await redis.script_flush()  # as after a restart without persistence
+
+    assert await jobs.update(first.job_id, "completed", tenant="studio-k") is True
+
+    assert (await jobs.get(first.job_id)).status == "completed"
+    assert await redis.zscore(in_flight_key(keys, "studio-k"), first.job_id) is None
