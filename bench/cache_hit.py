@@ -175,6 +175,8 @@ async def main() -> None:
     parser.add_argument("--ingest-workers", type=int, default=1, help="FORGELINE_INGEST_WORKERS (the floor has one)")
     parser.add_argument("--profile", type=Path, help="py-spy ingest during its first wrk run into DIR/ingest.txt")
     args = parser.parse_args()
+    if args.profile and shutil.which("py-spy") is None:
+        parser.error("--profile records with py-spy, which is not on PATH: pip install py-spy")
 
     wrk = ensure_wrk()
     stack = devstack.DevStackSettings()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -243,6 +244,8 @@ async def main() -> None:
                              "generation.requested, like the ceiling's source (ingest is left idle)")
     parser.add_argument("--partitions", type=int, default=6)
     args = parser.parse_args()
+    if args.profile and shutil.which("py-spy") is None:
+        parser.error("--profile records with py-spy, which is not on PATH: pip install py-spy")
 
     env, run_id, kafka, topic_settings = await fresh_run(args.partitions)
     prefix = topic_settings.prefix

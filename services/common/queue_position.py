@@ -73,6 +73,11 @@ class RedisQueueBook:
         await self._redis.hset(self._counter(path, "measured"), mapping={
             "depth": depth, "rate": f"{rate:.6g}", "measured_at": utcnow().isoformat()})
 
+    async def measured_depth(self, path: Path) -> int | None:
+        """The depth of ``path`` the router measured last (and routes by); None before its first report."""
+        depth = await self._redis.hget(self._counter(path, "measured"), "depth")
+        return None if depth is None else int(depth)
+
     async def estimate(self, job_id: str) -> QueueEstimate | None:
         """The estimate for a job the router numbered; None for one it did not (yet)."""
         path, number = await self._redis.hmget(job_key(self._keys, job_id), "queue_path", "queue_number")

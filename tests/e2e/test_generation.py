@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -17,6 +18,8 @@ from services.common.kafka import (
     make_producer,
     send_event,
 )
+from services.common.queue_position import RedisQueueBook
+from services.common.redis import KeySpace, make_redis
 from services.providers.procedural import render_icon
 from tests.helpers import records_for
 
@@ -78,6 +81,19 @@ async def test_garbage_goes_to_the_dlq_and_a_valid_request_after_it_completes(ru
     assert letters[0].value == b"{\"prompt\": 42"
 
 
+async def _router_sees_primary_depth(p, wanted: Callable[[int], bool], timeout_s: float = 30.0) -> None:
+    """Wait until the depth the router routes by (it reports it to Redis each second) is ``wanted``."""
+    async with make_redis(p.connections.redis) as redis:
+        book, depth = RedisQueueBook(redis, KeySpace(p.connections.redis.key_prefix)), None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            depth = await book.measured_depth("primary")
+            if depth is not None and wanted(depth):
+                return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"the router's primary depth stayed at {depth} for {timeout_s:.0f} s\n{p.log('router')}")
+
+
 async def test_router_sends_overflow_to_fallback_and_returns_when_primary_drains(running_pipeline):
     env = {"FORGELINE_ROUTER_DEPTH_HIGH": "5", "FORGELINE_ROUTER_DEPTH_LOW": "2"}
     without_primary = ["router", "generator-fallback", "storage", "ingest"]
@@ -101,7 +117,7 @@ async def test_router_sends_overflow_to_fallback_and_returns_when_primary_drains
 
             backlog = [await submit(i) for i in range(5)]  # nobody consumes primary: real lag builds up
             backlog_routes = [await route_of(j) for j in backlog]
-            await asyncio.sleep(1.0)  # a few depth refreshes see the lag of 5
+            await _router_sees_primary_depth(p, lambda depth: depth >= 5)  # the lag of 5, not a fixed sleep
             overflow = [await submit(100 + i) for i in range(3)]
             overflow_routes = [await route_of(j) for j in overflow]
             overflow_jobs = [await _wait_terminal(http, j) for j in overflow]
@@ -109,7 +125,7 @@ async def test_router_sends_overflow_to_fallback_and_returns_when_primary_drains
             # The primary path comes back and drains the backlog.
             await asyncio.to_thread(p.pipeline.start, ["generator-primary"])
             drained = [await _wait_terminal(http, j) for j in backlog]
-            await asyncio.sleep(1.0)
+            await _router_sees_primary_depth(p, lambda depth: depth <= 2)
             after = await submit(200)
             after_route = await route_of(after)
 
