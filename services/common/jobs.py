@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
@@ -115,6 +116,13 @@ class JobView(BaseModel):
 
 
 _JSON_FIELDS = {"error", "timings", "result", "primary_depth", "cached", "deterministic", "placeholder"}
+#: orjson as json.dumps(default=str) was: datetimes and dataclasses through ``str``, non-string keys as text.
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_NON_STR_KEYS
+
+
+def _json(value: Any) -> bytes:
+    """JSON by orjson: every service writes a job's status several times a job, ~7x faster than json.dumps."""
+    return orjson.dumps(value, default=str, option=_ORJSON_OPTIONS)
 
 
 def encode_fields(fields: dict[str, Any]) -> dict[str, str]:
@@ -123,7 +131,7 @@ def encode_fields(fields: dict[str, Any]) -> dict[str, str]:
     for name, value in fields.items():
         if value is None:
             continue
-        encoded[name] = json.dumps(value, default=str) if name in _JSON_FIELDS else str(value)
+        encoded[name] = _json(value).decode() if name in _JSON_FIELDS else str(value)
     return encoded
 
 
@@ -162,7 +170,7 @@ class RedisJobStore:
         ``frees_slot=False``: the job never took one (a cache hit).
         """
         keys = [self._hash(job_id), self._stream(job_id)]
-        args = [status, RANK[status], self._ttl_s, json.dumps(encode_fields(fields)), utcnow().isoformat()]
+        args = [status, RANK[status], self._ttl_s, _json(encode_fields(fields)), utcnow().isoformat()]
         if status not in TERMINAL or not fields.get("tenant") or not frees_slot:
             return bool(await self._update(keys=keys, args=args))
         # Both go out in the same write as the loop turn's other commands (``AutoPipelineRedis``).
@@ -260,7 +268,7 @@ class RedisTerminalGuard:
         call (``_CLAIM``): storage claims every job it completes, so this is on every job's path.
         """
         key = self._key(event.job_id)
-        stored = json.dumps({"type": type(event).__name__, "event": event.model_dump(mode="json")})
+        stored = b'{"type":%s,"event":%s}' % (_json(type(event).__name__), event.to_json_bytes())
         verdict, *found = await self._claim(keys=[key, key + ":published", key + ":publishing"],
                                             args=[stored, self._ttl_s, lease_holder(), self._lease_ms])
         if verdict == 0:
