@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import itertools
 import math
 import time
@@ -21,7 +22,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from services.common.blobstore import IMMUTABLE_CACHE_CONTROL
+from services.common.blobstore import IMMUTABLE_CACHE_CONTROL, BlobStoreError
 from services.common.breaker import BreakerState
 from services.common.budget import BudgetSnapshot, Reservation, TenantBudget, TenantSpend, month_of
 from services.common.cache import LruTtlCache
@@ -606,7 +607,9 @@ class MemoryBlobStore:
         return f"{self._base}/{key}"
 
     async def put(self, key: str, data: bytes, *, content_type: str,
-                  cache_control: str = IMMUTABLE_CACHE_CONTROL) -> str:
+                  cache_control: str = IMMUTABLE_CACHE_CONTROL, sha256: str | None = None) -> str:
+        if sha256 is not None and sha256 != hashlib.sha256(data).hexdigest():  # as S3 checks a signed payload hash
+            raise BlobStoreError(f"upload of {key!r} failed: HTTP 400 XAmzContentSHA256Mismatch")
         self.objects[key] = StoredBlob(bytes(data), content_type, cache_control)
         self.puts += 1
         return self.public_url(key)

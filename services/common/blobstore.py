@@ -134,12 +134,13 @@ class S3BlobStore:
                                 public_read=public_read)
 
     async def put(
-        self, key: str, data: bytes, *, content_type: str, cache_control: str = IMMUTABLE_CACHE_CONTROL
+        self, key: str, data: bytes, *, content_type: str, cache_control: str = IMMUTABLE_CACHE_CONTROL,
+        sha256: str | None = None,
     ) -> str:
         try:
             if self._uploads is not None:
                 await self._call(self._uploads.put, key, data=data, content_type=content_type,
-                                 cache_control=cache_control)
+                                 cache_control=cache_control, sha256=sha256)
             else:
                 await self._call(self._client.put_object, Bucket=self._settings.bucket, Key=key, Body=data,
                                  ContentType=content_type, CacheControl=cache_control)

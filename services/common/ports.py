@@ -148,8 +148,12 @@ class Breaker(Protocol):
 class BlobStore(Protocol):
     """Objects under keys, each with a public (CDN) URL."""
 
-    async def put(self, key: str, data: bytes, *, content_type: str, cache_control: str = ...) -> str:
-        """Store ``data`` under ``key`` and return its public URL."""
+    async def put(self, key: str, data: bytes, *, content_type: str, cache_control: str = ...,
+                  sha256: str | None = None) -> str:
+        """Store ``data`` under ``key`` and return its public URL.
+
+        ``sha256``: the data's SHA-256 in hex, when the caller has it (a signed upload then need not hash the
+        body again); a store that checks it refuses the upload if it is not the data's."""
 
     async def exists(self, key: str) -> bool: ...
 

@@ -65,6 +65,17 @@ def usable(settings: S3Settings) -> bool:
     return not proxied or bool(urllib.request.proxy_bypass(endpoint.hostname or ""))
 
 
+_KNOWN_SHA256 = "forgeline_payload_sha256"
+
+
+class _SigV4KnownPayload(S3SigV4Auth):
+    """botocore's S3 signer, signing the payload hash the caller already has instead of hashing the body again."""
+
+    def payload(self, request: AWSRequest) -> str:
+        known = request.context.get(_KNOWN_SHA256)
+        return known if known is not None else super().payload(request)
+
+
 class SignedPut:
     """Uploads, thread-safe: call :meth:`put` from as many threads as ``S3Settings.max_connections``."""
 
@@ -79,13 +90,15 @@ class SignedPut:
     def __repr__(self) -> str:  # it holds credentials; never print them
         return f"SignedPut(bucket={self._settings.bucket!r})"
 
-    def put(self, key: str, data: bytes, *, content_type: str, cache_control: str) -> None:
+    def put(self, key: str, data: bytes, *, content_type: str, cache_control: str, sha256: str | None = None) -> None:
         """PUT ``data`` at ``key``; up to :data:`ATTEMPTS` tries on a connection error or a 429/5xx answer.
 
-        Raises ``PutFailed`` (the status, S3's code and message) or the last urllib3 error."""
+        ``sha256``: the data's SHA-256 in hex if the caller has it, signed instead of hashing the body
+        again; the store checks it against the body it receives. Raises ``PutFailed`` (the status, S3's
+        code and message) or the last urllib3 error."""
         url = object_url(self._settings, key)
         for attempt in range(1, ATTEMPTS + 1):
-            headers = self._signed(url, data, content_type, cache_control)
+            headers = self._signed(url, data, content_type, cache_control, sha256)
             try:
                 response = self._pool.request("PUT", url, body=data, headers=headers)
             except urllib3.exceptions.HTTPError:
@@ -98,12 +111,14 @@ class SignedPut:
                     raise PutFailed(_describe(response))
             time.sleep(random.uniform(0, 0.1 * 2 ** attempt))  # full jitter, as boto3's standard mode
 
-    def _signed(self, url: str, data: bytes, content_type: str, cache_control: str) -> dict[str, str]:
+    def _signed(self, url: str, data: bytes, content_type: str, cache_control: str,
+                sha256: str | None = None) -> dict[str, str]:
         """The headers of one attempt, signed now (SigV4 signatures carry their time)."""
         request = AWSRequest("PUT", url, data=data, headers={
             "Content-Type": content_type, "Cache-Control": cache_control, "Content-Length": str(len(data))})
         request.context["payload_signing_enabled"] = True  # x-amz-content-sha256: the body's own hash
-        S3SigV4Auth(self._credentials, "s3", self._settings.region).add_auth(request)
+        request.context[_KNOWN_SHA256] = sha256
+        _SigV4KnownPayload(self._credentials, "s3", self._settings.region).add_auth(request)
         return dict(request.headers.items())
 
 

@@ -60,7 +60,7 @@ class StoreHandler:
                                     f"not the {generated.content_type} it announced")
         digest = hashlib.sha256(generated.image).hexdigest()
         key = content_key(self.key_prefix, digest, generated.content_type)
-        await self._upload(key, generated)
+        await self._upload(key, generated, digest)
         url = self.store.public_url(key)
         timings = generated.timings.with_stage("stored")
         completed = GenerationCompleted(
@@ -82,14 +82,14 @@ class StoreHandler:
         return await terminal_outcome(completed, topic=self.topics.name("generation.completed"), guard=self.guard,
                                       jobs=self.jobs, recent=self.recent, alongside=writes)
 
-    async def _upload(self, key: str, generated: GenerationGenerated) -> None:
+    async def _upload(self, key: str, generated: GenerationGenerated, digest: str) -> None:
         """Put the bytes under their content key, unless this process did already.
 
         A ``BlobStoreError`` is Retryable: the consumer loop tries the record again.
         """
         if self.uploaded.get(key):
             return
-        await self.store.put(key, generated.image, content_type=generated.content_type)
+        await self.store.put(key, generated.image, content_type=generated.content_type, sha256=digest)
         self.uploaded.set(key, True)
 
     async def _compare_first(self, generated: GenerationGenerated, completed: GenerationCompleted) -> Outcome:

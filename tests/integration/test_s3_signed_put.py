@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 from pydantic import SecretStr
 
 from services.common.blobstore import IMMUTABLE_CACHE_CONTROL, BlobStoreError, S3BlobStore, make_s3_client
@@ -107,3 +108,19 @@ def test_a_body_changed_after_signing_is_refused(checking_s3):
     response = uploads._pool.request("PUT", url, body=b"another body!!!", headers=headers)
 
     assert response.status in (400, 403), response.data[:300]
+
+
+async def test_the_digest_storage_already_has_is_signed_and_a_wrong_one_is_refused_by_the_store(checking_s3):
+    store = S3BlobStore(s3_settings(checking_s3))
+    data = os.urandom(40_000)
+    digest = hashlib.sha256(data).hexdigest()
+
+    await store.put(f"images/{digest}.png", data, content_type="image/png", sha256=digest)
+    with pytest.raises(BlobStoreError) as caught:
+        await store.put("images/mismatch.png", data, content_type="image/png",
+                        sha256=hashlib.sha256(b"other bytes").hexdigest())
+
+    assert _stored(checking_s3, f"images/{digest}.png")["Body"].read() == data
+    assert "HTTP 400" in str(caught.value)
+    with pytest.raises(ClientError):
+        _stored(checking_s3, "images/mismatch.png")
